@@ -1,0 +1,251 @@
+"""Plain-Python value types shared by the native core and the pure-Python layers.
+
+These are defined in Python (not in the extension) because users subclass,
+pattern-match and pickle them, and because ``IntEnum``/``str``-``Enum``
+semantics come for free. The native module imports them once and hands out
+cached instances, so the beat path allocates nothing new.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import ClassVar, Optional, Union
+
+NONCE_TERMINAL = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class Status(IntEnum):
+    """Beat status byte (``vlp.md`` §2.2). ``STALL`` is observer-only."""
+
+    OK = 0
+    DEGRADED = 1
+    CRITICAL = 2
+    STALL = 3
+
+    @classmethod
+    def coerce(cls, value: StatusLike) -> Status:
+        """Accept a member, its int value, or its name in any case."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                raise ValueError(f"unknown status name {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"status must be Status, int or str, not {type(value).__name__}")
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"status {value} is outside 0..=3") from None
+
+
+StatusLike = Union[Status, int, str]
+
+
+class DecodeError(ValueError):
+    """A 32-byte buffer that is not a valid VLP v0.2 frame.
+
+    ``kind`` is the spec's variant name (``"BadMagic"``, ``"BadCrc"``, …). Every
+    field attribute exists on every instance; those that do not belong to the
+    variant are ``None``.
+    """
+
+    kind: str
+    expected: Optional[int]
+    actual: Optional[int]
+    byte: Optional[int]
+    status: Optional[Union[Status, int]]
+    pid: Optional[int]
+    timestamp: Optional[int]
+    nonce: Optional[int]
+
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "BadMagic",
+        "BadVersion",
+        "BadCrc",
+        "BadStatus",
+        "StallOnWire",
+        "BadPid",
+        "BadTimestamp",
+        "BadNonce",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        expected: Optional[int] = None,
+        actual: Optional[int] = None,
+        byte: Optional[int] = None,
+        status: Optional[Union[Status, int]] = None,
+        pid: Optional[int] = None,
+        timestamp: Optional[int] = None,
+        nonce: Optional[int] = None,
+    ) -> None:
+        super().__init__(message or f"varta-vlp: {kind}")
+        self.kind = kind
+        self.expected = expected
+        self.actual = actual
+        self.byte = byte
+        self.status = status
+        self.pid = pid
+        self.timestamp = timestamp
+        self.nonce = nonce
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        fields = {
+            "expected": self.expected,
+            "actual": self.actual,
+            "byte": self.byte,
+            "status": self.status,
+            "pid": self.pid,
+            "timestamp": self.timestamp,
+            "nonce": self.nonce,
+        }
+        return (_rebuild_decode_error, (self.kind, str(self), fields))
+
+    @property
+    def metric_label(self) -> str:
+        """``varta_decode_errors_total{kind=…}`` label (``BadCrc`` → ``bad_crc``)."""
+        out = []
+        for i, ch in enumerate(self.kind):
+            if ch.isupper() and i:
+                out.append("_")
+            out.append(ch.lower())
+        return "".join(out)
+
+    def debug_form(self) -> str:
+        """Rust ``Debug`` form used in the TSV export (``BadCrc { expected: 1, actual: 2 }``)."""
+        k = self.kind
+        if k == "BadCrc":
+            return f"BadCrc {{ expected: {self.expected}, actual: {self.actual} }}"
+        if k == "BadStatus":
+            return f"BadStatus({self.byte})"
+        if k == "BadPid":
+            return f"BadPid({self.pid})"
+        if k == "BadTimestamp":
+            return f"BadTimestamp({self.timestamp})"
+        if k == "BadNonce":
+            name = Status(self.status).name.capitalize() if self.status is not None else "?"
+            return f"BadNonce {{ nonce: {self.nonce}, status: {name} }}"
+        return k
+
+
+def _rebuild_decode_error(kind: str, message: str, fields: dict) -> DecodeError:  # type: ignore[type-arg]
+    return DecodeError(kind, message, **fields)
+
+
+class DropReason(str, Enum):
+    """Why a beat was dropped (transient; the next beat retries)."""
+
+    KERNEL_QUEUE_FULL = "kernel queue full"
+    NO_OBSERVER = "no observer"
+    PEER_GONE = "peer gone"
+    STORAGE_FULL = "storage full"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def errno_name(code: Optional[int]) -> str:
+    """Symbolic errno name (``"EPERM"``); ``errno_<n>`` when unknown."""
+    if not code:
+        return "Unknown"
+    return _errno.errorcode.get(code, f"errno_{code}")
+
+
+@dataclass(frozen=True)
+class BeatError:
+    """Why a beat failed: an OS errno and its symbolic name, or a synthetic
+    kind (``"InvalidInput"``, ``"WriteZero"``, ``"Closed"``) with errno 0."""
+
+    errno: int
+    kind: str
+
+    UNKNOWN_ERRNO: ClassVar[int] = 0
+
+    def to_oserror(self) -> OSError:
+        return OSError(self.errno, os.strerror(self.errno) if self.errno else self.kind)
+
+    @classmethod
+    def from_oserror(cls, exc: OSError) -> BeatError:
+        if exc.errno:
+            return cls(exc.errno, errno_name(exc.errno))
+        return cls(cls.UNKNOWN_ERRNO, type(exc).__name__)
+
+    def __str__(self) -> str:
+        return f"send failed: {self.kind} (errno={self.errno})"
+
+
+@dataclass(frozen=True)
+class BeatOutcome:
+    """Result of one ``Varta.beat``: exactly one of sent, dropped, failed.
+
+    ``bool(outcome)`` is true iff the frame was sent.
+    """
+
+    kind: str
+    reason: Optional[DropReason] = None
+    error: Optional[BeatError] = None
+
+    @classmethod
+    def sent(cls) -> BeatOutcome:
+        return _SENT
+
+    @classmethod
+    def dropped(cls, reason: DropReason) -> BeatOutcome:
+        return _DROPPED[DropReason(reason)]
+
+    @classmethod
+    def failed(cls, error: BeatError) -> BeatOutcome:
+        return cls("failed", error=error)
+
+    @property
+    def is_sent(self) -> bool:
+        return self.kind == "sent"
+
+    @property
+    def is_dropped(self) -> bool:
+        return self.kind == "dropped"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.kind == "failed"
+
+    def __bool__(self) -> bool:
+        return self.kind == "sent"
+
+    def __str__(self) -> str:
+        if self.kind == "sent":
+            return "sent"
+        if self.kind == "dropped":
+            assert self.reason is not None
+            return f"dropped: {self.reason.value}"
+        assert self.error is not None
+        return f"failed: {self.error}"
+
+
+# Pre-built immutable outcomes: the steady-state beat returns one of these.
+_SENT = BeatOutcome("sent")
+_DROPPED = {r: BeatOutcome("dropped", reason=r) for r in DropReason}
+
+
+def classify_send_error(exc: OSError) -> BeatOutcome:
+    """Map a send ``OSError`` to an outcome (``agent.md`` §5, first match wins)."""
+    code = exc.errno
+    if code == _errno.ENOBUFS:
+        return _DROPPED[DropReason.KERNEL_QUEUE_FULL]
+    if code == _errno.ENOSPC:
+        return _DROPPED[DropReason.STORAGE_FULL]
+    if isinstance(exc, BlockingIOError) or code in (_errno.EAGAIN, _errno.EWOULDBLOCK):
+        return _DROPPED[DropReason.KERNEL_QUEUE_FULL]
+    if code in (_errno.ECONNREFUSED, _errno.ENOENT):
+        return _DROPPED[DropReason.NO_OBSERVER]
+    if code in (_errno.ECONNRESET, _errno.ENOTCONN, _errno.EPIPE):
+        return _DROPPED[DropReason.PEER_GONE]
+    return BeatOutcome.failed(BeatError.from_oserror(exc))

@@ -1,0 +1,38 @@
+"""Dispatcher for ``python -m varta``. Each subcommand lives with its subsystem."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Optional, Sequence, cast
+
+USAGE = """usage: python -m varta <command> [args]
+
+commands:
+  watch ...          run the varta-watch observer daemon (same flags as varta-watch)
+  demo [--socket P]  run varta-watch with a demo agent beating into it
+  audit verify FILE  verify a recovery audit log's hash chain
+  keygen FILE        write a new 32-byte key file (mode 0600)
+"""
+
+# command -> "module:function"; imported only when that command runs.
+COMMANDS = {
+    "watch": "varta.watch.cli:main",
+    "demo": "varta.demo:main",
+    "audit": "varta.watch.audit:cli_main",
+    "keygen": "varta.keys:keygen_main",
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    target = COMMANDS.get(args[0])
+    if target is None:
+        sys.stderr.write(f"varta: unknown command {args[0]!r}\n{USAGE}")
+        return 2
+    module, func = target.split(":")
+    entry = cast(Callable[[list[str]], int], getattr(importlib.import_module(module), func))
+    return entry(args[1:])

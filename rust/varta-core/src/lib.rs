@@ -1,0 +1,15 @@
+//! varta-core: the pure-Rust heart of varta (no Python in here).
+//!
+//! | module | job |
+//! |---|---|
+//! | [`crc`], [`frame`] | the 32-byte VLP v0.2 codec |
+//! | [`secure`] | ChaCha20-Poly1305 seal/open, HKDF derivations, key files, replay window |
+//! | [`agent`], [`transport`] | the sending side: nonce/timestamp/fork rules over UDS, UDP, secure UDP |
+//! | [`panic`] | crash-terminal frames from hooks and fatal-signal handlers |
+//! | [`observer`] | listeners, tracker, deadline structure, counters |
+
+pub mod crc;
+pub mod frame;
+
+pub use crc::crc32c;
+pub use frame::{DecodeError, Frame, Status, FRAME_LEN, NONCE_TERMINAL};

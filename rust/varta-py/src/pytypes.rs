@@ -1,0 +1,108 @@
+//! Handles to the plain-Python value types defined in `varta._types`
+//! (`Status`, `DecodeError`, `DropReason`, `BeatOutcome`, `BeatError`).
+//!
+//! Imported once per interpreter and cached, so hot paths hand out existing
+//! objects (a refcount bump) instead of building new ones.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+use varta_core::frame::{DecodeError, Status};
+
+// The agent binding is the consumer of the outcome types.
+#[allow(dead_code)]
+pub struct PyTypes {
+    /// `Status` members indexed by their code (0..=3).
+    pub status: [Py<PyAny>; 4],
+    pub decode_error: Py<PyAny>,
+    pub drop_reason: Py<PyAny>,
+    pub beat_outcome: Py<PyAny>,
+    pub beat_error: Py<PyAny>,
+    pub classify_send_error: Py<PyAny>,
+}
+
+static TYPES: PyOnceLock<PyTypes> = PyOnceLock::new();
+
+pub fn types(py: Python<'_>) -> PyResult<&PyTypes> {
+    TYPES.get_or_try_init(py, || {
+        let m = py.import("varta._types")?;
+        let status_cls = m.getattr("Status")?;
+        let status = [0u8, 1, 2, 3].map(|code| status_cls.call1((code,)).map(Bound::unbind));
+        let [a, b, c, d] = status;
+        Ok(PyTypes {
+            status: [a?, b?, c?, d?],
+            decode_error: m.getattr("DecodeError")?.unbind(),
+            drop_reason: m.getattr("DropReason")?.unbind(),
+            beat_outcome: m.getattr("BeatOutcome")?.unbind(),
+            beat_error: m.getattr("BeatError")?.unbind(),
+            classify_send_error: m.getattr("classify_send_error")?.unbind(),
+        })
+    })
+}
+
+/// The cached `varta.Status` member for a core status.
+pub fn status_obj(py: Python<'_>, s: Status) -> PyResult<Py<PyAny>> {
+    Ok(types(py)?.status[s as usize].clone_ref(py))
+}
+
+/// Accept a `Status`, an int in 0..=3 or a case-insensitive name.
+pub fn extract_status(v: &Bound<'_, PyAny>) -> PyResult<Status> {
+    if let Ok(code) = v.extract::<i64>() {
+        // bool is an int subclass; True/False as a status is almost surely a bug.
+        if v.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "status must be Status, int or str, not bool",
+            ));
+        }
+        return u8::try_from(code)
+            .ok()
+            .and_then(Status::from_u8)
+            .ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(format!("status {code} is outside 0..=3"))
+            });
+    }
+    if let Ok(name) = v.extract::<String>() {
+        return Status::from_name(name.trim()).ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!("unknown status name {name:?}"))
+        });
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "status must be Status, int or str, not {}",
+        v.get_type().name()?
+    )))
+}
+
+/// Build the Python `varta.DecodeError` instance for a core decode error.
+pub fn decode_error_value(py: Python<'_>, e: &DecodeError) -> PyResult<Py<PyAny>> {
+    let t = types(py)?;
+    let kw = PyDict::new(py);
+    match *e {
+        DecodeError::BadCrc { expected, actual } => {
+            kw.set_item("expected", expected)?;
+            kw.set_item("actual", actual)?;
+        }
+        DecodeError::BadStatus(b) => {
+            kw.set_item("byte", b)?;
+            kw.set_item("status", b)?;
+        }
+        DecodeError::BadPid(p) => kw.set_item("pid", p)?,
+        DecodeError::BadTimestamp(ts) => kw.set_item("timestamp", ts)?,
+        DecodeError::BadNonce { nonce, status } => {
+            kw.set_item("nonce", nonce)?;
+            kw.set_item("status", status_obj(py, status)?)?;
+        }
+        DecodeError::BadMagic | DecodeError::BadVersion | DecodeError::StallOnWire => {}
+    }
+    Ok(t.decode_error
+        .bind(py)
+        .call((e.kind(), e.to_string()), Some(&kw))?
+        .unbind())
+}
+
+/// The `PyErr` to raise for a core decode error.
+pub fn decode_error_err(py: Python<'_>, e: &DecodeError) -> PyErr {
+    match decode_error_value(py, e) {
+        Ok(v) => PyErr::from_value(v.into_bound(py)),
+        Err(err) => err,
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, self-sufficient on a fresh machine:
+# venv + tools, lints, cargo test (core, no libpython), extension build, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+venv=${VARTA_VENV:-$root/.venv}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  step "creating venv $venv"
+  python3 -m venv "$venv"
+fi
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+step "installing test tools"
+python -m pip install -q --disable-pip-version-check \
+  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff
+
+# Prometheus (server + promtool) for the metrics integration tests.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing prometheus (Debian package)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null 2>&1 \
+      || echo "warning: could not install prometheus; its integration tests will fail"
+  fi
+fi
+
+step "rust lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "cargo test (varta-core, no libpython)"
+cargo test -p varta-core -q
+
+step "building the extension (dev profile)"
+maturin develop -q
+
+step "python lints"
+ruff check python tests bench
+ruff format --check python tests bench
+mypy
+python -m mypy.stubtest varta._varta --allowlist "$root/tests/stubtest-allowlist.txt"
+
+step "pytest"
+python -m pytest -q --timeout=180 -p no:cacheprovider "$@"
