@@ -16,6 +16,7 @@ from importlib.metadata import version as _version
 from ._types import (
     NONCE_TERMINAL,
     BeatError,
+    BeatOrigin,
     BeatOutcome,
     DecodeError,
     DropReason,
@@ -44,6 +45,7 @@ __all__ = [
     "FRAME_LEN",
     "NONCE_TERMINAL",
     "BeatError",
+    "BeatOrigin",
     "BeatOutcome",
     "DecodeError",
     "DropReason",

@@ -46,6 +46,24 @@ class Status(IntEnum):
 StatusLike = Union[Status, int, str]
 
 
+class BeatOrigin(IntEnum):
+    """How far the observer trusts the pid a beat claims (``observer.md`` §5.2).
+
+    The value is the rank: a stronger origin replaces a slot's pin, a weaker
+    one is an ``OriginConflict``. Recovery runs only for ``OPERATOR_ATTESTED_TRANSPORT``
+    and ``KERNEL_ATTESTED``.
+    """
+
+    NETWORK_UNVERIFIED = 0
+    SOCKET_MODE_ONLY = 1
+    OPERATOR_ATTESTED_TRANSPORT = 2
+    KERNEL_ATTESTED = 3
+
+    @property
+    def allows_recovery(self) -> bool:
+        return self >= BeatOrigin.OPERATOR_ATTESTED_TRANSPORT
+
+
 class DecodeError(ValueError):
     """A 32-byte buffer that is not a valid VLP v0.2 frame.
 

@@ -8,8 +8,15 @@
 //! | [`panic`] | crash-terminal frames from hooks and fatal-signal handlers |
 //! | [`observer`] | listeners, tracker, deadline structure, counters |
 
+pub mod agent;
 pub mod crc;
+pub mod fork;
 pub mod frame;
+pub mod observer;
+pub mod panic;
+pub mod secure;
+pub mod terminal;
+pub mod transport;
 
 pub use crc::crc32c;
 pub use frame::{DecodeError, Frame, Status, FRAME_LEN, NONCE_TERMINAL};

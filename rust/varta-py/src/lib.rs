@@ -5,11 +5,19 @@
 
 use pyo3::prelude::*;
 
+mod agent;
 mod codec;
+mod observer;
+mod panic;
 mod pytypes;
+mod secure;
 
 #[pymodule]
 fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     codec::register(m)?;
+    agent::register(m)?;
+    observer::register(m)?;
+    panic::register(m)?;
+    secure::register(m)?;
     Ok(())
 }
