@@ -37,6 +37,8 @@ pub use seal::{
     MASTER_WIRE_LEN, MAX_WIRE_LEN, SALT_LEN, SHARED_WIRE_LEN, TAG_LEN,
 };
 pub use session::{SecureSession, SessionError, SessionMode};
+/// Re-exported so bindings can wipe temporary copies of key material.
+pub use zeroize;
 
 /// Fill `buf` from OS entropy (`getrandom(2)` with flags 0 on Linux,
 /// `getentropy(3)` on macOS/BSD, `/dev/urandom` fallback — the `getrandom`
