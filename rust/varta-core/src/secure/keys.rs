@@ -301,8 +301,9 @@ fn open_secret(path: &Path, check: bool) -> Result<File, KeyFileError> {
     Ok(file)
 }
 
-/// Read a secret file (see [`open_secret`] for the checks) into a buffer that
-/// is zeroized on drop. The content is read from the descriptor that was
+/// Read a secret file into a buffer that is zeroized on drop. With `check`:
+/// `O_RDONLY|O_NOFOLLOW` (symlink → "must not be a symlink"), then `fstat` on
+/// that descriptor: regular file, owner == effective uid, `mode & 0o077 == 0`. The content is read from the descriptor that was
 /// checked, never by reopening the path.
 pub fn read_secret_file(path: &Path, check: bool) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     let mut file = open_secret(path, check)?;

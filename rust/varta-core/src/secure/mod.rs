@@ -15,6 +15,25 @@
 //!
 //! The cryptography is the RustCrypto crates (`chacha20poly1305`, `hkdf`,
 //! `sha2`); nothing here implements a primitive.
+//!
+//! # Plugging it in
+//!
+//! Agent (`transport::Transport` over a connected UDP socket):
+//! `send(frame)` = `session.next_wire(frame, &mut buf)` then
+//! `sock.send(&buf[..n])`; `expected_send_len()` = `session.wire_len()`;
+//! `commit_sent()` = `session.commit()`; `prepare_reconnect()` = a new socket
+//! plus `session.reseeded(getpid())`, swapped in by `commit_reconnect`.
+//! [`SessionError::PrefixSpaceExhausted`] asks for that reconnect.
+//!
+//! Observer (secure UDP listener): `recv_from` into a
+//! [`RECV_BUF_LEN`]-byte buffer, then `receiver.open(&buf[..n], now_ns)`:
+//! `Accepted(frame)` → the tracker (origin `NetworkUnverified` or
+//! operator-attested), `Decode(e)` → Decode event + `decode_errors{kind}`,
+//! `Rejected(_)` → nothing (already counted in [`SecureReceiver::counters`]).
+//! Keys come from [`keys::load_shared_keys`] and [`keys::load_master_key_file`].
+//!
+//! Crash hook: [`seal_panic_frame`] with a fork salt from [`os_entropy`] read
+//! at install time (allocation- and entropy-free when it fires).
 
 pub mod kdf;
 pub mod keys;
