@@ -35,6 +35,9 @@ from ._varta import (
 # --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
 # --- secure transport (issue: network transports) ---
+# --- panic ---
+# isort: split
+from . import panic as panic
 
 try:
     __version__ = _version("varta")

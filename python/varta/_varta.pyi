@@ -1,5 +1,6 @@
 """Type stubs for the native extension ``varta._varta`` (checked by mypy.stubtest)."""
 
+from os import PathLike
 from typing import final
 
 from ._types import Status, StatusLike
@@ -37,3 +38,13 @@ class Frame:
 # --- agent ---
 # --- observer ---
 # --- secure ---
+# --- panic ---
+@final
+class _PanicEmitter:
+    def activate(self, fatal_signals: bool) -> None: ...
+
+def _panic_connect_uds(path: str | PathLike[str]) -> _PanicEmitter: ...
+def _panic_connect_udp(host: str, port: int) -> _PanicEmitter: ...
+def _panic_fire() -> bool: ...
+def _panic_active() -> bool: ...
+def _panic_fatal_signals_installed() -> bool: ...
