@@ -33,8 +33,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Largest wire form any emitter produces (master-key secure frame: 64 bytes).
@@ -255,8 +255,11 @@ const RETIRE_WAIT: Duration = Duration::from_millis(200);
 
 extern "C" fn reset_in_child() {
     // Only the forking thread survives a fork, and it was not inside
-    // `fire()`; counts held by vanished threads must not block installs.
+    // `fire()` or an install; state held by vanished threads must not block
+    // the child. (A half-finished signal install is redone: dispositions
+    // already ours are recognised and never recorded as "previous".)
     READERS.store(0, Ordering::SeqCst);
+    let _ = SIGNAL_STATE.compare_exchange(SIG_BUSY, SIG_NONE, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 fn register_atfork() -> io::Result<()> {
@@ -356,8 +359,14 @@ pub const FATAL_SIGNALS: [libc::c_int; 5] = [
 /// The disposition each fatal signal had before ours, recorded before ours
 /// went in (so a handler never sees an unset slot).
 static PREV: [OnceLock<libc::sigaction>; 5] = [const { OnceLock::new() }; 5];
-static SIGNALS_INSTALLED: AtomicBool = AtomicBool::new(false);
-static SIGNALS_LOCK: Mutex<()> = Mutex::new(());
+/// Install state of the fatal-signal handlers: [`SIG_NONE`], [`SIG_BUSY`]
+/// (one thread is installing), [`SIG_DONE`]. An atomic, not a mutex, so a
+/// forked child never inherits a held lock (the at-fork handler resets
+/// `SIG_BUSY`).
+static SIGNAL_STATE: AtomicU8 = AtomicU8::new(SIG_NONE);
+const SIG_NONE: u8 = 0;
+const SIG_BUSY: u8 = 1;
+const SIG_DONE: u8 = 2;
 
 /// Size of the alternate signal stack given to the installing thread when it
 /// has none (so a stack overflow can still run the handler).
@@ -447,11 +456,15 @@ fn ensure_alt_stack() {
 /// whichever emitter is active at the time of the signal. The installing
 /// thread gets an alternate signal stack if it has none.
 pub fn install_fatal_signal_handlers() -> io::Result<()> {
-    let _g = SIGNALS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if SIGNALS_INSTALLED.load(Ordering::SeqCst) {
-        return Ok(());
-    }
     register_atfork()?;
+    loop {
+        match SIGNAL_STATE.compare_exchange(SIG_NONE, SIG_BUSY, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => break,
+            Err(SIG_DONE) => return Ok(()),
+            Err(_) => std::thread::yield_now(), // another thread is installing
+        }
+    }
     terminal::init_origin();
     ensure_alt_stack();
     for (i, &sig) in FATAL_SIGNALS.iter().enumerate() {
@@ -461,8 +474,11 @@ pub fn install_fatal_signal_handlers() -> io::Result<()> {
             if libc::sigaction(sig, ptr::null(), &mut old) != 0 {
                 Err(io::Error::last_os_error())
             } else {
-                // A retry after a failed install reuses the first recorded value.
-                let _ = PREV[i].set(old);
+                // A retry (after a failed or fork-interrupted install) keeps
+                // the first recorded value; our own handler is never "previous".
+                if old.sa_sigaction != on_fatal_signal as *const () as usize {
+                    let _ = PREV[i].set(old);
+                }
                 let mut new: libc::sigaction = std::mem::zeroed();
                 new.sa_sigaction = on_fatal_signal as *const () as usize;
                 new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
@@ -482,17 +498,18 @@ pub fn install_fatal_signal_handlers() -> io::Result<()> {
                     unsafe { libc::sigaction(s, prev, ptr::null_mut()) };
                 }
             }
+            SIGNAL_STATE.store(SIG_NONE, Ordering::SeqCst);
             return Err(e);
         }
     }
-    SIGNALS_INSTALLED.store(true, Ordering::SeqCst);
+    SIGNAL_STATE.store(SIG_DONE, Ordering::SeqCst);
     Ok(())
 }
 
 /// True once [`install_fatal_signal_handlers`] succeeded in this process
 /// (inherited by forked children).
 pub fn fatal_signal_handlers_installed() -> bool {
-    SIGNALS_INSTALLED.load(Ordering::SeqCst)
+    SIGNAL_STATE.load(Ordering::SeqCst) == SIG_DONE
 }
 
 #[cfg(test)]

@@ -28,11 +28,12 @@ impl PyPanicEmitter {
 fn os_error(e: &io::Error, what: &str) -> PyErr {
     match e.raw_os_error() {
         // OSError(errno, strerror, filename) picks the matching subclass.
-        Some(errno) => PyOSError::new_err((
-            errno,
-            io::Error::from_raw_os_error(errno).to_string(),
-            what.to_owned(),
-        )),
+        Some(errno) => {
+            let full = io::Error::from_raw_os_error(errno).to_string();
+            let suffix = format!(" (os error {errno})");
+            let strerror = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+            PyOSError::new_err((errno, strerror, what.to_owned()))
+        }
         None => PyOSError::new_err(format!("{what}: {e}")),
     }
 }
