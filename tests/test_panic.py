@@ -221,6 +221,27 @@ def test_fatal_signal_sends_one_frame_and_dies_by_the_signal(uds: Receiver, case
     one_frame(uds, c.pid)
 
 
+def test_main_thread_stack_overflow_still_sends_a_frame(uds: Receiver) -> None:
+    # C-level recursion until the stack runs out. The handler can only run
+    # on the alternate signal stack the install gave the main thread. (An
+    # interpreter that guards its C stack raises RecursionError instead; that
+    # ends in the excepthook and also yields exactly one frame.)
+    c = run_child(
+        f"""
+        import sys, varta.panic
+        varta.panic.install_excepthook_uds({uds.target!r})
+        sys.setrecursionlimit(10**8)
+        def f(n):
+            return list(map(f, [n]))
+        f(0)
+        """
+    )
+    assert c.returncode in (-signal.SIGSEGV, 1), c.stderr[-2000:]
+    if c.returncode == 1:
+        assert "RecursionError" in c.stderr
+    one_frame(uds, c.pid)
+
+
 @pytest.mark.parametrize("order", ["faulthandler-first", "faulthandler-after", "keyword"])
 def test_faulthandler_chains_and_socket_gets_only_vlp(uds: Receiver, order: str) -> None:
     install = {
