@@ -466,6 +466,9 @@ def test_sigint_keyboardinterrupt_is_reported_once(uds: Receiver) -> None:
     c = run_child(
         f"""
         import os, signal, varta.panic
+        # Python's usual SIGINT handler (a shell starting us in the
+        # background would have left SIGINT ignored, which we respect).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         varta.panic.install_excepthook_uds({uds.target!r}, exit_signals=True)
         os.kill(os.getpid(), signal.SIGINT)
         print("NOT-REACHED")

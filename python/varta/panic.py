@@ -34,7 +34,14 @@ twice; an exception is reported at most once even when several layers
 (``guard``, a signal handler, the excepthook) see it.
 
 Forked children inherit the hooks and the socket; the pid is read when the
-frame is sent, so a child's crash carries the child's pid.
+frame is sent, so a child's crash carries the child's pid. A process whose
+pid is 1 (a container's init) sends nothing: the wire reserves pids 0 and 1.
+
+Limits: the alternate signal stack (needed to report a stack overflow) is
+given to the installing thread only; threads started with
+:func:`_thread.start_new_thread` bypass :data:`threading.excepthook`; a
+handler installed for a fatal signal *after* ours runs first and decides
+whether ours runs at all (:mod:`faulthandler` does chain to it).
 """
 
 from __future__ import annotations
