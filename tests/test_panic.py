@@ -73,7 +73,7 @@ class Receiver:
         self.sock.settimeout(timeout)
         try:
             first = [self.sock.recv(4096)]
-        except TimeoutError:
+        except socket.timeout:  # TimeoutError from 3.10 on
             return []
         return first + self.drain()
 
