@@ -37,6 +37,9 @@ from ._varta import (
 # --- secure transport (issue: network transports) ---
 # isort: split
 from ._varta import Key
+# --- panic ---
+# isort: split
+from . import panic as panic
 
 try:
     __version__ = _version("varta")
