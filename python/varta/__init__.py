@@ -10,9 +10,6 @@ written for it runs unchanged.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
-
 from ._types import (
     NONCE_TERMINAL,
     BeatError,
@@ -41,10 +38,8 @@ from ._varta import Key
 # isort: split
 from . import panic as panic
 
-try:
-    __version__ = _version("varta")
-except _PackageNotFoundError:  # running from a source tree without metadata
-    __version__ = "0.0.0+unknown"
+# One version source: Cargo.toml (importlib.metadata would cost ~0.3 s per import).
+from ._varta import __version__
 
 __all__ = [
     "FRAME_LEN",

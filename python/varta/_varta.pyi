@@ -6,6 +6,7 @@ from typing import NoReturn, Sequence, Union, final
 
 from ._types import DecodeError, Status, StatusLike
 
+__version__: str
 NONCE_TERMINAL: int
 FRAME_LEN: int
 
