@@ -34,6 +34,7 @@ from ._varta import (
 # --- secure transport (issue: network transports) ---
 # isort: split
 from ._varta import Key
+
 # --- panic ---
 # isort: split
 from . import panic as panic

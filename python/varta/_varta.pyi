@@ -109,6 +109,7 @@ class _SecureSession:
     def counter(self) -> int: ...
     @property
     def wire_len(self) -> int: ...
+
 # --- panic ---
 @final
 class _PanicEmitter:
