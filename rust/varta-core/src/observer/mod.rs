@@ -1,0 +1,4 @@
+pub mod clock;
+pub mod counters;
+pub mod deadline;
+pub mod tracker;
