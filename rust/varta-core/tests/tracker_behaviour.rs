@@ -99,7 +99,10 @@ fn config_is_validated() {
         assert_eq!(Tracker::new(cfg).unwrap_err(), err);
         assert!(!err.to_string().is_empty());
     }
-    assert_eq!(EvictionPolicy::from_name("balanced"), Some(EvictionPolicy::Balanced));
+    assert_eq!(
+        EvictionPolicy::from_name("balanced"),
+        Some(EvictionPolicy::Balanced)
+    );
     assert_eq!(EvictionPolicy::from_name("lru"), None);
 }
 
@@ -123,7 +126,10 @@ fn origin_ranks_match_the_python_enum() {
 fn stall_once_then_silence_gives_no_second_stall() {
     let clock = FakeClock::new(0);
     let mut t = small();
-    assert_eq!(t.record(&beat(7, 1), KA, Some(9), Some(5), clock.now_ns()), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(7, 1), KA, Some(9), Some(5), clock.now_ns()),
+        RecordOutcome::Inserted
+    );
     assert_eq!(t.next_deadline_ns(), Some(T));
     clock.advance(T - 1);
     assert!(stalls(&mut t, clock.now_ns()).is_empty());
@@ -160,7 +166,10 @@ fn next_accepted_beat_rearms_and_stalls_again() {
     clock.advance(T);
     assert_eq!(pids(&stalls(&mut t, clock.now_ns())), vec![7]);
     clock.advance(5 * T);
-    assert_eq!(t.record(&beat(7, 2), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(7, 2), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
     let a = t.get(7).unwrap();
     assert!(!a.stalled);
     assert_eq!(a.last_ns, clock.now_ns());
@@ -184,8 +193,14 @@ fn out_of_order_and_duplicates_are_dropped_counted_and_do_not_rearm() {
     t.record(&beat(7, 10), KA, None, None, 0);
     clock.advance(T / 2);
     // Duplicate and older nonce: dropped, deadline unchanged.
-    assert_eq!(t.record(&beat(7, 10), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
-    assert_eq!(t.record(&beat(7, 3), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        t.record(&beat(7, 10), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
+    assert_eq!(
+        t.record(&beat(7, 3), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
     assert_eq!(t.counters().out_of_order, 2);
     assert_eq!(t.next_deadline_ns(), Some(T));
     let a = t.get(7).unwrap();
@@ -194,7 +209,10 @@ fn out_of_order_and_duplicates_are_dropped_counted_and_do_not_rearm() {
     assert_eq!(pids(&stalls(&mut t, clock.now_ns())), vec![7]);
     // While latched: a duplicate does not clear the latch, so no new stall.
     clock.advance(T);
-    assert_eq!(t.record(&beat(7, 10), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        t.record(&beat(7, 10), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
     assert!(t.get(7).unwrap().stalled);
     assert_eq!(t.next_deadline_ns(), None);
     clock.advance(3 * T);
@@ -228,8 +246,14 @@ fn wrap_is_accepted_exactly_at_the_threshold_edges() {
             assert_eq!(t.counters().nonce_wrap, 1);
             assert_eq!(t.get(3).unwrap().last_nonce, new);
             // After the wrap, ordering continues from the new low nonce.
-            assert_eq!(t.record(&beat(3, new), KA, None, None, 20), RecordOutcome::OutOfOrder);
-            assert_eq!(t.record(&beat(3, new + 1), KA, None, None, 20), RecordOutcome::Refreshed);
+            assert_eq!(
+                t.record(&beat(3, new), KA, None, None, 20),
+                RecordOutcome::OutOfOrder
+            );
+            assert_eq!(
+                t.record(&beat(3, new + 1), KA, None, None, 20),
+                RecordOutcome::Refreshed
+            );
         } else {
             assert_eq!(out, RecordOutcome::OutOfOrder, "last {last} new {new}");
             assert_eq!(t.counters().nonce_wrap, 0);
@@ -243,7 +267,10 @@ fn wrap_clears_the_stall_latch() {
     let mut t = small();
     t.record(&beat(3, u64::MAX - 1), KA, None, None, 0);
     assert_eq!(stalls(&mut t, T).len(), 1);
-    assert_eq!(t.record(&beat(3, 0), KA, None, None, 2 * T), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(3, 0), KA, None, None, 2 * T),
+        RecordOutcome::Refreshed
+    );
     assert!(!t.get(3).unwrap().stalled);
     assert_eq!(pids(&stalls(&mut t, 3 * T)), vec![3]);
 }
@@ -254,22 +281,44 @@ fn terminal_frames_follow_their_own_timestamp_order() {
     let mut t = small();
     t.record(&beat(5, 100), KA, None, None, 0);
     clock.advance(T / 4);
-    assert_eq!(t.record(&terminal(5, 50), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&terminal(5, 50), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
     let a = t.get(5).unwrap();
     assert_eq!(a.last_nonce, NONCE_TERMINAL);
-    assert_eq!(a.last_regular_nonce, Some(100), "terminal does not touch the regular nonce");
+    assert_eq!(
+        a.last_regular_nonce,
+        Some(100),
+        "terminal does not touch the regular nonce"
+    );
     assert_eq!(a.last_terminal_ts, Some(50));
     assert_eq!(a.status, Status::Critical);
     assert_eq!(a.last_ns, clock.now_ns());
     // Same timestamp again: OutOfOrder; lower: OutOfOrder; higher: accepted.
-    assert_eq!(t.record(&terminal(5, 50), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
-    assert_eq!(t.record(&terminal(5, 49), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        t.record(&terminal(5, 50), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
+    assert_eq!(
+        t.record(&terminal(5, 49), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
     assert_eq!(t.counters().out_of_order, 2);
     clock.advance(1);
-    assert_eq!(t.record(&terminal(5, 51), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&terminal(5, 51), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
     // The regular sequence continues from 100, unaffected by the terminal.
-    assert_eq!(t.record(&beat(5, 100), KA, None, None, clock.now_ns()), RecordOutcome::OutOfOrder);
-    assert_eq!(t.record(&beat(5, 101), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(5, 100), KA, None, None, clock.now_ns()),
+        RecordOutcome::OutOfOrder
+    );
+    assert_eq!(
+        t.record(&beat(5, 101), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
     assert_eq!(t.get(5).unwrap().last_nonce, 101);
     assert_eq!(t.get(5).unwrap().beats, 4);
 }
@@ -287,12 +336,18 @@ fn terminal_does_not_suppress_a_later_stall_and_clears_the_latch() {
     assert_eq!(s[0].last_nonce, NONCE_TERMINAL);
     // A later terminal clears the latch and re-arms; a stall follows again.
     clock.advance(T);
-    assert_eq!(t.record(&terminal(6, 2), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&terminal(6, 2), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
     assert!(!t.get(6).unwrap().stalled);
     clock.advance(T);
     assert_eq!(pids(&stalls(&mut t, clock.now_ns())), vec![6]);
     // A regular beat after terminal-only history: any nonce is accepted.
-    assert_eq!(t.record(&beat(6, 0), KA, None, None, clock.now_ns()), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(6, 0), KA, None, None, clock.now_ns()),
+        RecordOutcome::Refreshed
+    );
 }
 
 #[test]
@@ -309,7 +364,10 @@ fn stronger_origin_replaces_weaker_is_refused() {
     assert_eq!(t.counters().origin_conflict, 1);
     assert_eq!(t.get(8).unwrap().last_nonce, 50);
     // Stronger: replaces the slot (new nonce baseline, origin, pins).
-    assert_eq!(t.record(&beat(8, 1), KA, Some(77), Some(3), 20), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(8, 1), KA, Some(77), Some(3), 20),
+        RecordOutcome::Refreshed
+    );
     let a = t.get(8).unwrap();
     assert_eq!(a.origin, KA);
     assert_eq!((a.last_nonce, a.last_ns), (1, 20));
@@ -317,7 +375,13 @@ fn stronger_origin_replaces_weaker_is_refused() {
     assert_eq!(a.beats, 2, "per-pid beat count survives the replacement");
     // Now the socket-mode origin is the weaker one.
     assert_eq!(
-        t.record(&beat(8, 2), BeatOrigin::SocketModeOnly, Some(77), Some(3), 30),
+        t.record(
+            &beat(8, 2),
+            BeatOrigin::SocketModeOnly,
+            Some(77),
+            Some(3),
+            30
+        ),
         RecordOutcome::OriginConflict { slot_origin: KA }
     );
     assert_eq!(t.counters().origin_conflict, 2);
@@ -330,7 +394,10 @@ fn origin_replacement_clears_a_latch() {
     let mut t = small();
     t.record(&beat(8, 5), BeatOrigin::SocketModeOnly, None, None, 0);
     assert_eq!(stalls(&mut t, T).len(), 1);
-    assert_eq!(t.record(&beat(8, 1), KA, None, None, 2 * T), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(8, 1), KA, None, None, 2 * T),
+        RecordOutcome::Refreshed
+    );
     assert!(!t.get(8).unwrap().stalled);
     assert_eq!(pids(&stalls(&mut t, 3 * T)), vec![8]);
 }
@@ -352,14 +419,20 @@ fn namespace_first_pin_wins() {
     assert_eq!(t.counters().namespace_conflict, 2);
     assert_eq!(t.get(9).unwrap().last_nonce, 1);
     // Missing inode on a terminal frame: accepted, pin kept.
-    assert_eq!(t.record(&terminal(9, 1), KA, None, None, 2), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&terminal(9, 1), KA, None, None, 2),
+        RecordOutcome::Refreshed
+    );
     assert_eq!(t.get(9).unwrap().pid_ns_inode, Some(100));
     // A different inode is refused even for a terminal.
     assert_eq!(
         t.record(&terminal(9, 2), KA, Some(200), None, 3),
         RecordOutcome::NamespaceConflict { slot_ns: Some(100) }
     );
-    assert_eq!(t.record(&beat(9, 2), KA, Some(100), None, 4), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(9, 2), KA, Some(100), None, 4),
+        RecordOutcome::Refreshed
+    );
 }
 
 #[test]
@@ -367,15 +440,24 @@ fn namespace_and_generation_are_pinned_only_by_an_accepted_frame() {
     let mut t = small();
     t.record(&beat(9, 5), KA, None, None, 0);
     // Rejected (out of order) frame carrying identity: nothing pinned.
-    assert_eq!(t.record(&beat(9, 5), KA, Some(100), Some(7), 1), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        t.record(&beat(9, 5), KA, Some(100), Some(7), 1),
+        RecordOutcome::OutOfOrder
+    );
     let a = t.get(9).unwrap();
     assert_eq!((a.pid_ns_inode, a.generation), (None, None));
     // Accepted frame pins both.
-    assert_eq!(t.record(&beat(9, 6), KA, Some(100), Some(7), 2), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(9, 6), KA, Some(100), Some(7), 2),
+        RecordOutcome::Refreshed
+    );
     let a = t.get(9).unwrap();
     assert_eq!((a.pid_ns_inode, a.generation), (Some(100), Some(7)));
     // Generation unknown on a later frame: not a conflict, pin kept.
-    assert_eq!(t.record(&beat(9, 7), KA, Some(100), None, 3), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(9, 7), KA, Some(100), None, 3),
+        RecordOutcome::Refreshed
+    );
     assert_eq!(t.get(9).unwrap().generation, Some(7));
 }
 
@@ -386,18 +468,30 @@ fn pid_recycle_by_generation_resets_the_slot() {
     assert_eq!(stalls(&mut t, T).len(), 1);
     // Same pid, new start time, low nonce, even a different namespace:
     // a new process — reset, Inserted, counted.
-    assert_eq!(t.record(&beat(11, 1), KA, Some(2), Some(43), T + 5), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(11, 1), KA, Some(2), Some(43), T + 5),
+        RecordOutcome::Inserted
+    );
     let a = t.get(11).unwrap();
-    assert_eq!((a.last_nonce, a.generation, a.pid_ns_inode), (1, Some(43), Some(2)));
+    assert_eq!(
+        (a.last_nonce, a.generation, a.pid_ns_inode),
+        (1, Some(43), Some(2))
+    );
     assert!(!a.stalled);
     assert_eq!((a.beats, a.stalls), (2, 1));
     assert_eq!(t.counters().pid_recycle, 1);
     assert_eq!(t.len(), 1);
     // Unknown generation on either side is not a recycle.
-    assert_eq!(t.record(&beat(11, 1), KA, Some(2), None, T + 6), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        t.record(&beat(11, 1), KA, Some(2), None, T + 6),
+        RecordOutcome::OutOfOrder
+    );
     let mut u = small();
     u.record(&beat(11, 1000), KA, None, None, 0);
-    assert_eq!(u.record(&beat(11, 1), KA, None, Some(43), 1), RecordOutcome::OutOfOrder);
+    assert_eq!(
+        u.record(&beat(11, 1), KA, None, Some(43), 1),
+        RecordOutcome::OutOfOrder
+    );
     assert_eq!(u.counters().pid_recycle, 0);
     t.check_invariants().unwrap();
 }
@@ -416,38 +510,68 @@ fn generation_recycle_wins_over_origin_conflict() {
 
 #[test]
 fn network_recycle_needs_silence_same_network_origin_and_no_generation() {
-    for origin in [BeatOrigin::NetworkUnverified, BeatOrigin::OperatorAttestedTransport] {
+    for origin in [
+        BeatOrigin::NetworkUnverified,
+        BeatOrigin::OperatorAttestedTransport,
+    ] {
         let mut t = small();
         t.record(&beat(12, 500), origin, None, None, 0);
         // Not silent long enough: a plain out-of-order drop.
-        assert_eq!(t.record(&beat(12, 1), origin, None, None, T - 1), RecordOutcome::OutOfOrder);
+        assert_eq!(
+            t.record(&beat(12, 1), origin, None, None, T - 1),
+            RecordOutcome::OutOfOrder
+        );
         // Silent ≥ threshold: recycled.
-        assert_eq!(t.record(&beat(12, 1), origin, None, None, T), RecordOutcome::Inserted);
+        assert_eq!(
+            t.record(&beat(12, 1), origin, None, None, T),
+            RecordOutcome::Inserted
+        );
         assert_eq!(t.counters().pid_recycle, 1);
         assert_eq!(t.get(12).unwrap().last_nonce, 1);
         // A terminal after silence is not a recycle signal.
-        assert_eq!(t.record(&terminal(12, 9), origin, None, None, 3 * T), RecordOutcome::Refreshed);
+        assert_eq!(
+            t.record(&terminal(12, 9), origin, None, None, 3 * T),
+            RecordOutcome::Refreshed
+        );
         assert_eq!(t.counters().pid_recycle, 1);
     }
     // Kernel-attested and socket-mode slots never network-recycle.
     for origin in [KA, BeatOrigin::SocketModeOnly] {
         let mut t = small();
         t.record(&beat(12, 500), origin, None, None, 0);
-        assert_eq!(t.record(&beat(12, 1), origin, None, None, 5 * T), RecordOutcome::OutOfOrder);
+        assert_eq!(
+            t.record(&beat(12, 1), origin, None, None, 5 * T),
+            RecordOutcome::OutOfOrder
+        );
         assert_eq!(t.counters().pid_recycle, 0);
     }
     // A known slot generation disables it.
     let mut t = small();
-    t.record(&beat(12, 500), BeatOrigin::NetworkUnverified, None, Some(1), 0);
+    t.record(
+        &beat(12, 500),
+        BeatOrigin::NetworkUnverified,
+        None,
+        Some(1),
+        0,
+    );
     assert_eq!(
-        t.record(&beat(12, 1), BeatOrigin::NetworkUnverified, None, None, 5 * T),
+        t.record(
+            &beat(12, 1),
+            BeatOrigin::NetworkUnverified,
+            None,
+            None,
+            5 * T
+        ),
         RecordOutcome::OutOfOrder
     );
 }
 
 fn fill(t: &mut Tracker, first_pid: u32, n: u32, now: u64) {
     for pid in first_pid..first_pid + n {
-        assert_eq!(t.record(&beat(pid, 1), KA, None, None, now), RecordOutcome::Inserted);
+        assert_eq!(
+            t.record(&beat(pid, 1), KA, None, None, now),
+            RecordOutcome::Inserted
+        );
     }
 }
 
@@ -457,14 +581,20 @@ fn strict_full_table_without_latched_slots_is_capacity_exceeded() {
     fill(&mut t, 1, 4, 0);
     // Everyone is ancient but nobody has been reported stalled: no victim,
     // and the skipped strict pass does not count as a truncated scan.
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 100 * T), RecordOutcome::CapacityExceeded);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 100 * T),
+        RecordOutcome::CapacityExceeded
+    );
     assert_eq!(t.counters().capacity_exceeded, 1);
     assert_eq!(t.counters().eviction_scan_truncated, 0);
     assert_eq!(t.counters().tracker_evicted, 0);
     assert!(t.get(99).is_none());
     assert_eq!(t.len(), 4);
     // Known pids still beat normally while full.
-    assert_eq!(t.record(&beat(2, 2), KA, None, None, 100 * T), RecordOutcome::Refreshed);
+    assert_eq!(
+        t.record(&beat(2, 2), KA, None, None, 100 * T),
+        RecordOutcome::Refreshed
+    );
     t.check_invariants().unwrap();
 }
 
@@ -477,10 +607,16 @@ fn strict_evicts_only_latched_slots_silent_over_ten_thresholds() {
     assert_eq!(pids(&stalls(&mut t, T)), vec![1, 2, 4]);
     t.record(&beat(3, 3), KA, None, None, 10 * T);
     // At exactly 10T of silence nobody is old enough (needs > 10T).
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 10 * T), RecordOutcome::CapacityExceeded);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 10 * T),
+        RecordOutcome::CapacityExceeded
+    );
     assert_eq!(t.counters().eviction_scan_truncated, 1);
     // Past 10T: first fit from the cursor is a latched, silent slot.
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 10 * T + 1), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 10 * T + 1),
+        RecordOutcome::Inserted
+    );
     assert_eq!(t.counters().tracker_evicted, 1);
     let mut removed = Vec::new();
     t.take_removed(&mut removed);
@@ -490,9 +626,18 @@ fn strict_evicts_only_latched_slots_silent_over_ten_thresholds() {
     assert!(t.get(victim).is_none());
     assert!(t.get(99).is_some());
     // Fill up with two more; pid 3 (unlatched) survives even when ancient.
-    assert_eq!(t.record(&beat(100, 1), KA, None, None, 30 * T), RecordOutcome::Inserted);
-    assert_eq!(t.record(&beat(101, 1), KA, None, None, 30 * T), RecordOutcome::Inserted);
-    assert_eq!(t.record(&beat(102, 1), KA, None, None, 30 * T), RecordOutcome::CapacityExceeded);
+    assert_eq!(
+        t.record(&beat(100, 1), KA, None, None, 30 * T),
+        RecordOutcome::Inserted
+    );
+    assert_eq!(
+        t.record(&beat(101, 1), KA, None, None, 30 * T),
+        RecordOutcome::Inserted
+    );
+    assert_eq!(
+        t.record(&beat(102, 1), KA, None, None, 30 * T),
+        RecordOutcome::CapacityExceeded
+    );
     assert!(t.get(3).is_some());
     t.take_removed(&mut removed);
     assert_eq!(removed.len(), 3);
@@ -506,13 +651,28 @@ fn balanced_evicts_any_slot_silent_over_ten_thresholds() {
     fill(&mut t, 1, 4, 0);
     t.record(&beat(2, 2), KA, None, None, 5 * T);
     // Nobody latched (no expiry ran) and nobody old enough: counted once.
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 10 * T), RecordOutcome::CapacityExceeded);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 10 * T),
+        RecordOutcome::CapacityExceeded
+    );
     assert_eq!(t.counters().eviction_scan_truncated, 1);
     // Pids 1, 3, 4 are silent > 10T; pid 2 is not.
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 10 * T + 1), RecordOutcome::Inserted);
-    assert_eq!(t.record(&beat(98, 1), KA, None, None, 10 * T + 1), RecordOutcome::Inserted);
-    assert_eq!(t.record(&beat(97, 1), KA, None, None, 10 * T + 1), RecordOutcome::Inserted);
-    assert_eq!(t.record(&beat(96, 1), KA, None, None, 10 * T + 1), RecordOutcome::CapacityExceeded);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 10 * T + 1),
+        RecordOutcome::Inserted
+    );
+    assert_eq!(
+        t.record(&beat(98, 1), KA, None, None, 10 * T + 1),
+        RecordOutcome::Inserted
+    );
+    assert_eq!(
+        t.record(&beat(97, 1), KA, None, None, 10 * T + 1),
+        RecordOutcome::Inserted
+    );
+    assert_eq!(
+        t.record(&beat(96, 1), KA, None, None, 10 * T + 1),
+        RecordOutcome::CapacityExceeded
+    );
     assert_eq!(t.counters().tracker_evicted, 3);
     assert!(t.get(2).is_some());
     let mut removed = Vec::new();
@@ -535,7 +695,10 @@ fn balanced_prefers_a_latched_victim() {
     }
     assert_eq!(pids(&stalls(&mut t, T)), vec![4]);
     // At 20T everyone is > 10T silent but pids 1-3 are not latched.
-    assert_eq!(t.record(&beat(99, 1), KA, None, None, 11 * T), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(99, 1), KA, None, None, 11 * T),
+        RecordOutcome::Inserted
+    );
     let mut removed = Vec::new();
     t.take_removed(&mut removed);
     assert_eq!(removed, vec![4]);
@@ -553,10 +716,16 @@ fn scan_window_truncation_is_counted_and_the_cursor_rotates() {
     // Slots are scanned 2 per attempt from a rotating cursor: slots 0-1,
     // 2-3, 4-5 hold no victim (3 truncated attempts), 6-7 finds pid 8.
     for k in 1..=3 {
-        assert_eq!(t.record(&beat(200 + k, 1), KA, None, None, 12 * T), RecordOutcome::CapacityExceeded);
+        assert_eq!(
+            t.record(&beat(200 + k, 1), KA, None, None, 12 * T),
+            RecordOutcome::CapacityExceeded
+        );
         assert_eq!(t.counters().eviction_scan_truncated, u64::from(k));
     }
-    assert_eq!(t.record(&beat(204, 1), KA, None, None, 12 * T), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(204, 1), KA, None, None, 12 * T),
+        RecordOutcome::Inserted
+    );
     assert_eq!(t.counters().eviction_scan_truncated, 3);
     assert_eq!(t.counters().capacity_exceeded, 3);
     assert!(t.get(8).is_none());
@@ -579,7 +748,10 @@ fn retire_removes_without_a_stall() {
     t.take_removed(&mut removed);
     assert_eq!(removed.len(), 2, "and drains");
     // The pid can come back as a new agent.
-    assert_eq!(t.record(&beat(21, 1), KA, None, Some(2), T), RecordOutcome::Inserted);
+    assert_eq!(
+        t.record(&beat(21, 1), KA, None, Some(2), T),
+        RecordOutcome::Inserted
+    );
     assert_eq!(t.get(21).unwrap().beats, 1);
 }
 
@@ -587,7 +759,13 @@ fn retire_removes_without_a_stall() {
 fn expire_with_limit_and_retire_verdict() {
     let mut t = small();
     for pid in 1..=5 {
-        t.record(&beat(pid, 1), KA, None, Some(u64::from(pid)), u64::from(pid));
+        t.record(
+            &beat(pid, 1),
+            KA,
+            None,
+            Some(u64::from(pid)),
+            u64::from(pid),
+        );
     }
     let mut seen = Vec::new();
     // Limit: the first two due (in deadline order), the rest stay due.
@@ -621,7 +799,10 @@ fn removed_list_is_bounded_and_drops_are_counted() {
     let mut t = tracker(1, EvictionPolicy::Balanced, 1);
     let mut now = 0;
     for pid in 0..70u32 {
-        assert_eq!(t.record(&beat(pid, 1), KA, None, None, now), RecordOutcome::Inserted);
+        assert_eq!(
+            t.record(&beat(pid, 1), KA, None, None, now),
+            RecordOutcome::Inserted
+        );
         now += 11 * T;
     }
     assert_eq!(t.counters().tracker_evicted, 69);
@@ -654,7 +835,9 @@ fn iter_and_len_reflect_tracked_pids() {
     assert_eq!(seen, vec![3, 5, 9]);
     assert_eq!(t.len(), 3);
     assert!(!t.is_empty());
-    assert!(t.iter().all(|a| a.origin == BeatOrigin::SocketModeOnly && a.beats == 1));
+    assert!(t
+        .iter()
+        .all(|a| a.origin == BeatOrigin::SocketModeOnly && a.beats == 1));
 }
 
 #[test]
@@ -672,7 +855,10 @@ fn pid_index_survives_heavy_churn() {
             let old = live.pop_front().unwrap();
             assert!(t.retire(old));
         }
-        assert_eq!(t.record(&beat(pid, 1), KA, None, None, u64::from(k)), RecordOutcome::Inserted);
+        assert_eq!(
+            t.record(&beat(pid, 1), KA, None, None, u64::from(k)),
+            RecordOutcome::Inserted
+        );
         live.push_back(pid);
     }
     for pid in &live {

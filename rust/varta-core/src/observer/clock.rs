@@ -241,7 +241,10 @@ mod tests {
     #[test]
     fn forward_jump_over_five_seconds_is_counted_and_accepted() {
         let c = MonotonicClock::new(ClockSource::Monotonic).unwrap();
-        assert_eq!(c.observe_raw_for_test(Some(JUMP_FORWARD_NS)), JUMP_FORWARD_NS);
+        assert_eq!(
+            c.observe_raw_for_test(Some(JUMP_FORWARD_NS)),
+            JUMP_FORWARD_NS
+        );
         assert_eq!(c.jumps_forward(), 0, "exactly 5 s is not a jump");
         let t = 2 * JUMP_FORWARD_NS + 1;
         assert_eq!(c.observe_raw_for_test(Some(t)), t);
