@@ -582,6 +582,100 @@ pub fn wait_readable(fds: &[RawFd], timeout_ns: Option<u64>) -> io::Result<bool>
     Ok(rc > 0)
 }
 
+/// CPU time of the calling thread (ns).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Benchmark floor: bind a plain blocking `SO_PASSCRED` socket at `path` and
+/// `recvmsg(2)` one datagram at a time with its credentials until `n`
+/// frame-sized datagrams whose pid field matches the kernel pid arrived, or
+/// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
+#[doc(hidden)]
+pub fn bench_recv_floor(
+    path: &Path,
+    n: u64,
+    rcvbuf: u32,
+    idle_timeout_ms: u64,
+) -> io::Result<(u64, u64)> {
+    let (addr, len) = sockaddr_un(path)?;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
+    clear_stale(path, &cpath, &addr, len)?;
+    let fd = new_dgram_socket(false)?;
+    let raw = fd.as_raw_fd();
+    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if rcvbuf > 0 {
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
+    }
+    let tv = libc::timeval {
+        tv_sec: (idle_timeout_ms / 1000) as libc::time_t,
+        tv_usec: ((idle_timeout_ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: `tv` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    if unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
+        return Err(with_context(last_error(), "cannot bind", path));
+    }
+    let mut buf = [0u8; RECV_BUF_LEN];
+    let mut cmsg = CmsgBuf([0u8; CMSG_BUF_LEN]);
+    let mut got = 0u64;
+    let start = thread_cpu_ns();
+    while got < n {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: RECV_BUF_LEN,
+        };
+        // SAFETY: plain old data.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_BUF_LEN as _;
+        // SAFETY: `msg` points at live buffers of the advertised sizes.
+        let r = unsafe { libc::recvmsg(raw, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                _ => break, // idle timeout (or an error): stop measuring
+            }
+        }
+        let hdr = libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: r as u32,
+        };
+        let meta = parse_message(&hdr);
+        if meta.len as usize == FRAME_LEN && !meta.overlong {
+            let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            if meta.creds.is_some_and(|c| c.pid == pid) {
+                got += 1;
+            }
+        }
+    }
+    let cpu = thread_cpu_ns().saturating_sub(start);
+    // SAFETY: NUL-terminated path; we bound it.
+    unsafe { libc::unlink(cpath.as_ptr()) };
+    Ok((cpu, got))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
