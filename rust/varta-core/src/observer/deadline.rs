@@ -15,7 +15,7 @@
 //! deadline (a caller passing an earlier `now`) costs O(k) for the k entries it
 //! overtakes, never a wrong expiry order.
 //!
-//! Memory: one [`Link`] (16 bytes) per slot, allocated at construction.
+//! Memory: one `Link` (prev, next, due: 16 bytes) per slot, allocated at construction.
 
 /// "No entry" in a prev/next/head/tail position.
 const NIL: u32 = u32::MAX;

@@ -11,6 +11,8 @@
 //! t.retire(pid) -> bool             // §4.5 KernelAttested generation-mismatch release
 //! t.take_removed(&mut Vec<u32>)     // pids evicted / retired since the last call
 //! t.len(); t.capacity(); t.config(); t.counters() -> &TrackerCounters
+//! t.prefetch(pid)                   // cache hint: call per frame of a recvmmsg batch, then record
+//! t.bytes_per_agent()               // allocated bytes / capacity
 //! ```
 //! Time is always passed in (`now_ns`, observer ns from a [`super::clock::Clock`]).
 //! Internally `now_ns` is clamped to the largest value seen so far, so a
@@ -26,6 +28,21 @@
 //! * deadlines: [`DeadlineList`] — armed slots ordered by `last_ns +
 //!   threshold`; a beat re-arms in O(1), expiry pops only due entries.
 //!   A stalled (latched) slot is disarmed until its next accepted beat.
+//!
+//! Memory per agent: slot 64 B + index 16–32 B (8 B entries, 2–4 per slot)
+//! + deadline link 16 B + free stack 4 B + removed list 4 B ≈ 105–120 B.
+//!
+//! # Choices where the spec leaves room
+//! * Per-pid `beats` / `stalls` survive in-place resets (generation or
+//!   network recycle, stronger-origin replacement): they back the per-pid
+//!   Prometheus counters, which must not go backwards while the pid's row
+//!   lives. They restart at 0 only for a pid inserted into a free slot.
+//! * Wrap rule exactly as §4.2: `last ≥ 2^64−1−2^20 && new ≤ 2^20`.
+//! * `eviction_scan_truncated` counts once per attempt that ran at least one
+//!   pass and found no victim (a skipped strict pass alone does not count).
+//! * A lookup that walks 64 probes without a match or an empty entry proves
+//!   the pid absent (inserts never place further); a tombstone seen on the
+//!   way is reused, so only a chain with no free entry at all is "exhausted".
 
 use crate::frame::{Frame, Status, NONCE_TERMINAL};
 use core::fmt;
