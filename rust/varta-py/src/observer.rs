@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
-use varta_core::observer::ingress::{CounterValue, Waiter};
+use varta_core::observer::ingress::{CounterValue, Waiter, WAIT_SLICE_NS};
 use varta_core::observer::listener::error_errno;
 use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
 use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
@@ -615,46 +615,42 @@ impl PyObserver {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One GIL-free step: drain; if nothing, wait one slice (lock released)
-    /// and drain again.
+    /// One GIL-free step of at most one wait slice (50 ms): wait for
+    /// readiness (or the next stall deadline), drain, repeat until events
+    /// are ready, the slice is over or the caller's deadline passed. The
+    /// lock is never held while waiting.
     fn step(&self, deadline: Option<Instant>) -> PyResult<Step> {
-        let (waiter, slice) = {
-            let mut g = self.lock_nogil();
-            let inner = &mut *g;
-            let Some(waiter) = inner.waiter.clone() else {
-                return Ok(Step::Closed);
+        let slice_end = Instant::now() + Duration::from_nanos(WAIT_SLICE_NS);
+        let end = deadline.map_or(slice_end, |d| d.min(slice_end));
+        loop {
+            let (waiter, wait_ns) = {
+                let g = self.lock_nogil();
+                let Some(waiter) = g.waiter.clone() else {
+                    return Ok(Step::Closed);
+                };
+                let left = end.saturating_duration_since(Instant::now());
+                let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+                (waiter, g.obs.wait_slice_ns(Some(left)))
             };
-            inner.obs.drain_ready(&mut inner.buf);
-            if !inner.buf.is_empty() {
-                return Ok(Step::Events(std::mem::take(&mut inner.buf)));
-            }
-            let remaining = match deadline {
-                Some(d) => {
-                    let r = d.saturating_duration_since(Instant::now());
-                    if r.is_zero() {
-                        return Ok(Step::Nothing);
-                    }
-                    Some(u64::try_from(r.as_nanos()).unwrap_or(u64::MAX))
+            waiter
+                .wait(Some(wait_ns))
+                .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+            drop(waiter);
+            {
+                let mut g = self.lock_nogil();
+                let inner = &mut *g;
+                if inner.waiter.is_none() {
+                    return Ok(Step::Closed);
                 }
-                None => None,
-            };
-            (waiter, inner.obs.wait_slice_ns(remaining))
-        };
-        waiter
-            .wait(Some(slice))
-            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
-        drop(waiter);
-        let mut g = self.lock_nogil();
-        let inner = &mut *g;
-        if inner.waiter.is_none() {
-            return Ok(Step::Closed);
+                inner.obs.drain_ready(&mut inner.buf);
+                if !inner.buf.is_empty() {
+                    return Ok(Step::Events(std::mem::take(&mut inner.buf)));
+                }
+            }
+            if Instant::now() >= end {
+                return Ok(Step::Nothing);
+            }
         }
-        inner.obs.drain_ready(&mut inner.buf);
-        Ok(if inner.buf.is_empty() {
-            Step::Nothing
-        } else {
-            Step::Events(std::mem::take(&mut inner.buf))
-        })
     }
 }
 

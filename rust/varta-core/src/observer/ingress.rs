@@ -18,7 +18,7 @@
 
 use super::clock::Clock;
 use super::event::Event;
-use super::listener::{wait_readable, PeerCred, UdsListener};
+use super::listener::{wait_readable, PeerCred, UdsListener, RECV_BATCH};
 use super::procfs;
 use super::tracker::{
     AgentView, BeatOrigin, RecordOutcome, StallVerdict, Tracker, TrackerConfig, TrackerConfigError,
@@ -763,7 +763,13 @@ impl Observer {
             match l.recv_batch() {
                 Ok(0) => idle += 1,
                 Ok(got) => {
-                    idle = 0;
+                    // A short batch means the queue is empty: skip the
+                    // extra (empty) receive for this listener.
+                    if got < RECV_BATCH {
+                        idle += 1;
+                    } else {
+                        idle = 0;
+                    }
                     budget = budget.saturating_sub(got);
                     self.gates.counters.datagrams =
                         self.gates.counters.datagrams.saturating_add(got as u64);
@@ -798,21 +804,20 @@ impl Observer {
         let deadline = timeout.map(|t| Instant::now() + t);
         let waiter = self.waiter();
         loop {
+            // Wait first: readiness is level-triggered, so queued datagrams
+            // (or a stall already due: slice 0) end the wait at once.
+            let remaining = deadline.map(|d| {
+                u64::try_from(d.saturating_duration_since(Instant::now()).as_nanos())
+                    .unwrap_or(u64::MAX)
+            });
+            waiter.wait(Some(self.wait_slice_ns(remaining)))?;
             self.drain_ready(out);
             if out.len() > start || self.closed {
                 return Ok(out.len() - start);
             }
-            let remaining = match deadline {
-                Some(d) => {
-                    let r = d.saturating_duration_since(Instant::now());
-                    if r.is_zero() {
-                        return Ok(0);
-                    }
-                    Some(u64::try_from(r.as_nanos()).unwrap_or(u64::MAX))
-                }
-                None => None,
-            };
-            waiter.wait(Some(self.wait_slice_ns(remaining)))?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(0);
+            }
         }
     }
 
