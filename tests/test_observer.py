@@ -408,3 +408,15 @@ def test_event_classes_are_constructible_and_frozen() -> None:
     assert varta.NamespaceConflict(7, 1, None, 1).observer_ns_inode is None
     assert varta.Io("boom", None, 1).errno is None
     assert varta.CtrlTruncated("x", 1).error == "x"
+
+
+def test_close_from_another_thread_ends_a_blocking_poll(sock_path: str) -> None:
+    obs = varta.Observer(sock_path, 10_000)
+    closer = threading.Thread(target=obs.close)
+    closer.start()
+    # Whether close() lands before or during the wait, poll() must not hang:
+    # it raises as soon as it sees the observer closed.
+    with pytest.raises(ValueError, match="closed"):
+        list(obs.poll(timeout=30))
+    closer.join()
+    assert not os.path.exists(sock_path)

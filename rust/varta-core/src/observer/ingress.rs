@@ -18,7 +18,7 @@
 
 use super::clock::Clock;
 use super::event::Event;
-use super::listener::{wait_readable, PeerCred, UdsListener, RECV_BATCH};
+use super::listener::{wait_readable, Datagram, PeerCred, UdsListener, RECV_BATCH};
 use super::procfs;
 use super::tracker::{
     AgentView, BeatOrigin, RecordOutcome, StallVerdict, Tracker, TrackerConfig, TrackerConfigError,
@@ -235,7 +235,13 @@ const NO_CREDS: &str = "kernel did not attach peer credentials";
 const FOREIGN_UID: &str = "permission denied: sender uid differs from the observer uid";
 
 fn uds_received(l: &UdsListener, i: usize, own_uid: u32) -> Received<'_> {
-    let d = l.datagram(i);
+    classify_uds(l.datagram(i), own_uid)
+}
+
+/// The Unix listener's own checks (`observer.md` §5.1), in order: control
+/// truncation, length, credentials present, same uid; a kernel pid of 0 (a
+/// sender the kernel cannot map into our pid namespace) is not attested.
+fn classify_uds(d: Datagram<'_>, own_uid: u32) -> Received<'_> {
     if d.ctrunc {
         return Received::CtrlTruncated;
     }
@@ -961,6 +967,76 @@ pub fn expire_for_test(obs: &mut Observer, out: &mut Vec<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dgram(data: &[u8], creds: Option<PeerCred>, ctrunc: bool) -> Datagram<'_> {
+        Datagram {
+            data,
+            overlong: data.len() > FRAME_LEN,
+            creds,
+            ctrunc,
+            fds_closed: 0,
+        }
+    }
+
+    #[test]
+    fn uds_checks_in_order() {
+        let f = [0u8; 32];
+        let me = Some(PeerCred {
+            pid: 42,
+            uid: 1000,
+            gid: 1000,
+        });
+        assert!(matches!(
+            classify_uds(dgram(&f, None, true), 1000),
+            Received::CtrlTruncated
+        ));
+        assert!(matches!(
+            classify_uds(dgram(&f[..31], me, false), 1000),
+            Received::Truncated
+        ));
+        assert!(matches!(
+            classify_uds(dgram(&[0u8; 33], me, false), 1000),
+            Received::Truncated
+        ));
+        assert!(matches!(
+            classify_uds(dgram(&f, None, false), 1000),
+            Received::Refused { errno: None, error } if error.contains("credentials")
+        ));
+        assert!(matches!(
+            classify_uds(dgram(&f, me, false), 0),
+            Received::Refused {
+                errno: Some(libc::EACCES),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_uds(dgram(&f, me, false), 1000),
+            Received::Frame {
+                peer: Peer {
+                    kernel_pid: Some(42),
+                    origin: BeatOrigin::KernelAttested,
+                    local: true
+                },
+                ..
+            }
+        ));
+        let unmapped = Some(PeerCred {
+            pid: 0,
+            uid: 5,
+            gid: 5,
+        });
+        assert!(matches!(
+            classify_uds(dgram(&f, unmapped, false), 1000),
+            Received::Frame {
+                peer: Peer {
+                    kernel_pid: None,
+                    origin: BeatOrigin::SocketModeOnly,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn bucket_refills_lazily_in_milli_tokens() {
