@@ -15,6 +15,14 @@
 //! secure UDP) slot in next to the Unix socket: each turns its datagrams into
 //! [`Received`] items (plaintext 32 bytes + who sent them) and the shared
 //! gate code does the rest.
+//!
+//! Adding a listener kind: a new [`Listener`] variant with `raw_fd`/`wait_fd`
+//! (readiness), `recv_batch` (non-blocking, pre-allocated buffers),
+//! `received` (its own checks → [`Received`]; `Peer { kernel_pid: None,
+//! origin, local: false }` for network peers, whose identity is not read from
+//! `/proc` and which the `pid_max` gate applies to), `pid_hint` and `close`;
+//! bind it in [`Observer::new`] from new [`ObserverConfig`] fields (or hand it
+//! to [`Observer::add_listener`]). Its counters live in [`IngressCounters`].
 
 use super::clock::Clock;
 use super::event::Event;
@@ -206,10 +214,12 @@ impl Listener {
         }
     }
 
-    /// The `i`-th datagram of the last batch, through the listener's checks.
-    pub fn received(&mut self, i: usize, own_uid: u32) -> Received<'_> {
+    /// The `i`-th datagram of the last batch, through the listener's own
+    /// checks (a secure listener opens the AEAD here and counts its
+    /// failures in `ctx.counters`).
+    pub fn received<'a>(&'a mut self, i: usize, ctx: &mut RecvCtx<'_>) -> Received<'a> {
         match self {
-            Listener::Uds(l) => uds_received(l, i, own_uid),
+            Listener::Uds(l) => uds_received(l, i, ctx.own_uid),
         }
     }
 
@@ -229,6 +239,17 @@ impl Listener {
             Listener::Uds(l) => l.close(),
         }
     }
+}
+
+/// What a listener may use while judging one datagram.
+#[derive(Debug)]
+pub struct RecvCtx<'c> {
+    /// The observer's uid (same-uid rule, §5.1).
+    pub own_uid: u32,
+    /// Observer time of the batch.
+    pub now_ns: u64,
+    /// Ingress counters (decrypt failures, replays, …).
+    pub counters: &'c mut IngressCounters,
 }
 
 const NO_CREDS: &str = "kernel did not attach peer credentials";
@@ -798,7 +819,12 @@ impl Observer {
                         }
                     }
                     for k in 0..got {
-                        let r = l.received(k, self.gates.own_uid);
+                        let mut ctx = RecvCtx {
+                            own_uid: self.gates.own_uid,
+                            now_ns: now,
+                            counters: &mut self.gates.counters,
+                        };
+                        let r = l.received(k, &mut ctx);
                         self.gates.handle(r, now, out);
                     }
                 }
