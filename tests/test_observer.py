@@ -408,6 +408,11 @@ def test_event_classes_are_constructible_and_frozen() -> None:
     assert varta.NamespaceConflict(7, 1, None, 1).observer_ns_inode is None
     assert varta.Io("boom", None, 1).errno is None
     assert varta.CtrlTruncated("x", 1).error == "x"
+    a = varta.AgentInfo(5, "ok", "KERNEL_ATTESTED", 1, 0, 1, 2, 3, False, None, None)
+    assert a.status is Status.OK and a.origin is BeatOrigin.KERNEL_ATTESTED
+    assert repr(a).startswith(
+        "AgentInfo(pid=5, status=Status.OK, origin=BeatOrigin.KERNEL_ATTESTED"
+    )
 
 
 def test_close_from_another_thread_ends_a_blocking_poll(sock_path: str) -> None:

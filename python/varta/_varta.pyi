@@ -172,6 +172,20 @@ _Event: TypeAlias = Union[
 
 @final
 class AgentInfo:
+    def __new__(
+        cls,
+        pid: int,
+        status: StatusLike,
+        origin: _OriginLike,
+        beats: int,
+        stalls: int,
+        last_nonce: int,
+        last_ns: int,
+        age_ns: int,
+        stalled: bool,
+        pid_ns_inode: Optional[int],
+        generation: Optional[int],
+    ) -> AgentInfo: ...
     @property
     def pid(self) -> int: ...
     @property

@@ -446,6 +446,44 @@ impl PyAgentInfo {
 
 #[pymethods]
 impl PyAgentInfo {
+    #[new]
+    #[pyo3(signature = (
+        pid, status, origin, beats, stalls, last_nonce, last_ns, age_ns, stalled,
+        pid_ns_inode, generation
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        pid: u32,
+        status: &Bound<'_, PyAny>,
+        origin: &Bound<'_, PyAny>,
+        beats: u64,
+        stalls: u64,
+        last_nonce: u64,
+        last_ns: u64,
+        age_ns: u64,
+        stalled: bool,
+        pid_ns_inode: Option<u64>,
+        generation: Option<u64>,
+    ) -> PyResult<Self> {
+        let (st, status) = py_status(status)?;
+        let (or, origin) = py_origin(origin)?;
+        Ok(PyAgentInfo {
+            pid,
+            status,
+            origin,
+            beats,
+            stalls,
+            last_nonce,
+            last_ns,
+            age_ns,
+            stalled,
+            pid_ns_inode,
+            generation,
+            st,
+            or,
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "AgentInfo(pid={}, status={}, origin={}, beats={}, stalls={}, last_nonce={}, last_ns={}, age_ns={}, stalled={}, pid_ns_inode={}, generation={})",
