@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -183,3 +184,21 @@ def test_ctrl_c_interrupts_a_blocking_poll_promptly(sock_path: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_forked_child_closing_its_copy_keeps_the_socket_file(sock_path: str) -> None:
+    with varta.Observer(sock_path, 10_000) as obs:
+        pid = os.fork()
+        if pid == 0:  # child: close the inherited copy, as interpreter exit would
+            try:
+                obs.close()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(sock_path), "a child must not unlink the parent's socket"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(varta.encode(0, os.getpid(), 1, 1), sock_path)
+        s.close()
+        poll_until(obs, lambda e: isinstance(e, varta.Beat))
+    assert not os.path.exists(sock_path)

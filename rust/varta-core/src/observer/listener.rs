@@ -284,6 +284,9 @@ pub struct UdsListener {
     dev: libc::dev_t,
     ino: libc::ino_t,
     rcvbuf_bytes: u64,
+    /// The process that bound the socket: a forked child that inherited
+    /// the listener must never unlink the parent's socket file.
+    owner_pid: u32,
     bufs: Box<[[u8; RECV_BUF_LEN]; RECV_BATCH]>,
     cmsg: Box<[CmsgBuf; RECV_BATCH]>,
     meta: [Meta; RECV_BATCH],
@@ -374,6 +377,7 @@ impl UdsListener {
             dev: st.st_dev,
             ino: st.st_ino,
             rcvbuf_bytes,
+            owner_pid: std::process::id(),
             bufs: Box::new([[0u8; RECV_BUF_LEN]; RECV_BATCH]),
             cmsg: Box::new([CmsgBuf([0u8; CMSG_BUF_LEN]); RECV_BATCH]),
             meta: [Meta::default(); RECV_BATCH],
@@ -469,13 +473,17 @@ impl UdsListener {
     }
 
     /// Stop listening: unlink the socket file only if it is still ours
-    /// (same device and inode), then drop our socket handle. Idempotent.
+    /// (same device and inode, and we are the process that bound it), then
+    /// drop our socket handle. Idempotent.
     pub fn close(&mut self) {
         if self.closed {
             return;
         }
         self.closed = true;
         self.count = 0;
+        if std::process::id() != self.owner_pid {
+            return;
+        }
         if let Ok(st) = lstat(&self.cpath) {
             if st.st_dev == self.dev && st.st_ino == self.ino {
                 // SAFETY: NUL-terminated path.
