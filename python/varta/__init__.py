@@ -31,6 +31,20 @@ from ._varta import (
 
 # --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
+# isort: split
+from ._varta import (
+    AgentInfo,
+    AuthFailure,
+    Beat,
+    CtrlTruncated,
+    Decode,
+    Io,
+    NamespaceConflict,
+    Observer,
+    OriginConflict,
+    Stall,
+)
+
 # --- secure transport (issue: network transports) ---
 # isort: split
 from ._varta import Key
@@ -59,4 +73,15 @@ __all__ = [
     "crc32c",
     "decode",
     "encode",
+    # observer
+    "AgentInfo",
+    "AuthFailure",
+    "Beat",
+    "CtrlTruncated",
+    "Decode",
+    "Io",
+    "NamespaceConflict",
+    "Observer",
+    "OriginConflict",
+    "Stall",
 ]

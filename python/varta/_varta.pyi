@@ -1,10 +1,13 @@
 """Type stubs for the native extension ``varta._varta`` (checked by mypy.stubtest)."""
 
 import os
+from collections.abc import Iterator
 from os import PathLike
-from typing import NoReturn, Sequence, Union, final
+from typing import NoReturn, Optional, Sequence, Union, final
 
-from ._types import DecodeError, Status, StatusLike
+from typing_extensions import TypeAlias
+
+from ._types import BeatOrigin, DecodeError, Status, StatusLike
 
 __version__: str
 NONCE_TERMINAL: int
@@ -39,6 +42,217 @@ class Frame:
 
 # --- agent ---
 # --- observer ---
+_OriginLike: TypeAlias = Union[BeatOrigin, int, str]
+
+@final
+class Beat:
+    def __new__(
+        cls,
+        pid: int,
+        status: StatusLike,
+        payload: int,
+        nonce: int,
+        origin: _OriginLike,
+        pid_ns_inode: Optional[int],
+        observer_ns: int,
+    ) -> Beat: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def payload(self) -> int: ...
+    @property
+    def nonce(self) -> int: ...
+    @property
+    def origin(self) -> BeatOrigin: ...
+    @property
+    def pid_ns_inode(self) -> Optional[int]: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class Stall:
+    def __new__(
+        cls,
+        pid: int,
+        last_nonce: int,
+        last_ns: int,
+        origin: _OriginLike,
+        pid_ns_inode: Optional[int],
+        generation: Optional[int],
+        observer_ns: int,
+    ) -> Stall: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def last_nonce(self) -> int: ...
+    @property
+    def last_ns(self) -> int: ...
+    @property
+    def origin(self) -> BeatOrigin: ...
+    @property
+    def pid_ns_inode(self) -> Optional[int]: ...
+    @property
+    def generation(self) -> Optional[int]: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class Decode:
+    def __new__(cls, error: DecodeError, observer_ns: int) -> Decode: ...
+    @property
+    def error(self) -> DecodeError: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class AuthFailure:
+    def __new__(cls, claimed_pid: int, observer_ns: int) -> AuthFailure: ...
+    @property
+    def claimed_pid(self) -> int: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class OriginConflict:
+    def __new__(
+        cls,
+        claimed_pid: int,
+        observed_origin: _OriginLike,
+        slot_origin: _OriginLike,
+        observer_ns: int,
+    ) -> OriginConflict: ...
+    @property
+    def claimed_pid(self) -> int: ...
+    @property
+    def observed_origin(self) -> BeatOrigin: ...
+    @property
+    def slot_origin(self) -> BeatOrigin: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class NamespaceConflict:
+    def __new__(
+        cls,
+        claimed_pid: int,
+        observed_ns_inode: Optional[int],
+        observer_ns_inode: Optional[int],
+        observer_ns: int,
+    ) -> NamespaceConflict: ...
+    @property
+    def claimed_pid(self) -> int: ...
+    @property
+    def observed_ns_inode(self) -> Optional[int]: ...
+    @property
+    def observer_ns_inode(self) -> Optional[int]: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class Io:
+    def __new__(cls, error: str, errno: Optional[int], observer_ns: int) -> Io: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def errno(self) -> Optional[int]: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+@final
+class CtrlTruncated:
+    def __new__(cls, error: str, observer_ns: int) -> CtrlTruncated: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+_Event: TypeAlias = Union[
+    Beat, Stall, Decode, AuthFailure, OriginConflict, NamespaceConflict, Io, CtrlTruncated
+]
+
+@final
+class AgentInfo:
+    def __new__(
+        cls,
+        pid: int,
+        status: StatusLike,
+        origin: _OriginLike,
+        beats: int,
+        stalls: int,
+        last_nonce: int,
+        last_ns: int,
+        age_ns: int,
+        stalled: bool,
+        pid_ns_inode: Optional[int],
+        generation: Optional[int],
+    ) -> AgentInfo: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def origin(self) -> BeatOrigin: ...
+    @property
+    def beats(self) -> int: ...
+    @property
+    def stalls(self) -> int: ...
+    @property
+    def last_nonce(self) -> int: ...
+    @property
+    def last_ns(self) -> int: ...
+    @property
+    def age_ns(self) -> int: ...
+    @property
+    def stalled(self) -> bool: ...
+    @property
+    def pid_ns_inode(self) -> Optional[int]: ...
+    @property
+    def generation(self) -> Optional[int]: ...
+
+@final
+class Observer:
+    def __new__(
+        cls,
+        socket_path: Union[str, os.PathLike[str], None],
+        threshold_ms: int,
+        *,
+        socket_mode: int = 0o600,
+        capacity: int = 256,
+        eviction: str = "strict",
+        eviction_scan_window: int = 256,
+        uds_rcvbuf_bytes: int = 1_048_576,
+        max_beat_rate: int = 100,
+        global_beat_rate: int = 5000,
+        global_beat_burst: int = 10000,
+        allow_cross_namespace: bool = False,
+        clock: str = "monotonic",
+        emit_beats: bool = True,
+    ) -> Observer: ...
+    def poll(self, timeout: Optional[float] = None) -> Iterator[_Event]: ...
+    def agents(self) -> list[AgentInfo]: ...
+    def agent(self, pid: int) -> Optional[AgentInfo]: ...
+    def counters(self) -> dict[str, Union[int, dict[str, int]]]: ...
+    def take_removed(self) -> list[int]: ...
+    def now_ns(self) -> int: ...
+    def next_deadline_ns(self) -> Optional[int]: ...
+    @property
+    def socket_path(self) -> Optional[str]: ...
+    @property
+    def threshold_ms(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Observer: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+def _bench_tracker(agents: int, beats: int) -> tuple[float, int]: ...
+def _bench_recv_floor(
+    path: Union[str, os.PathLike[str]], n: int, idle_timeout_ms: int = 2000, rcvbuf: int = 1_048_576
+) -> tuple[int, int]: ...
+def _thread_cpu_ns() -> int: ...
+
 # --- secure ---
 
 MAX_SHARED_KEYS: int
