@@ -434,6 +434,14 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
     }
 
+    /// The outcome of a beat whose status a binding could not parse (unknown
+    /// name or code): `Failed(InvalidInput)`, nothing sent, drop run reset —
+    /// the same as `beat(Status::Stall, _)`.
+    pub fn reject_invalid_input(&mut self) -> BeatOutcome {
+        self.consecutive_dropped = 0;
+        BeatOutcome::Failed(BeatError::INVALID_INPUT)
+    }
+
     /// Emit the clean-exit terminal frame: `Critical`, `NONCE_TERMINAL`,
     /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
     /// Does not touch the regular nonce/timestamp or the drop window.
