@@ -24,15 +24,17 @@ from ._types import (
     StatusLike,
     classify_send_error,
 )
+
+# --- agent (issue: foundation) ---
 from ._varta import (
     FRAME_LEN,
     Frame,
+    Varta,
     crc32c,
     decode,
     encode,
 )
 
-# --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
 # --- secure transport (issue: network transports) ---
 
@@ -52,6 +54,7 @@ __all__ = [
     "Frame",
     "Status",
     "StatusLike",
+    "Varta",
     "__version__",
     "classify_send_error",
     "crc32c",
