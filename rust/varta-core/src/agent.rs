@@ -1,7 +1,13 @@
 //! The heartbeat sender (`agent.md` §1–§10, §12; `vlp.md` §7).
 //!
 //! [`Agent`] owns one [`Transport`] and one session: the committed nonce, the
-//! session clock, fork detection and the auto-reconnect window. After connect,
+//! session clock, fork detection and the auto-reconnect window.
+//!
+//! Fork detection compares the pid, the `pthread_atfork` epoch and (Linux) an
+//! [`incarnation`] token kept in wipe-on-fork memory. The token changes in
+//! every child, however it was forked, so while it is unchanged the pid is
+//! known without a `getpid()` system call; without tokens the pid is read on
+//! every beat. After connect,
 //! [`Agent::beat`] performs no heap allocation: the frame is built in a fixed
 //! scratch buffer, errors are `Copy` values, and the one-time wrap warning is
 //! static text.
@@ -234,9 +240,15 @@ pub trait Host: Send {
     fn pid(&self) -> u32;
     /// The process-wide fork epoch ([`fork::current`]).
     fn fork_epoch(&self) -> u64;
+    /// A token that is different in every forked child, readable without a
+    /// system call ([`incarnation`]); `None` where the platform cannot
+    /// provide one, in which case the agent reads the pid on every beat.
+    fn incarnation(&self) -> Option<u64> {
+        None
+    }
 }
 
-/// `CLOCK_MONOTONIC`, `getpid()`, [`fork::current`].
+/// `CLOCK_MONOTONIC`, `getpid()`, [`fork::current`], [`incarnation::current`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemHost;
 
@@ -253,6 +265,10 @@ impl Host for SystemHost {
     fn fork_epoch(&self) -> u64 {
         fork::current()
     }
+    #[inline]
+    fn incarnation(&self) -> Option<u64> {
+        incarnation::current()
+    }
 }
 
 /// `CLOCK_MONOTONIC` in ns (no allocation, vDSO on Linux).
@@ -267,6 +283,96 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+pub mod incarnation {
+    //! Syscall-free fork detection: a "process incarnation" token kept in a
+    //! page the kernel zeroes in every child (`MADV_WIPEONFORK`, Linux ≥ 4.14).
+    //!
+    //! A pid can only change by forking, and every fork — including ones that
+    //! skip `pthread_atfork` handlers (raw `clone`, glibc `_Fork`) — wipes the
+    //! page. So while the token an agent saw at connect is still in the page,
+    //! the process is the one that connected and its pid is unchanged: the
+    //! beat can use the remembered pid instead of a `getpid()` system call
+    //! (which costs as much as a quarter of the `send` on virtualised hosts).
+    //! Tokens come from a counter in ordinary (copied) memory, so they only
+    //! grow along a process lineage and a descendant never re-creates a token
+    //! an inherited agent remembers — not even with a recycled pid.
+
+    use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+    use std::sync::Once;
+
+    static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static INIT: Once = Once::new();
+
+    /// Map the wipe-on-fork page (once per process lineage). Idempotent.
+    pub fn init() {
+        INIT.call_once(|| {
+            if let Some(page) = map_wipe_page() {
+                page.store(NEXT.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                PAGE.store(
+                    page as *const AtomicU64 as *mut AtomicU64,
+                    Ordering::Release,
+                );
+            }
+        });
+    }
+
+    /// This process's token; `None` if the platform has no wipe-on-fork
+    /// memory (or [`init`] was never called). In a fresh child the page reads
+    /// 0 and the first caller claims a new token.
+    #[inline]
+    pub fn current() -> Option<u64> {
+        let page = PAGE.load(Ordering::Acquire);
+        if page.is_null() {
+            return None;
+        }
+        // SAFETY: the page is mapped for the life of the process (never unmapped).
+        let word = unsafe { &*page };
+        match word.load(Ordering::Acquire) {
+            0 => Some(claim(word)),
+            token => Some(token),
+        }
+    }
+
+    #[cold]
+    fn claim(word: &AtomicU64) -> u64 {
+        let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+        match word.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => fresh,
+            Err(other) => other,
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn map_wipe_page() -> Option<&'static AtomicU64> {
+        // SAFETY: a fresh private anonymous mapping, never unmapped on success.
+        unsafe {
+            let len = 4096;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            if libc::madvise(p, len, libc::MADV_WIPEONFORK) != 0 {
+                libc::munmap(p, len);
+                return None;
+            }
+            Some(&*(p as *const AtomicU64))
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn map_wipe_page() -> Option<&'static AtomicU64> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -302,6 +408,8 @@ pub struct Agent<T: Transport, H: Host = SystemHost> {
     reconnect_after: u32,
     connect_pid: u32,
     connect_fork_epoch: u64,
+    /// [`Host::incarnation`] at connect / last recovery (`None`: unsupported).
+    connect_incarnation: Option<u64>,
     fork_recoveries: u64,
     scratch: [u8; FRAME_LEN],
 }
@@ -344,10 +452,12 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// that fails (never falls back to pid-only detection).
     pub fn with_host(transport: T, host: H) -> io::Result<Self> {
         fork::register()?;
+        incarnation::init();
         terminal::init_origin();
         let start_ns = host.now_ns();
         let connect_pid = host.pid();
         let connect_fork_epoch = host.fork_epoch();
+        let connect_incarnation = host.incarnation();
         Ok(Agent {
             transport: Some(transport),
             host,
@@ -359,6 +469,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
             reconnect_after: 0,
             connect_pid,
             connect_fork_epoch,
+            connect_incarnation,
             fork_recoveries: 0,
             scratch: [0; FRAME_LEN],
         })
@@ -368,7 +479,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// connect (only a reconnect may), never panics.
     pub fn beat(&mut self, status: Status, payload: u32) -> BeatOutcome {
         // 1. Validate: Stall and reserved pids are programming errors.
-        let pid = self.host.pid();
+        let pid = self.current_pid();
         if status == Status::Stall || pid <= 1 {
             self.consecutive_dropped = 0;
             return BeatOutcome::Failed(BeatError::INVALID_INPUT);
@@ -446,7 +557,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
     /// Does not touch the regular nonce/timestamp or the drop window.
     pub fn send_terminal(&mut self) -> BeatOutcome {
-        let pid = self.host.pid();
+        let pid = self.current_pid();
         if pid <= 1 {
             return BeatOutcome::Failed(BeatError::INVALID_INPUT);
         }
@@ -566,7 +677,10 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// §4 step 3 / §10: on a pid or epoch change, reconnect and reset the
     /// session. On failure nothing is touched.
     fn check_fork(&mut self, pid: u32) -> io::Result<()> {
-        if pid == self.connect_pid && self.host.fork_epoch() == self.connect_fork_epoch {
+        if pid == self.connect_pid
+            && self.host.fork_epoch() == self.connect_fork_epoch
+            && self.host.incarnation() == self.connect_incarnation
+        {
             return Ok(());
         }
         if let Some(t) = self.transport.as_mut() {
@@ -574,6 +688,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
         self.connect_pid = pid;
         self.connect_fork_epoch = self.host.fork_epoch();
+        self.connect_incarnation = self.host.incarnation();
         self.fork_recoveries = self.fork_recoveries.saturating_add(1);
         self.nonce = 0;
         self.start_ns = self.host.now_ns();
@@ -589,7 +704,24 @@ impl<T: Transport, H: Host> Agent<T, H> {
         t.reconnect()?;
         self.connect_pid = self.host.pid();
         self.connect_fork_epoch = self.host.fork_epoch();
+        self.connect_incarnation = self.host.incarnation();
         Ok(())
+    }
+
+    /// The pid for this beat. While the incarnation token seen at connect is
+    /// unchanged (no fork of any kind since), that is the connect pid;
+    /// otherwise — or where tokens are unavailable — `getpid()` is read.
+    #[inline]
+    fn current_pid(&self) -> u32 {
+        match self.connect_incarnation {
+            Some(token)
+                if self.host.incarnation() == Some(token)
+                    && self.host.fork_epoch() == self.connect_fork_epoch =>
+            {
+                self.connect_pid
+            }
+            _ => self.host.pid(),
+        }
     }
 
     /// §4 step 5: ns since start, saturated below the reserved value, clamped
@@ -639,11 +771,11 @@ impl<T: Transport, H: Host> Agent<T, H> {
 
 /// A mutex that a forked child can always take.
 ///
-/// The lock word holds `fork_epoch + 1` of the process that locked it (0 =
-/// free). The fork epoch differs in every process of a lineage (the at-fork
-/// child handler bumps it), so a word written by another epoch was left
-/// behind by a thread of an ancestor that does not exist in this process: the
-/// lock is taken over instead of deadlocking. The data it guarded may have
+/// The lock word holds a tag of the process that locked it (0 = free): its
+/// [`incarnation`] token, or `fork_epoch + 1` where tokens are unavailable.
+/// The tag differs in every process of a lineage, so a word written with
+/// another tag was left behind by a thread of an ancestor that does not exist
+/// in this process: the lock is taken over instead of deadlocking. The data it guarded may have
 /// been mid-update in the ancestor; the agent's fork check (pid + epoch
 /// changed) resets the session and rebuilds the transport on the first beat,
 /// which is exactly the state a torn update could have touched.
@@ -662,17 +794,24 @@ unsafe impl<T: Send> Sync for ForkSafeMutex<T> {}
 
 impl<T> ForkSafeMutex<T> {
     pub fn new(value: T) -> Self {
-        // Epoch tracking must be live for stale-lock detection to work.
+        // Fork tracking must be live for stale-lock detection to work.
         let _ = fork::register();
+        incarnation::init();
         ForkSafeMutex {
             word: AtomicU64::new(0),
             data: UnsafeCell::new(value),
         }
     }
 
+    /// Differs in every process of a lineage: the incarnation token where
+    /// available (catches every fork), else the fork epoch + 1 (catches forks
+    /// that run `pthread_atfork` handlers). Never 0.
     #[inline]
     fn tag() -> u64 {
-        fork::current().wrapping_add(1).max(1)
+        match incarnation::current() {
+            Some(token) => token,
+            None => fork::current().wrapping_add(1).max(1),
+        }
     }
 
     /// Take the lock if it is free or was left behind by an ancestor process.

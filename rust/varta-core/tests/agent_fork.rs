@@ -87,3 +87,63 @@ fn forked_child_recovers_with_its_own_pid_and_nonce_one() {
     drop(parent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fork that skips `pthread_atfork` handlers (a raw `clone` system call):
+/// the epoch does not move, the wipe-on-fork incarnation token does.
+#[cfg(target_os = "linux")]
+#[test]
+fn raw_clone_child_without_atfork_handlers_is_detected() {
+    let dir = std::env::temp_dir().join(format!("varta-rawfork-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("obs.sock");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let shared = ForkSafeMutex::new(Agent::connect(&path).unwrap());
+    assert!(varta_core::agent::incarnation::current().is_some());
+    for _ in 0..2 {
+        assert!(shared.lock().beat(Status::Ok, 0).is_sent());
+    }
+    let epoch = varta_core::fork::current();
+    // SAFETY: fork-like clone (no shared memory); the child only does atomics,
+    // socket syscalls and `_exit`.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    } as libc::pid_t;
+    assert!(child >= 0);
+    if child == 0 {
+        let code = if varta_core::fork::current() != epoch {
+            20 // handlers ran: this would not test anything
+        } else {
+            let mut a = shared.lock();
+            match (a.beat(Status::Critical, 5).is_sent(), a.fork_recoveries()) {
+                (true, 1) => 0,
+                (false, _) => 21,
+                _ => 22,
+            }
+        };
+        // SAFETY: leave without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    assert_eq!(
+        wait_child(child),
+        0,
+        "raw-clone child (20: epoch moved, 21/22: beat)"
+    );
+    let mut buf = [0u8; 64];
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        let n = rx.recv(&mut buf).unwrap();
+        frames.push(Frame::decode_slice(&buf[..n]).unwrap().unwrap());
+    }
+    let c = frames.last().unwrap();
+    assert_eq!((c.pid, c.nonce, c.payload), (child as u32, 1, 5));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -112,6 +112,9 @@ struct FakeHost {
     now: Arc<AtomicU64>,
     pid: Arc<AtomicU32>,
     epoch: Arc<AtomicU64>,
+    /// 0 = no incarnation tokens on this "platform".
+    incarnation: Arc<AtomicU64>,
+    pid_reads: Arc<AtomicU64>,
 }
 
 impl FakeHost {
@@ -120,7 +123,17 @@ impl FakeHost {
             now: Arc::new(AtomicU64::new(1_000)),
             pid: Arc::new(AtomicU32::new(4242)),
             epoch: Arc::new(AtomicU64::new(0)),
+            incarnation: Arc::new(AtomicU64::new(0)),
+            pid_reads: Arc::new(AtomicU64::new(0)),
         }
+    }
+    fn with_incarnation(token: u64) -> Self {
+        let h = FakeHost::new();
+        h.incarnation.store(token, Ordering::SeqCst);
+        h
+    }
+    fn pid_reads(&self) -> u64 {
+        self.pid_reads.load(Ordering::SeqCst)
     }
     fn set_now(&self, ns: u64) {
         self.now.store(ns, Ordering::SeqCst);
@@ -138,10 +151,17 @@ impl Host for FakeHost {
         self.now.load(Ordering::SeqCst)
     }
     fn pid(&self) -> u32 {
+        self.pid_reads.fetch_add(1, Ordering::SeqCst);
         self.pid.load(Ordering::SeqCst)
     }
     fn fork_epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+    fn incarnation(&self) -> Option<u64> {
+        match self.incarnation.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(t),
+        }
     }
 }
 
@@ -421,6 +441,51 @@ fn fork_counter_survives_reconnects() {
     a.reconnect().unwrap();
     host.bump_epoch();
     a.beat(Status::Ok, 0);
+    assert_eq!(a.fork_recoveries(), 2);
+}
+
+#[test]
+fn without_incarnation_tokens_the_pid_is_read_on_every_beat() {
+    let (mut a, _fake, host) = agent();
+    let before = host.pid_reads();
+    for _ in 0..5 {
+        a.beat(Status::Ok, 0);
+    }
+    assert!(host.pid_reads() - before >= 5);
+}
+
+#[test]
+fn an_unchanged_incarnation_token_stands_in_for_getpid() {
+    let fake = Fake::new();
+    let host = FakeHost::with_incarnation(7);
+    let mut a = Agent::with_host(fake.clone(), host.clone()).unwrap();
+    let before = host.pid_reads();
+    for _ in 0..5 {
+        assert!(a.beat(Status::Ok, 0).is_sent());
+    }
+    assert_eq!(host.pid_reads(), before, "no getpid while the token holds");
+    assert!(fake.frames().iter().all(|f| f.pid == 4242));
+}
+
+#[test]
+fn a_new_incarnation_token_is_a_fork_even_with_same_pid_and_epoch() {
+    // A child forked without running pthread_atfork handlers (raw clone,
+    // glibc _Fork) that was handed its ancestor's recycled pid.
+    let fake = Fake::new();
+    let host = FakeHost::with_incarnation(7);
+    let mut a = Agent::with_host(fake.clone(), host.clone()).unwrap();
+    a.beat(Status::Ok, 0);
+    a.beat(Status::Ok, 0);
+    host.incarnation.store(8, Ordering::SeqCst);
+    assert!(a.beat(Status::Ok, 0).is_sent());
+    assert_eq!(a.fork_recoveries(), 1);
+    assert_eq!(fake.nonces(), vec![1, 2, 1]);
+    assert_eq!(fake.w().reconnects, 1);
+    // The child's pid is read after the token changed.
+    host.incarnation.store(9, Ordering::SeqCst);
+    host.set_pid(999);
+    a.beat(Status::Ok, 0);
+    assert_eq!(fake.frames().last().unwrap().pid, 999);
     assert_eq!(a.fork_recoveries(), 2);
 }
 
