@@ -14,7 +14,7 @@ use crate::pytypes::{agent_types, extract_status};
 use pyo3::exceptions::{PyBlockingIOError, PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyInt, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple, PyType};
 use std::cell::Cell;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -208,8 +208,15 @@ impl StatusArg {
 impl<'a, 'py> FromPyObject<'a, 'py> for StatusArg {
     type Error = PyErr;
 
+    /// Same acceptance as `pytypes::extract_status`, but a name never goes
+    /// through a failed int conversion (an exception object per call).
     #[inline]
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(name) = obj.cast::<PyString>() {
+            return Ok(StatusArg(
+                name.to_cow().ok().and_then(|n| Status::from_name(n.trim())),
+            ));
+        }
         Ok(StatusArg(extract_status(&obj).ok()))
     }
 }
@@ -331,11 +338,9 @@ impl PyVarta {
                     return Ok(t.failed.bind(py).call1((be,))?.unbind());
                 }
                 let kind = match e.kind().synthetic_name() {
-                    Some(name) if e.kind() != FailKind::Other => {
-                        pyo3::types::PyString::new(py, name).into_any()
-                    }
+                    Some(name) if e.kind() != FailKind::Other => PyString::new(py, name).into_any(),
                     _ if e.errno() != 0 => t.errno_name.bind(py).call1((e.errno(),))?,
-                    _ => pyo3::types::PyString::new(py, "Other").into_any(),
+                    _ => PyString::new(py, "Other").into_any(),
                 };
                 let be = crate::pytypes::types(py)?
                     .beat_error
