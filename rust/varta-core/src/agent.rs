@@ -660,10 +660,12 @@ impl<T: Transport, H: Host> Agent<T, H> {
         self.nonce = nonce;
     }
 
-    /// Test hook (upstream parity): pretend the connect pid was `pid`.
+    /// Test hook (upstream parity): pretend the connect pid was `pid`. Also
+    /// forgets the incarnation token, so the next beat reads the real pid.
     #[doc(hidden)]
     pub fn set_connect_pid_for_test(&mut self, pid: u32) {
         self.connect_pid = pid;
+        self.connect_incarnation = None;
     }
 
     /// Test hook (upstream parity): pretend the connect fork epoch was `epoch`.
