@@ -392,7 +392,7 @@ impl PyVarta {
 
     /// Emit one frame and return its `BeatOutcome`. Raises only for a bad
     /// payload (`TypeError` / `ValueError`).
-    #[pyo3(signature = (status = StatusArg::OK, payload = Payload(0)))]
+    #[pyo3(signature = (status = StatusArg::OK, payload = Payload(0)), text_signature = "($self, status=..., payload=0)")]
     #[inline]
     fn beat(&self, py: Python<'_>, status: StatusArg, payload: Payload) -> PyResult<Py<PyAny>> {
         let (o, err) = {
