@@ -21,15 +21,17 @@ from ._types import (
     StatusLike,
     classify_send_error,
 )
+
+# --- agent (issue: foundation) ---
 from ._varta import (
     FRAME_LEN,
     Frame,
+    Varta,
     crc32c,
     decode,
     encode,
 )
 
-# --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
 # isort: split
 from ._varta import (
@@ -68,6 +70,7 @@ __all__ = [
     "Key",
     "Status",
     "StatusLike",
+    "Varta",
     "__version__",
     "classify_send_error",
     "crc32c",

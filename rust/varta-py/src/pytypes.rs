@@ -154,3 +154,38 @@ pub fn extract_origin(v: &Bound<'_, PyAny>) -> PyResult<BeatOrigin> {
         v.get_type().name()?
     )))
 }
+// --- agent: cached outcome singletons ---
+
+/// The objects `Varta.beat` hands out: the pre-built `_SENT` / `_DROPPED[r]`
+/// outcomes (a steady-state beat only bumps a refcount) and the constructors
+/// for the cold `Failed` path.
+pub struct AgentTypes {
+    /// `varta._types._SENT`.
+    pub sent: Py<PyAny>,
+    /// `varta._types._DROPPED[r]`, indexed by the core `DropReason as usize`.
+    pub dropped: [Py<PyAny>; 4],
+    /// `BeatOutcome.failed` (bound classmethod).
+    pub failed: Py<PyAny>,
+    /// `varta._types.errno_name`.
+    pub errno_name: Py<PyAny>,
+}
+
+static AGENT_TYPES: PyOnceLock<AgentTypes> = PyOnceLock::new();
+
+pub fn agent_types(py: Python<'_>) -> PyResult<&AgentTypes> {
+    AGENT_TYPES.get_or_try_init(py, || {
+        let m = py.import("varta._types")?;
+        let reason_cls = m.getattr("DropReason")?;
+        let table = m.getattr("_DROPPED")?;
+        let pick = |r: varta_core::agent::DropReason| -> PyResult<Py<PyAny>> {
+            Ok(table.get_item(reason_cls.call1((r.as_str(),))?)?.unbind())
+        };
+        let [a, b, c, d] = varta_core::agent::DropReason::ALL.map(pick);
+        Ok(AgentTypes {
+            sent: m.getattr("_SENT")?.unbind(),
+            dropped: [a?, b?, c?, d?],
+            failed: m.getattr("BeatOutcome")?.getattr("failed")?.unbind(),
+            errno_name: m.getattr("errno_name")?.unbind(),
+        })
+    })
+}
