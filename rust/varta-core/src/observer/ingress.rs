@@ -32,6 +32,7 @@ use super::tracker::{
     AgentView, BeatOrigin, RecordOutcome, StallVerdict, Tracker, TrackerConfig, TrackerConfigError,
     MAX_CAPACITY, MAX_SCAN_WINDOW,
 };
+use super::udp::UdpListener;
 use crate::frame::{DecodeError, Frame, FRAME_LEN};
 use std::borrow::Cow;
 use std::fmt;
@@ -186,24 +187,30 @@ pub enum Received<'a> {
     /// Consumed and accounted for by the listener itself (e.g. a failed AEAD
     /// open on a secure listener): nothing more to do.
     Dropped,
+    /// Authenticated (secure listener) but not a valid frame: a `Decode`
+    /// event and `decode_errors{kind}`.
+    Decode(DecodeError),
 }
 
 /// A source of datagrams. Network listeners join as further variants.
 #[derive(Debug)]
 pub enum Listener {
     Uds(UdsListener),
+    Udp(UdpListener),
 }
 
 impl Listener {
     pub fn raw_fd(&self) -> RawFd {
         match self {
             Listener::Uds(l) => l.raw_fd(),
+            Listener::Udp(l) => l.raw_fd(),
         }
     }
 
     pub fn wait_fd(&self) -> Arc<OwnedFd> {
         match self {
             Listener::Uds(l) => l.wait_fd(),
+            Listener::Udp(l) => l.wait_fd(),
         }
     }
 
@@ -211,6 +218,7 @@ impl Listener {
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         match self {
             Listener::Uds(l) => l.recv_batch(),
+            Listener::Udp(l) => l.recv_batch(),
         }
     }
 
@@ -220,6 +228,7 @@ impl Listener {
     pub fn received<'a>(&'a mut self, i: usize, ctx: &mut RecvCtx<'_>) -> Received<'a> {
         match self {
             Listener::Uds(l) => uds_received(l, i, ctx.own_uid),
+            Listener::Udp(l) => l.received(i, ctx.now_ns, ctx.counters),
         }
     }
 
@@ -231,12 +240,14 @@ impl Listener {
                 let d = l.datagram(i).data;
                 (d.len() >= 8).then(|| u32::from_le_bytes([d[4], d[5], d[6], d[7]]))
             }
+            Listener::Udp(l) => l.pid_hint(i),
         }
     }
 
     pub fn close(&mut self) {
         match self {
             Listener::Uds(l) => l.close(),
+            Listener::Udp(l) => l.close(),
         }
     }
 }
@@ -460,6 +471,14 @@ impl Gates {
             }
             Received::Refused { error, errno } => self.refused(error, errno, now, out),
             Received::Dropped => {}
+            Received::Decode(error) => {
+                bump(&mut self.counters.decode_errors[decode_label_index(&error)]);
+                self.bucket.charge(now);
+                out.push(Event::Decode {
+                    error,
+                    observer_ns: now,
+                });
+            }
         }
     }
 
@@ -717,6 +736,14 @@ impl Observer {
     /// Add a listener (network listeners are bound by their own module).
     pub fn add_listener(&mut self, l: Listener) {
         self.listeners.push(l);
+    }
+
+    /// The bound address of the first UDP listener, if any.
+    pub fn udp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => Some(u.local_addr()),
+            Listener::Uds(_) => None,
+        })
     }
 
     pub fn socket_path(&self) -> Option<&Path> {

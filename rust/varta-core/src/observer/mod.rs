@@ -9,6 +9,7 @@
 //! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED`, `recvmmsg` batches |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max` |
 //! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
+//! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
 
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod ingress;
 pub mod listener;
 pub mod procfs;
 pub mod tracker;
+pub mod udp;
 
 pub use event::Event;
 pub use ingress::{CounterValue, Listener, Observer, ObserverConfig, ObserverError, Waiter};
