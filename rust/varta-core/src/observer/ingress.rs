@@ -194,6 +194,8 @@ pub enum Received<'a> {
 
 /// A source of datagrams. Network listeners join as further variants.
 #[derive(Debug)]
+// Listeners are few and long-lived: their size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Listener {
     Uds(UdsListener),
     Udp(UdpListener),
