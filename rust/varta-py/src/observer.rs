@@ -10,19 +10,23 @@
 use crate::pytypes::{
     decode_error_value, extract_origin, extract_status, origin_obj, status_obj, types,
 };
+use crate::secure::extract_key;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
-use varta_core::observer::ingress::{CounterValue, Waiter, WAIT_SLICE_NS};
+use varta_core::observer::ingress::{CounterValue, Listener, Waiter, WAIT_SLICE_NS};
 use varta_core::observer::listener::error_errno;
 use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
+use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
 use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
+use varta_core::secure::{ReceiverConfig, SecureReceiver};
 
 fn opt_repr(v: Option<u64>) -> String {
     v.map_or_else(|| "None".to_owned(), |v| v.to_string())
@@ -635,11 +639,86 @@ fn closed_error() -> PyErr {
 }
 
 /// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
+/// Validate the UDP keyword arguments into what the listener is bound
+/// with: secure with any key, plaintext only when asked for, nothing
+/// without a port (then no other UDP argument may be given).
+#[allow(clippy::too_many_arguments)]
+fn udp_setup(
+    port: Option<u16>,
+    bind_addr: Option<&str>,
+    keys: Option<&Bound<'_, PyAny>>,
+    master_key: Option<&Bound<'_, PyAny>>,
+    plaintext: bool,
+    trust: &str,
+    threshold_ns: u64,
+) -> PyResult<Option<(SocketAddr, UdpMode, TransportTrust)>> {
+    let trust = match trust {
+        "untrusted" => TransportTrust::Untrusted,
+        "operator" => TransportTrust::Operator,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "udp_trust must be 'untrusted' or 'operator', not {other:?}"
+            )))
+        }
+    };
+    let mut shared = Vec::new();
+    if let Some(ks) = keys {
+        if ks.is_instance_of::<pyo3::types::PyString>() {
+            return Err(PyTypeError::new_err(
+                "keys must be a sequence of varta.Key, not str",
+            ));
+        }
+        for k in ks.try_iter()? {
+            shared.push(extract_key(&k?)?);
+        }
+    }
+    let master = master_key.map(extract_key).transpose()?;
+    let secure = !shared.is_empty() || master.is_some();
+    let Some(port) = port else {
+        if secure || plaintext || bind_addr.is_some() || trust != TransportTrust::Untrusted {
+            return Err(PyValueError::new_err(
+                "keys, master_key, plaintext_udp, udp_bind_addr and udp_trust need udp_port",
+            ));
+        }
+        return Ok(None);
+    };
+    if secure && plaintext {
+        return Err(PyValueError::new_err(
+            "plaintext_udp=True and keys are exclusive: one UDP listener is either secure or plaintext",
+        ));
+    }
+    if !secure && !plaintext {
+        return Err(PyValueError::new_err(
+            "udp_port without keys or master_key needs plaintext_udp=True (unauthenticated UDP)",
+        ));
+    }
+    let ip: IpAddr = match bind_addr {
+        Some(a) => a.parse().map_err(|_| {
+            PyValueError::new_err(format!("udp_bind_addr {a:?} is not an IP address"))
+        })?,
+        None if secure => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let mode = if secure {
+        let rx = SecureReceiver::new(ReceiverConfig {
+            shared_keys: shared,
+            master_key: master,
+            session_restart_gap_ns: threshold_ns,
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        UdpMode::Secure(Box::new(rx))
+    } else {
+        UdpMode::Plain
+    };
+    Ok(Some((SocketAddr::new(ip, port), mode, trust)))
+}
+
 #[pyclass(name = "Observer", module = "varta", frozen)]
 pub struct PyObserver {
     inner: Mutex<Inner>,
     socket_path: Option<String>,
     threshold_ms: u64,
+    udp_address: Option<(String, u16)>,
 }
 
 impl PyObserver {
@@ -699,7 +778,8 @@ impl PyObserver {
         socket_path, threshold_ms, *, socket_mode=0o600, capacity=256, eviction="strict",
         eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
         global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
-        clock="monotonic", emit_beats=true
+        clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
+        master_key=None, plaintext_udp=false, udp_trust="untrusted"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -717,6 +797,12 @@ impl PyObserver {
         allow_cross_namespace: bool,
         clock: &str,
         emit_beats: bool,
+        udp_port: Option<u16>,
+        udp_bind_addr: Option<&str>,
+        keys: Option<Bound<'_, PyAny>>,
+        master_key: Option<Bound<'_, PyAny>>,
+        plaintext_udp: bool,
+        udp_trust: &str,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
@@ -734,6 +820,15 @@ impl PyObserver {
                 "clock must be 'monotonic' or 'boottime', not {clock:?}"
             ))
         })?;
+        let udp = udp_setup(
+            udp_port,
+            udp_bind_addr,
+            keys.as_ref(),
+            master_key.as_ref(),
+            plaintext_udp,
+            udp_trust,
+            threshold_ns,
+        )?;
         let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
         cfg.socket_mode = socket_mode;
         cfg.tracker.capacity = capacity;
@@ -748,9 +843,15 @@ impl PyObserver {
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
-                Observer::new(cfg, Box::new(clock))
+                let mut obs = Observer::new(cfg, Box::new(clock))?;
+                if let Some((addr, mode, trust)) = udp {
+                    let l = UdpListener::bind(addr, mode, trust)?;
+                    obs.add_listener(Listener::Udp(l));
+                }
+                Ok(obs)
             })
             .map_err(observer_error)?;
+        let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let waiter = Some(Arc::new(obs.waiter()));
         Ok(PyObserver {
             inner: Mutex::new(Inner {
@@ -760,6 +861,7 @@ impl PyObserver {
             }),
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
             threshold_ms,
+            udp_address,
         })
     }
 
@@ -872,6 +974,12 @@ impl PyObserver {
     #[getter]
     fn threshold_ms(&self) -> u64 {
         self.threshold_ms
+    }
+
+    /// The bound UDP listener address `(host, port)`, or `None`.
+    #[getter]
+    fn udp_address(&self) -> Option<(String, u16)> {
+        self.udp_address.clone()
     }
 
     #[getter]
