@@ -1,0 +1,341 @@
+"""UDP listeners of varta.Observer: plaintext and secure frames.
+
+Secure frames are sealed here with `cryptography` (ChaCha20-Poly1305, HKDF)
+as an independent implementation of vlp.md §8: nonce = iv_random(8) ||
+u32le(counter); shared wire = nonce || ct||tag (empty AAD); master wire =
+pid LE(4) || nonce || ct||tag with AAD = wire[0:4] and the agent key
+HKDF-SHA256(master, salt=None, info=b"varta-agent-v1\\0" + pid LE).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+import varta
+from varta import BeatOrigin
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(100, 132))
+MASTER = bytes(range(200, 232))
+
+# Small pids below any pid_max; these processes need not exist (network
+# origins are not read from /proc).
+PID = 4242
+
+
+def vkey(raw: bytes) -> varta.Key:
+    return varta.Key.from_hex(raw.hex())
+
+
+def plain(pid: int, nonce: int, *, status: int = 0, payload: int = 0) -> bytes:
+    return varta.encode(status, pid, nonce, nonce, payload)
+
+
+def seal_shared(key: bytes, iv: bytes, counter: int, pt: bytes) -> bytes:
+    nonce = iv + struct.pack("<I", counter)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, pt, b"")
+
+
+def agent_key(master: bytes, pid: int) -> bytes:
+    hk = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"varta-agent-v1\0" + struct.pack("<I", pid),
+    )
+    return hk.derive(master)
+
+
+def seal_master(master: bytes, pid: int, iv: bytes, counter: int, pt: bytes) -> bytes:
+    head = struct.pack("<I", pid)
+    nonce = iv + struct.pack("<I", counter)
+    return head + nonce + ChaCha20Poly1305(agent_key(master, pid)).encrypt(nonce, pt, head)
+
+
+@pytest.fixture
+def tx() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def make(**kw: Any) -> varta.Observer:
+    kw.setdefault("max_beat_rate", 0)
+    threshold = kw.pop("threshold_ms", 10_000)
+    return varta.Observer(None, threshold, udp_port=0, **kw)
+
+
+def poll_until(
+    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 5.0
+) -> list[Any]:
+    end = time.monotonic() + within
+    seen: list[Any] = []
+    while time.monotonic() < end:
+        batch = list(obs.poll(timeout=0.2))
+        seen.extend(batch)
+        if any(pred(e) for e in batch):
+            return seen
+    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
+
+
+def wait_counter(obs: varta.Observer, name: str, value: int, *, within: float = 5.0) -> None:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        list(obs.poll(timeout=0.05))
+        if obs.counters()[name] == value:
+            return
+    raise AssertionError(f"{name} = {obs.counters()[name]}, wanted {value}")
+
+
+def send(tx: socket.socket, obs: varta.Observer, data: bytes) -> None:
+    assert obs.udp_address is not None
+    tx.sendto(data, obs.udp_address)
+
+
+def beat_for(pid: int) -> Callable[[Any], bool]:
+    return lambda e: isinstance(e, varta.Beat) and e.pid == pid
+
+
+# ------------------------------------------------------------ arguments
+
+
+def test_udp_address_and_defaults() -> None:
+    with make(plaintext_udp=True) as obs:
+        host, port = obs.udp_address or ("", 0)
+        assert host == "0.0.0.0" and port > 0
+    with make(keys=[vkey(KEY_A)]) as obs:
+        assert obs.udp_address is not None
+        assert obs.udp_address[0] == "127.0.0.1"
+    with varta.Observer(None, 100) as obs:
+        assert obs.udp_address is None
+
+
+def test_bad_udp_arguments() -> None:
+    with pytest.raises(ValueError, match="plaintext_udp=True"):
+        varta.Observer(None, 100, udp_port=0)
+    with pytest.raises(ValueError, match="need udp_port"):
+        varta.Observer(None, 100, keys=[vkey(KEY_A)])
+    with pytest.raises(ValueError, match="exclusive"):
+        varta.Observer(None, 100, udp_port=0, keys=[vkey(KEY_A)], plaintext_udp=True)
+    with pytest.raises(ValueError, match="udp_trust"):
+        varta.Observer(None, 100, udp_port=0, plaintext_udp=True, udp_trust="yes")
+    with pytest.raises(ValueError, match="not an IP"):
+        varta.Observer(None, 100, udp_port=0, plaintext_udp=True, udp_bind_addr="localhost")
+    with pytest.raises(ValueError, match="too many shared keys"):
+        varta.Observer(None, 100, udp_port=0, keys=[vkey(bytes([i]) * 32) for i in range(9)])
+    with pytest.raises(TypeError):
+        varta.Observer(None, 100, udp_port=0, keys="00" * 32)
+
+
+def test_port_in_use_raises_oserror() -> None:
+    with make(plaintext_udp=True, udp_bind_addr="127.0.0.1") as a:
+        assert a.udp_address is not None
+        with pytest.raises(OSError):
+            varta.Observer(
+                None, 100, udp_port=a.udp_address[1], plaintext_udp=True, udp_bind_addr="127.0.0.1"
+            )
+
+
+# ------------------------------------------------------------ accepted
+
+
+def test_plaintext_beat_is_network_unverified(tx: socket.socket) -> None:
+    with make(plaintext_udp=True, udp_bind_addr="127.0.0.1") as obs:
+        send(tx, obs, plain(PID, 1, payload=9))
+        ev = next(e for e in poll_until(obs, beat_for(PID)) if beat_for(PID)(e))
+        assert ev.origin is BeatOrigin.NETWORK_UNVERIFIED
+        assert ev.payload == 9 and ev.pid_ns_inode is None
+        info = obs.agent(PID)
+        assert info is not None and info.origin is BeatOrigin.NETWORK_UNVERIFIED
+
+
+def test_plaintext_wrong_lengths_are_truncated(tx: socket.socket) -> None:
+    with make(plaintext_udp=True, udp_bind_addr="127.0.0.1") as obs:
+        send(tx, obs, plain(PID, 1)[:31])
+        send(tx, obs, plain(PID, 1) + b"\0")
+        wait_counter(obs, "truncated_datagrams", 2)
+        assert obs.agents() == []
+
+
+def test_plaintext_pid_above_pid_max_is_dropped(tx: socket.socket) -> None:
+    with make(plaintext_udp=True, udp_bind_addr="127.0.0.1") as obs:
+        pid_max = obs.counters()["pid_max_current"]
+        assert isinstance(pid_max, int)
+        send(tx, obs, plain(pid_max + 1, 1))
+        wait_counter(obs, "frame_rejected_pid_above_max", 1)
+        assert obs.agents() == []
+
+
+@pytest.mark.parametrize("trust", ["untrusted", "operator"])
+def test_shared_and_master_frames_are_accepted(tx: socket.socket, trust: str) -> None:
+    want = (
+        BeatOrigin.OPERATOR_ATTESTED_TRANSPORT
+        if trust == "operator"
+        else BeatOrigin.NETWORK_UNVERIFIED
+    )
+    with make(keys=[vkey(KEY_A)], master_key=vkey(MASTER), udp_trust=trust) as obs:
+        send(tx, obs, seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1, payload=5)))
+        send(tx, obs, seal_master(MASTER, PID + 1, os.urandom(8), 1, plain(PID + 1, 1)))
+        seen = poll_until(obs, beat_for(PID + 1))
+        beats = {e.pid: e for e in seen if isinstance(e, varta.Beat)}
+        assert set(beats) == {PID, PID + 1}
+        assert all(b.origin is want for b in beats.values())
+        assert beats[PID].payload == 5
+        c = obs.counters()
+        # shared frame: 1 trial; master-length frame: 1 shared + 1 master trial.
+        assert c["secure_aead_attempts"] == 3
+        assert c["frame_decrypt_failures"] == 0
+
+
+def test_accepted_key_works_for_rotation(tx: socket.socket) -> None:
+    with make(keys=[vkey(KEY_A), vkey(KEY_B)]) as obs:
+        send(tx, obs, seal_shared(KEY_B, os.urandom(8), 1, plain(PID, 1)))
+        poll_until(obs, beat_for(PID))
+
+
+def test_authenticated_bad_frame_is_a_decode_event(tx: socket.socket) -> None:
+    bad = bytearray(plain(PID, 1))
+    bad[0] ^= 0xFF  # magic
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, seal_shared(KEY_A, os.urandom(8), 1, bytes(bad)))
+        seen = poll_until(obs, lambda e: isinstance(e, varta.Decode))
+        assert not any(isinstance(e, varta.Beat) for e in seen)
+        errs = obs.counters()["decode_errors"]
+        assert isinstance(errs, dict) and sum(errs.values()) == 1
+        assert obs.agents() == []
+
+
+# ------------------------------------------------------------ rejected
+
+
+def test_tampered_byte_is_refused(tx: socket.socket) -> None:
+    wire = bytearray(seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1)))
+    wire[20] ^= 1
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, bytes(wire))
+        wait_counter(obs, "frame_decrypt_failures", 1)
+        assert obs.agent(PID) is None
+
+
+def test_wrong_key_is_refused(tx: socket.socket) -> None:
+    with make(keys=[vkey(KEY_A)], master_key=vkey(MASTER)) as obs:
+        send(tx, obs, seal_shared(KEY_B, os.urandom(8), 1, plain(PID, 1)))
+        send(tx, obs, seal_master(KEY_B, PID, os.urandom(8), 1, plain(PID, 1)))
+        wait_counter(obs, "frame_decrypt_failures", 2)
+        assert obs.agents() == []
+
+
+def test_master_frame_with_foreign_wire_pid_is_refused(tx: socket.socket) -> None:
+    # Sealed for PID+1's key but carrying PID inside: the inner pid must match.
+    with make(master_key=vkey(MASTER)) as obs:
+        send(tx, obs, seal_master(MASTER, PID + 1, os.urandom(8), 1, plain(PID, 1)))
+        wait_counter(obs, "frame_decrypt_failures", 1)
+        assert obs.agents() == []
+
+
+def test_replayed_datagram_is_refused(tx: socket.socket) -> None:
+    wire = seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1))
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, wire)
+        poll_until(obs, beat_for(PID))
+        send(tx, obs, wire)
+        wait_counter(obs, "secure_replay_refused", 1)
+        info = obs.agent(PID)
+        assert info is not None and info.beats == 1
+
+
+def test_truncated_secure_datagram_is_counted(tx: socket.socket) -> None:
+    wire = seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1))
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, wire[:59])
+        send(tx, obs, wire + b"\0" * 6)  # 66 bytes: longer than any secure frame
+        wait_counter(obs, "truncated_datagrams", 2)
+        assert obs.counters()["secure_aead_attempts"] == 0
+        assert obs.agents() == []
+
+
+def test_stale_prefix_is_refused(tx: socket.socket) -> None:
+    a, b, c = os.urandom(8), os.urandom(8), os.urandom(8)
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, seal_shared(KEY_A, a, 1, plain(PID, 1)))
+        send(tx, obs, seal_shared(KEY_A, b, 1, plain(PID, 2)))
+        send(tx, obs, seal_shared(KEY_A, c, 1, plain(PID, 3)))
+        wait_for_beats(obs, PID, 3)
+        # Prefix `a` is two sessions old: a fresh counter under it with an
+        # old inner nonce is a replay, not a new session.
+        send(tx, obs, seal_shared(KEY_A, a, 2, plain(PID, 1)))
+        wait_counter(obs, "secure_replay_refused", 1)
+        info = obs.agent(PID)
+        assert info is not None and info.beats == 3 and info.last_nonce == 3
+
+
+def wait_for_beats(obs: varta.Observer, pid: int, n: int) -> None:
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        list(obs.poll(timeout=0.05))
+        info = obs.agent(pid)
+        if info is not None and info.beats == n:
+            return
+    raise AssertionError(f"pid {pid} did not reach {n} beats: {obs.agent(pid)!r}")
+
+
+def test_rotated_out_key_stops_working(tx: socket.socket) -> None:
+    with make(keys=[vkey(KEY_A), vkey(KEY_B)]) as obs:
+        send(tx, obs, seal_shared(KEY_B, os.urandom(8), 1, plain(PID, 1)))
+        poll_until(obs, beat_for(PID))
+    # The operator removed KEY_B from the accepted list and restarted.
+    with make(keys=[vkey(KEY_A)]) as obs:
+        send(tx, obs, seal_shared(KEY_B, os.urandom(8), 1, plain(PID, 2)))
+        wait_counter(obs, "frame_decrypt_failures", 1)
+        assert obs.agents() == []
+        send(tx, obs, seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 3)))
+        poll_until(obs, beat_for(PID))
+
+
+# ------------------------------------------------------------ origins, stalls
+
+
+def test_udp_only_stall_is_network_unverified(tx: socket.socket) -> None:
+    with make(keys=[vkey(KEY_A)], threshold_ms=100) as obs:
+        send(tx, obs, seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1)))
+        seen = poll_until(obs, lambda e: isinstance(e, varta.Stall) and e.pid == PID)
+        stall = next(e for e in seen if isinstance(e, varta.Stall))
+        assert stall.origin is BeatOrigin.NETWORK_UNVERIFIED
+        assert not stall.origin.allows_recovery
+
+
+def test_weaker_origin_conflicts_with_a_pinned_slot(tx: socket.socket, tmp_path: Any) -> None:
+    """UDS and UDP in one Observer: our pid, first seen kernel-attested over
+    the Unix socket, is pinned; a plaintext UDP frame claiming it is weaker
+    and becomes an OriginConflict without touching the slot."""
+    path = str(tmp_path / "obs.sock")
+    pid = os.getpid()
+    with varta.Observer(
+        path, 10_000, max_beat_rate=0, udp_port=0, plaintext_udp=True, udp_bind_addr="127.0.0.1"
+    ) as obs:
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            u.sendto(plain(pid, 1), path)
+        finally:
+            u.close()
+        poll_until(obs, beat_for(pid))
+        send(tx, obs, plain(pid, 2))
+        seen = poll_until(obs, lambda e: isinstance(e, varta.OriginConflict))
+        conflict = next(e for e in seen if isinstance(e, varta.OriginConflict))
+        assert conflict.observed_origin is BeatOrigin.NETWORK_UNVERIFIED
+        assert conflict.slot_origin is BeatOrigin.KERNEL_ATTESTED
+        info = obs.agent(pid)
+        assert info is not None and info.beats == 1
+        assert info.origin is BeatOrigin.KERNEL_ATTESTED
