@@ -187,8 +187,9 @@ def test_config_validation() -> None:
         RecoveryConfig(cmd, capture_bytes=63)
     with pytest.raises(ValueError, match="capture-bytes"):
         RecoveryConfig(cmd, capture_bytes=1_048_577)
-    with pytest.raises(ValueError):
-        RecoveryConfig(cmd, env=(("", "v"),))
+    for bad in (("", "v"), ("A=B", "v"), ("K\0", "v"), ("K", "v\0")):
+        with pytest.raises(ValueError):
+            RecoveryConfig(cmd, env=(bad,))
 
 
 def test_exec_file_is_a_trimmed_secret_file(tmp_path: pathlib.Path) -> None:

@@ -174,7 +174,8 @@ class RecoveryConfig:
         if not lo <= self.capture_bytes <= hi:
             raise ValueError(f"--recovery-capture-bytes must be in {lo}..={hi}")
         for key, value in self.env:
-            parse_env_entry(f"{key}={value}")
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"recovery env entry {key!r}: bad key or NUL byte")
 
     @classmethod
     def from_exec_file(cls, path: PathLike, **kwargs: object) -> RecoveryConfig:
@@ -474,6 +475,7 @@ class RecoveryRunner:
         verdict = self.fire_time_verdict(stall, agent)
         if verdict is None:
             return None
+        self._tick_evaluations += 1  # a skipped stall is an evaluation without on_stall
         return self._finish(Decision(verdict, int(stall.pid), reason=verdict), now_ns)
 
     def fire_time_verdict(self, stall: StallLike, agent: Optional[AgentLike]) -> Optional[str]:
