@@ -519,10 +519,7 @@ class AuditLog:
                 self._sync()
         except OSError as exc:
             self._record_error(exc)
-        if self._ring:
-            self._update_watermarks()
-        else:
-            self._above_warn = self._above_critical = False
+        self._update_watermarks()  # re-arm the marks once the ring went below them
         return written
 
     def _next_batch(self) -> bytes:
