@@ -130,8 +130,7 @@ class LoopState:
         self.serve_started: Optional[float] = None
 
     def problem(self, now: float, limit_s: float) -> Optional[str]:
-        if now - self.last_iteration_end > limit_s:
-            return f"no loop iteration completed for {now - self.last_iteration_end:.1f} s"
+        """Why the self-watchdog should abort now (a stage over its limit is named first)."""
         current = self.stage
         if current is not None and now - current[1] > STAGE_LIMITS_S[current[0]]:
             return (
@@ -141,6 +140,8 @@ class LoopState:
         serve = self.serve_started
         if serve is not None and now - serve > STAGE_LIMITS_S["serve_pending"]:
             return f"stage serve_pending has run for {now - serve:.1f} s"
+        if now - self.last_iteration_end > limit_s:
+            return f"no loop iteration completed for {now - self.last_iteration_end:.1f} s"
         return None
 
 
