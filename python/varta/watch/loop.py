@@ -25,6 +25,7 @@ import array
 import collections
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -393,7 +394,7 @@ class Daemon:
         self._removed: collections.deque[int] = collections.deque()
         self._shutdown_at: Optional[float] = None
         self._wedge_pending = cfg.inject_wedge_ms is not None
-        self._hb_seq = iter(range(1 << 62))
+        self._hb_seq = itertools.count()
         self._iteration_hist = new_histogram()
         self._stage_hists: dict[str, Histogram] = {s: new_histogram() for s in STAGES}
         self._iteration_budget_exceeded = 0
@@ -411,6 +412,14 @@ class Daemon:
     # --- entry point -------------------------------------------------------------
 
     def run(self) -> int:
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)}
+        try:
+            return self._run()
+        finally:  # leave the process as found (matters when embedded, e.g. in tests)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
         try:
             self._install_signals()
             self.start()
@@ -427,6 +436,8 @@ class Daemon:
         return self.exit_code
 
     def _install_signals(self) -> None:
+        """SIGINT/SIGTERM set the stop latch (SA_RESTART); SIGPIPE is ignored."""
+
         def on_signal(signum: int, frame: object) -> None:
             self.stop_requested = True
 
