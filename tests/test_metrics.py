@@ -24,7 +24,7 @@ from varta.watch.metrics import (
     VartaCollector,
     bearer_from_request,
     build_registry,
-    parse_token,
+    parse_hex32,
     render,
 )
 
@@ -235,11 +235,11 @@ def test_promtool_accepts_the_body() -> None:
 # --- tokens ---------------------------------------------------------------------------
 
 
-def test_parse_token() -> None:
-    assert parse_token(f"  {TOKEN_HEX.upper()}\n".encode()) == TOKEN
+def test_parse_hex32() -> None:
+    assert parse_hex32(f"  {TOKEN_HEX.upper()}\n".encode()) == TOKEN
     for bad in [b"", TOKEN_HEX[:-1].encode(), (TOKEN_HEX + "0").encode(), b"zz" * 32]:
         with pytest.raises(ValueError):
-            parse_token(bad)
+            parse_hex32(bad)
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ from .metrics import (
     build_registry,
     copy_histogram,
     new_histogram,
-    parse_token,
+    parse_hex32,
     render,
 )
 from .recovery import Completion, Decision, RecoveryCommand, RecoveryConfig, RecoveryRunner
@@ -287,7 +287,7 @@ def recovery_config(cfg: WatchConfig) -> Optional[RecoveryConfig]:
 
 def read_token(path: str) -> bytes:
     try:
-        return parse_token(read_secret_file(path, "prom token file", max_bytes=4096))
+        return parse_hex32(read_secret_file(path, "prom token file", max_bytes=4096))
     except (OSError, ValueError) as exc:
         raise StartupError(f"--prom-token-file {path}: {_reason(exc)}") from None
 
@@ -311,11 +311,9 @@ def _key_lines(path: str, what: str) -> list[bytes]:
 
 def _hex_key(text: bytes, path: str, what: str) -> bytes:
     try:
-        if len(text) != 64:
-            raise ValueError
-        return bytes.fromhex(text.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise StartupError(f"{what} {path}: a key must be exactly 64 hex characters") from None
+        return parse_hex32(text)
+    except ValueError as exc:
+        raise StartupError(f"{what} {path}: a key {exc}") from None
 
 
 def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:

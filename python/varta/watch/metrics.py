@@ -445,11 +445,12 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-def parse_token(text: bytes) -> bytes:
-    """A ``--prom-token-file`` body: 64 hex chars after trimming whitespace → 32 bytes."""
+def parse_hex32(text: bytes) -> bytes:
+    """64 hex chars (either case) after trimming whitespace → 32 bytes: the
+    ``--prom-token-file`` body and every key (``vlp.md`` §9.5)."""
     t = text.strip()
     if len(t) != 64 or not all(c in _HEX for c in t):
-        raise ValueError("the token must be exactly 64 hex characters")
+        raise ValueError("must be exactly 64 hex characters")
     return bytes.fromhex(t.decode("ascii"))
 
 
