@@ -35,6 +35,8 @@ from ._varta import (
 # --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
 # --- secure transport (issue: network transports) ---
+# isort: split
+from ._varta import Key
 
 try:
     __version__ = _version("varta")
@@ -50,6 +52,7 @@ __all__ = [
     "DecodeError",
     "DropReason",
     "Frame",
+    "Key",
     "Status",
     "StatusLike",
     "__version__",

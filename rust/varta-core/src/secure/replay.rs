@@ -1,0 +1,366 @@
+//! Secure replay protection (`vlp.md` §10.2) in a bounded sender table
+//! (§10.3).
+//!
+//! State is keyed by the **authenticated inner pid** and is only touched after
+//! an AEAD open and a successful base-frame decode. The table holds at most
+//! `capacity` (normally [`MAX_SENDER_STATES`] = 1024) states, all allocated
+//! at construction: a fixed array of states, a free list, and an
+//! open-addressing pid index (linear probing at ≤ 50 % load, backward-shift
+//! deletion, so no tombstones and no rehashing). Nothing allocates after
+//! `new`.
+//!
+//! Time is injected (`now_ns`, the observer clock in ns); the same clock
+//! drives eviction (`last_seen`) and the session-restart gate
+//! (`last_seen_ns`), which upstream keeps as two clocks of the same rate.
+
+use crate::frame::Frame;
+
+use super::seal::IV_RANDOM_LEN;
+
+/// Sender states, allocated once, never grown.
+pub const MAX_SENDER_STATES: usize = 1024;
+/// A sender silent this long is evicted by the next sweep.
+pub const EVICTION_TTL_NS: u64 = 600 * 1_000_000_000;
+/// Periodic sweep interval.
+pub const EVICTION_INTERVAL_NS: u64 = 60 * 1_000_000_000;
+
+const EMPTY: u16 = u16::MAX;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SenderState {
+    in_use: bool,
+    pid: u32,
+    cur_iv: [u8; IV_RANDOM_LEN],
+    cur_last: u32,
+    /// One-deep history: the prefix before `cur_iv` and its last counter.
+    prev: Option<([u8; IV_RANDOM_LEN], u32)>,
+    /// High-water of inner nonces over non-terminal frames, across prefixes.
+    max_regular_nonce: Option<u64>,
+    /// High-water of terminal-frame timestamps.
+    max_terminal_ts: Option<u64>,
+    last_seen_ns: u64,
+}
+
+impl SenderState {
+    fn fresh(pid: u32, iv: &[u8; IV_RANDOM_LEN], counter: u32, f: &Frame, now: u64) -> Self {
+        let mut s = SenderState {
+            in_use: true,
+            pid,
+            cur_iv: *iv,
+            cur_last: counter,
+            prev: None,
+            max_regular_nonce: None,
+            max_terminal_ts: None,
+            last_seen_ns: now,
+        };
+        s.note_accept(f, now);
+        s
+    }
+
+    /// Every accept raises the high-water mark of its kind and refreshes the clocks.
+    fn note_accept(&mut self, f: &Frame, now: u64) {
+        if f.is_terminal() {
+            self.max_terminal_ts = Some(
+                self.max_terminal_ts
+                    .map_or(f.timestamp, |m| m.max(f.timestamp)),
+            );
+        } else {
+            self.max_regular_nonce =
+                Some(self.max_regular_nonce.map_or(f.nonce, |m| m.max(f.nonce)));
+        }
+        self.last_seen_ns = now;
+    }
+}
+
+/// Outcome of [`ReplayTable::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayVerdict {
+    /// Known sender, frame is fresh (current, previous or a new prefix).
+    Accepted,
+    /// First frame from this pid: state allocated.
+    NewSender,
+    /// Known pid, new prefix failing the high-water checks, but silent for at
+    /// least the restart gap: state reset to this frame (a new session,
+    /// e.g. a recycled pid).
+    SessionRestart,
+    /// Known pid, frame refused (`secure_replay_refused`).
+    Replay,
+    /// Unknown pid and no free state even after a sweep (`sender_state_full`).
+    Full,
+}
+
+impl ReplayVerdict {
+    pub fn is_accepted(self) -> bool {
+        matches!(
+            self,
+            ReplayVerdict::Accepted | ReplayVerdict::NewSender | ReplayVerdict::SessionRestart
+        )
+    }
+}
+
+/// The bounded per-pid replay table. See the module docs.
+pub struct ReplayTable {
+    states: Box<[SenderState]>,
+    /// pid → state index; `EMPTY` marks a free slot. Length is a power of two
+    /// ≥ 2 × capacity.
+    index: Box<[u16]>,
+    free: Vec<u16>,
+    len: usize,
+    shift: u32,
+    restart_gap_ns: u64,
+    next_sweep_ns: u64,
+}
+
+impl ReplayTable {
+    /// `capacity` states (1..=32767); `restart_gap_ns` = the observer's
+    /// threshold (`session_restart_gap`).
+    pub fn new(capacity: usize, restart_gap_ns: u64) -> ReplayTable {
+        assert!(
+            (1..=(EMPTY as usize) / 2).contains(&capacity),
+            "replay table capacity out of range"
+        );
+        let slots = (2 * capacity).next_power_of_two().max(2);
+        ReplayTable {
+            states: vec![SenderState::default(); capacity].into_boxed_slice(),
+            index: vec![EMPTY; slots].into_boxed_slice(),
+            // Popped from the end: hand out index 0 first.
+            free: (0..capacity as u16).rev().collect(),
+            len: 0,
+            shift: 32 - slots.trailing_zeros(),
+            restart_gap_ns,
+            next_sweep_ns: EVICTION_INTERVAL_NS,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.find(pid).is_ok()
+    }
+
+    fn mask(&self) -> usize {
+        self.index.len() - 1
+    }
+
+    fn home(&self, pid: u32) -> usize {
+        // Fibonacci hashing: top bits of pid × 2^32/φ.
+        (pid.wrapping_mul(0x9E37_79B9) >> self.shift) as usize & self.mask()
+    }
+
+    /// `Ok(slot)` holding `pid`, or `Err(slot)` = the empty slot ending its probe run.
+    fn find(&self, pid: u32) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = self.home(pid);
+        loop {
+            let v = self.index[i];
+            if v == EMPTY {
+                return Err(i);
+            }
+            if self.states[usize::from(v)].pid == pid {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn remove_slot(&mut self, mut hole: usize) {
+        let mask = self.mask();
+        let idx = self.index[hole];
+        self.states[usize::from(idx)] = SenderState::default();
+        self.free.push(idx);
+        self.len -= 1;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let v = self.index[j];
+            if v == EMPTY {
+                break;
+            }
+            let home = self.home(self.states[usize::from(v)].pid);
+            // Move the entry back iff the hole lies in [home, j) cyclically.
+            if (hole.wrapping_sub(home) & mask) < (j.wrapping_sub(home) & mask) {
+                self.index[hole] = v;
+                hole = j;
+            }
+        }
+        self.index[hole] = EMPTY;
+    }
+
+    /// Forget `pid`'s state (e.g. when the observer retires the pid). Returns
+    /// whether there was any.
+    pub fn remove(&mut self, pid: u32) -> bool {
+        match self.find(pid) {
+            Ok(slot) => {
+                self.remove_slot(slot);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Evict every sender silent for at least [`EVICTION_TTL_NS`]; returns how
+    /// many. Also schedules the next periodic sweep.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        self.next_sweep_ns = now_ns.saturating_add(EVICTION_INTERVAL_NS);
+        let mut evicted = 0;
+        for i in 0..self.states.len() {
+            let s = self.states[i];
+            if s.in_use && now_ns.saturating_sub(s.last_seen_ns) >= EVICTION_TTL_NS {
+                if let Ok(slot) = self.find(s.pid) {
+                    self.remove_slot(slot);
+                    evicted += 1;
+                }
+            }
+        }
+        evicted
+    }
+
+    /// Run the periodic sweep if it is due.
+    pub fn maybe_sweep(&mut self, now_ns: u64) -> usize {
+        if now_ns >= self.next_sweep_ns {
+            self.sweep(now_ns)
+        } else {
+            0
+        }
+    }
+
+    /// Apply the §10.2 rules to an opened and decoded frame. `pid` must be
+    /// the frame's (authenticated inner) pid; `iv_random`/`iv_counter` come
+    /// from the wire nonce. Updates state only on acceptance.
+    pub fn check(
+        &mut self,
+        iv_random: &[u8; IV_RANDOM_LEN],
+        iv_counter: u32,
+        frame: &Frame,
+        now_ns: u64,
+    ) -> ReplayVerdict {
+        self.maybe_sweep(now_ns);
+        let pid = frame.pid;
+        let slot = match self.find(pid) {
+            Ok(slot) => slot,
+            Err(mut empty) => {
+                if self.free.is_empty() {
+                    // Fail closed: make room only from dead senders.
+                    self.sweep(now_ns);
+                    if self.free.is_empty() {
+                        return ReplayVerdict::Full;
+                    }
+                    // The sweep may have shifted entries; find the slot again.
+                    // (A sweep only removes, so `pid` is still absent.)
+                    empty = match self.find(pid) {
+                        Err(e) => e,
+                        Ok(_) => return ReplayVerdict::Full,
+                    };
+                }
+                let Some(idx) = self.free.pop() else {
+                    return ReplayVerdict::Full;
+                };
+                self.states[usize::from(idx)] =
+                    SenderState::fresh(pid, iv_random, iv_counter, frame, now_ns);
+                self.index[empty] = idx;
+                self.len += 1;
+                return ReplayVerdict::NewSender;
+            }
+        };
+        let restart_gap = self.restart_gap_ns;
+        let st = &mut self.states[usize::from(self.index[slot])];
+        let terminal = frame.is_terminal();
+
+        if st.cur_iv == *iv_random {
+            if iv_counter <= st.cur_last {
+                return ReplayVerdict::Replay;
+            }
+            st.cur_last = iv_counter;
+            st.note_accept(frame, now_ns);
+            return ReplayVerdict::Accepted;
+        }
+        if let Some((piv, plast)) = st.prev {
+            if piv == *iv_random {
+                if iv_counter <= plast {
+                    return ReplayVerdict::Replay;
+                }
+                st.prev = Some((piv, iv_counter));
+                st.note_accept(frame, now_ns);
+                return ReplayVerdict::Accepted;
+            }
+        }
+        // New (or aged-out) prefix.
+        let fresh = if terminal {
+            !matches!(st.max_terminal_ts, Some(m) if frame.timestamp <= m)
+        } else {
+            !matches!(st.max_regular_nonce, Some(m) if frame.nonce <= m)
+        };
+        if fresh {
+            st.prev = Some((st.cur_iv, st.cur_last));
+            st.cur_iv = *iv_random;
+            st.cur_last = iv_counter;
+            st.note_accept(frame, now_ns);
+            return ReplayVerdict::Accepted;
+        }
+        // A terminal frame never resets the session (a replayed crash frame
+        // must not wipe the high-water marks).
+        if !terminal && now_ns.saturating_sub(st.last_seen_ns) >= restart_gap {
+            *st = SenderState::fresh(pid, iv_random, iv_counter, frame, now_ns);
+            return ReplayVerdict::SessionRestart;
+        }
+        ReplayVerdict::Replay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Status;
+    use std::collections::HashSet;
+
+    fn frame(pid: u32, nonce: u64) -> Frame {
+        Frame {
+            status: Status::Ok,
+            pid,
+            timestamp: 1000,
+            nonce,
+            payload: 0,
+        }
+    }
+
+    #[test]
+    fn index_stays_consistent_under_churn() {
+        // Model check of the open-addressing index against a HashSet, with
+        // deliberately colliding pids and interleaved removals.
+        let mut t = ReplayTable::new(64, 0);
+        let mut model = HashSet::new();
+        let mut x: u32 = 12345;
+        for step in 0..20_000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let pid = 2 + (x >> 16) % 150;
+            if step % 3 == 0 {
+                assert_eq!(t.remove(pid), model.remove(&pid));
+            } else {
+                let v = t.check(&[0; 8], step, &frame(pid, u64::from(step) + 1), 0);
+                if model.contains(&pid) {
+                    assert_eq!(v, ReplayVerdict::Accepted);
+                } else if model.len() < 64 {
+                    assert_eq!(v, ReplayVerdict::NewSender);
+                    model.insert(pid);
+                } else {
+                    assert_eq!(v, ReplayVerdict::Full);
+                }
+            }
+            assert_eq!(t.len(), model.len());
+            assert_eq!(t.free.len() + t.len(), 64);
+        }
+        for pid in 0..200 {
+            assert_eq!(t.contains(pid), model.contains(&pid), "pid {pid}");
+        }
+    }
+}
