@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional, Union
 
+from ..keys import MAX_SHARED_KEYS
 from . import recovery
 
 PROG = "varta-watch"
 
-#: Combined shared-key set cap (primary + accepted keys), ``observer.md`` §1.1.
-MAX_SHARED_KEYS = 8
 U16 = (1 << 16) - 1
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1

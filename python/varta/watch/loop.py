@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, Callable, Optional, Protocol
+from typing import IO, Any, Callable, Optional, Protocol, TypeVar
 
 from . import notify
 from .audit import AuditLog, Histogram
@@ -57,6 +57,8 @@ from .metrics import (
 )
 from .recovery import Completion, Decision, RecoveryCommand, RecoveryConfig, RecoveryRunner
 from .secretfile import read_secret_file
+
+T = TypeVar("T")
 
 #: Self-watchdog limits per stage (§10.3), seconds.
 STAGE_LIMITS_S: Mapping[str, float] = {
@@ -295,56 +297,38 @@ def read_token(path: str) -> bytes:
 # --- network transports (isolated: wired to the observer by the network stream) -------
 
 
-def _key_lines(path: str, what: str) -> list[bytes]:
-    try:
-        raw = read_secret_file(path, what, max_bytes=65536)
-    except OSError as exc:
-        raise StartupError(f"{what} {path}: {_reason(exc)}") from None
-    keys: list[bytes] = []
-    for line in raw.splitlines():
-        t = line.strip()
-        if not t or t.startswith(b"#"):
-            continue
-        keys.append(_hex_key(t, path, what))
-    return keys
-
-
-def _hex_key(text: bytes, path: str, what: str) -> bytes:
-    try:
-        return parse_hex32(text)
-    except ValueError as exc:
-        raise StartupError(f"{what} {path}: a key {exc}") from None
-
-
 def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
-    """Observer keyword arguments for ``--udp-port`` and the key files (``vlp.md`` §9.5).
+    """Observer keyword arguments for ``--udp-port`` and the key files.
 
-    Key files are read here so an unreadable one fails startup (exit 1) the
-    same way whatever the observer build supports.
+    The key files are loaded here (``varta.keys``: secret-file rules, line rules
+    of ``vlp.md`` §9.5) so an unreadable or malformed one fails startup with
+    exit 1 whatever the observer build supports. Keys stay native ``varta.Key``
+    objects.
     """
     if cfg.udp_port is None:
         return {}
-    keys: list[bytes] = []
-    if cfg.key_file is not None:
-        primary = _key_lines(cfg.key_file, "key file")
-        if len(primary) != 1:
-            raise StartupError(f"key file {cfg.key_file}: must hold exactly one key")
-        keys += primary
-    for path in cfg.accepted_key_files:
-        extra = _key_lines(path, "accepted key file")
-        if not extra:
-            raise StartupError(f"accepted key file {path}: holds no key")
-        keys += extra
-    if len(keys) > 8:
-        raise StartupError("more than 8 shared keys (--key-file + --accepted-key-file)")
-    master: Optional[bytes] = None
-    if cfg.master_key_file is not None:
+    from .. import keys as vkeys
+
+    def load(flag: str, path: str, loader: Callable[[str], T]) -> T:
         try:
-            raw = read_secret_file(cfg.master_key_file, "master key file", max_bytes=4096)
-        except OSError as exc:
-            raise StartupError(f"master key file: {_reason(exc)}") from None
-        master = _hex_key(raw.strip(), cfg.master_key_file, "master key file")
-    secure = bool(keys) or master is not None
+            return loader(path)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"{flag} {path}: {_reason(exc)}") from None
+
+    shared: list[Any] = []
+    if cfg.key_file is not None:
+        shared.append(load("--key-file", cfg.key_file, vkeys.load_key_file))
+    for path in cfg.accepted_key_files:
+        shared += load("--accepted-key-file", path, vkeys.load_accepted_key_file)
+    if len(shared) > vkeys.MAX_SHARED_KEYS:
+        raise StartupError(
+            f"{len(shared)} shared keys (--key-file + --accepted-key-file); "
+            f"at most {vkeys.MAX_SHARED_KEYS}"
+        )
+    master = None
+    if cfg.master_key_file is not None:
+        master = load("--master-key-file", cfg.master_key_file, vkeys.load_master_key_file)
+    secure = bool(shared) or master is not None
     if secure:
         trusted = cfg.secure_udp_i_accept_recovery_on_unauthenticated_transport
     else:
@@ -352,7 +336,7 @@ def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
     return {
         "udp_port": cfg.udp_port,
         "udp_bind_addr": cfg.effective_udp_bind_addr,
-        "keys": keys,
+        "keys": shared,
         "master_key": master,
         "plaintext_udp": not secure,
         "udp_trust": "operator" if trusted else "untrusted",

@@ -446,8 +446,8 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def parse_hex32(text: bytes) -> bytes:
-    """64 hex chars (either case) after trimming whitespace → 32 bytes: the
-    ``--prom-token-file`` body and every key (``vlp.md`` §9.5)."""
+    """A ``--prom-token-file`` body: 64 hex chars (either case) after trimming
+    whitespace → 32 bytes."""
     t = text.strip()
     if len(t) != 64 or not all(c in _HEX for c in t):
         raise ValueError("must be exactly 64 hex characters")
