@@ -504,3 +504,23 @@ def test_rate_limited_kinds() -> None:
     ]
     assert rl.suppressed() == {k: (2 if k == "audit_io" else 0) for k in logsetup.SUPPRESSED_KINDS}
     logsetup.setup("text")
+
+
+@pytest.mark.parametrize("flag,content,needle", [
+    ("--key-file", "ab" * 32 + "\n" + "cd" * 32 + "\n", "exactly one key"),
+    ("--accepted-key-file", "# none yet\n", "no key found"),
+    ("--master-key-file", "xyz\n", "64 hex"),
+])  # fmt: skip
+def test_bad_key_files_exit_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, flag: str, content: str, needle: str
+) -> None:
+    key = tmp_path / "key"
+    key.write_text(content)
+    key.chmod(0o600)
+    extra = ["--master-key-file", str(key)] if flag == "--accepted-key-file" else []
+    cfg = parse_args(
+        ["--socket", "s", "--threshold-ms", "100", "--udp-port", "0", flag, str(key), *extra]
+    )
+    with caplog.at_level(logging.ERROR, logger="varta.watch"):
+        assert Daemon(cfg, observer_factory=factory(FakeObserver())).run() == 1
+    assert f"{flag} {key}" in caplog.text and needle in caplog.text
