@@ -10,9 +10,6 @@ written for it runs unchanged.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
-
 from ._types import (
     NONCE_TERMINAL,
     BeatError,
@@ -24,24 +21,42 @@ from ._types import (
     StatusLike,
     classify_send_error,
 )
+
+# --- agent (issue: foundation) ---
 from ._varta import (
     FRAME_LEN,
     Frame,
+    Varta,
     crc32c,
     decode,
     encode,
 )
 
-# --- agent (issue: foundation) ---
 # --- observer (issue: observer core) ---
+# isort: split
+from ._varta import (
+    AgentInfo,
+    AuthFailure,
+    Beat,
+    CtrlTruncated,
+    Decode,
+    Io,
+    NamespaceConflict,
+    Observer,
+    OriginConflict,
+    Stall,
+)
+
 # --- secure transport (issue: network transports) ---
 # isort: split
 from ._varta import Key
 
-try:
-    __version__ = _version("varta")
-except _PackageNotFoundError:  # running from a source tree without metadata
-    __version__ = "0.0.0+unknown"
+# --- panic ---
+# isort: split
+from . import panic as panic
+
+# One version source: Cargo.toml (importlib.metadata would cost ~0.3 s per import).
+from ._varta import __version__
 
 __all__ = [
     "FRAME_LEN",
@@ -55,9 +70,21 @@ __all__ = [
     "Key",
     "Status",
     "StatusLike",
+    "Varta",
     "__version__",
     "classify_send_error",
     "crc32c",
     "decode",
     "encode",
+    # observer
+    "AgentInfo",
+    "AuthFailure",
+    "Beat",
+    "CtrlTruncated",
+    "Decode",
+    "Io",
+    "NamespaceConflict",
+    "Observer",
+    "OriginConflict",
+    "Stall",
 ]

@@ -1,1 +1,889 @@
-//! (in progress)
+//! The heartbeat sender (`agent.md` §1–§10, §12; `vlp.md` §7).
+//!
+//! [`Agent`] owns one [`Transport`] and one session: the committed nonce, the
+//! session clock, fork detection and the auto-reconnect window.
+//!
+//! Fork detection compares the pid, the `pthread_atfork` epoch and (Linux) an
+//! [`incarnation`] token kept in wipe-on-fork memory. The token changes in
+//! every child, however it was forked, so while it is unchanged the pid is
+//! known without a `getpid()` system call; without tokens the pid is read on
+//! every beat. After connect,
+//! [`Agent::beat`] performs no heap allocation: the frame is built in a fixed
+//! scratch buffer, errors are `Copy` values, and the one-time wrap warning is
+//! static text.
+//!
+//! `Agent` is `Send`, not `Sync` (`beat(&mut self)`). [`ForkSafeMutex`] is the
+//! lock the Python binding puts around it so many threads can share one agent
+//! (held from nonce choice to commit, so wire order equals nonce order) and a
+//! forked child never deadlocks on a lock another thread held at fork time.
+
+use crate::fork;
+use crate::frame::{Frame, Status, FRAME_LEN, NONCE_TERMINAL, TIMESTAMP_RESERVED};
+use crate::terminal;
+use crate::transport::{DgramTransport, Endpoint, Transport};
+use core::fmt;
+use std::cell::UnsafeCell;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+// ---------------------------------------------------------------------------
+// Outcomes
+// ---------------------------------------------------------------------------
+
+/// Why a beat was dropped (`agent.md` §5). Transient: the next beat retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    KernelQueueFull = 0,
+    NoObserver = 1,
+    PeerGone = 2,
+    StorageFull = 3,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::KernelQueueFull,
+        DropReason::NoObserver,
+        DropReason::PeerGone,
+        DropReason::StorageFull,
+    ];
+
+    /// Display text, equal to the Python `DropReason` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::KernelQueueFull => "kernel queue full",
+            DropReason::NoObserver => "no observer",
+            DropReason::PeerGone => "peer gone",
+            DropReason::StorageFull => "storage full",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of failure a [`BeatError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailKind {
+    /// An OS error; `errno` carries the code.
+    Os,
+    /// Bad status, `Stall`, or a reserved current pid (0/1). Nothing was sent.
+    InvalidInput,
+    /// The kernel accepted a different number of bytes than one frame.
+    WriteZero,
+    /// The agent was closed.
+    Closed,
+    /// A non-OS error from a custom transport.
+    Other,
+}
+
+impl FailKind {
+    /// Synthetic-kind name (`"InvalidInput"`…); `None` for [`FailKind::Os`],
+    /// whose name is the symbolic errno.
+    pub const fn synthetic_name(self) -> Option<&'static str> {
+        match self {
+            FailKind::Os => None,
+            FailKind::InvalidInput => Some("InvalidInput"),
+            FailKind::WriteZero => Some("WriteZero"),
+            FailKind::Closed => Some("Closed"),
+            FailKind::Other => Some("Other"),
+        }
+    }
+}
+
+/// Why a beat failed: errno (0 = unknown/synthetic) plus a kind. `Copy`, no
+/// allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BeatError {
+    errno: i32,
+    kind: FailKind,
+}
+
+impl BeatError {
+    pub const INVALID_INPUT: BeatError = BeatError::synthetic(FailKind::InvalidInput);
+    pub const WRITE_ZERO: BeatError = BeatError::synthetic(FailKind::WriteZero);
+    pub const CLOSED: BeatError = BeatError::synthetic(FailKind::Closed);
+
+    pub const fn synthetic(kind: FailKind) -> BeatError {
+        BeatError { errno: 0, kind }
+    }
+
+    pub const fn os(errno: i32) -> BeatError {
+        BeatError {
+            errno,
+            kind: FailKind::Os,
+        }
+    }
+
+    /// From any I/O error: its raw errno when it has one, else `Other`.
+    pub fn from_io(err: &io::Error) -> BeatError {
+        match err.raw_os_error() {
+            Some(code) => BeatError::os(code),
+            None => BeatError::synthetic(FailKind::Other),
+        }
+    }
+
+    pub const fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    pub const fn kind(&self) -> FailKind {
+        self.kind
+    }
+
+    /// The closest `io::ErrorKind`.
+    pub fn io_kind(&self) -> io::ErrorKind {
+        match self.kind {
+            FailKind::Os => io::Error::from_raw_os_error(self.errno).kind(),
+            FailKind::InvalidInput => io::ErrorKind::InvalidInput,
+            FailKind::WriteZero => io::ErrorKind::WriteZero,
+            FailKind::Closed => io::ErrorKind::NotConnected,
+            FailKind::Other => io::ErrorKind::Other,
+        }
+    }
+
+    pub fn to_io_error(&self) -> io::Error {
+        match self.kind {
+            FailKind::Os => io::Error::from_raw_os_error(self.errno),
+            _ => io::Error::from(self.io_kind()),
+        }
+    }
+}
+
+impl fmt::Display for BeatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind.synthetic_name() {
+            Some(name) => write!(f, "send failed: {name} (errno={})", self.errno),
+            None => write!(
+                f,
+                "send failed: {} (errno={})",
+                io::Error::from_raw_os_error(self.errno),
+                self.errno
+            ),
+        }
+    }
+}
+
+/// Result of one beat: exactly one of sent, dropped, failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BeatOutcome {
+    Sent,
+    Dropped(DropReason),
+    Failed(BeatError),
+}
+
+impl BeatOutcome {
+    pub const fn is_sent(&self) -> bool {
+        matches!(self, BeatOutcome::Sent)
+    }
+    pub const fn is_dropped(&self) -> bool {
+        matches!(self, BeatOutcome::Dropped(_))
+    }
+    pub const fn is_failed(&self) -> bool {
+        matches!(self, BeatOutcome::Failed(_))
+    }
+}
+
+impl fmt::Display for BeatOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BeatOutcome::Sent => f.write_str("sent"),
+            BeatOutcome::Dropped(r) => write!(f, "dropped: {r}"),
+            BeatOutcome::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Map a send error to an outcome (`agent.md` §5, first match wins). Uses the
+/// platform's errno constants. Errors without an errno (custom transports)
+/// are matched on their `io::ErrorKind` in the same order.
+pub fn classify_send_error(err: &io::Error) -> BeatOutcome {
+    use BeatOutcome::{Dropped, Failed};
+    use DropReason::*;
+    if let Some(code) = err.raw_os_error() {
+        return match code {
+            libc::ENOBUFS => Dropped(KernelQueueFull),
+            libc::ENOSPC => Dropped(StorageFull),
+            #[allow(unreachable_patterns)] // EWOULDBLOCK == EAGAIN on most platforms
+            libc::EAGAIN | libc::EWOULDBLOCK => Dropped(KernelQueueFull),
+            libc::ECONNREFUSED | libc::ENOENT => Dropped(NoObserver),
+            libc::ECONNRESET | libc::ENOTCONN | libc::EPIPE => Dropped(PeerGone),
+            _ => Failed(BeatError::os(code)),
+        };
+    }
+    match err.kind() {
+        io::ErrorKind::WouldBlock => Dropped(KernelQueueFull),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => Dropped(NoObserver),
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected
+        | io::ErrorKind::BrokenPipe => Dropped(PeerGone),
+        _ => Failed(BeatError::synthetic(FailKind::Other)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host: clock, pid, fork epoch (injectable for tests)
+// ---------------------------------------------------------------------------
+
+/// The process facts a beat reads. [`SystemHost`] in production; tests inject
+/// clocks that go backwards and pids that change.
+pub trait Host: Send {
+    /// Monotonic clock in ns since an arbitrary origin.
+    fn now_ns(&self) -> u64;
+    /// The current process id, read fresh.
+    fn pid(&self) -> u32;
+    /// The process-wide fork epoch ([`fork::current`]).
+    fn fork_epoch(&self) -> u64;
+    /// A token that is different in every forked child, readable without a
+    /// system call ([`incarnation`]); `None` where the platform cannot
+    /// provide one, in which case the agent reads the pid on every beat.
+    fn incarnation(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// `CLOCK_MONOTONIC`, `getpid()`, [`fork::current`], [`incarnation::current`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemHost;
+
+impl Host for SystemHost {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+    #[inline]
+    fn pid(&self) -> u32 {
+        fork::getpid()
+    }
+    #[inline]
+    fn fork_epoch(&self) -> u64 {
+        fork::current()
+    }
+    #[inline]
+    fn incarnation(&self) -> Option<u64> {
+        incarnation::current()
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns (no allocation, vDSO on Linux).
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on our targets.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+pub mod incarnation {
+    //! Syscall-free fork detection: a "process incarnation" token kept in a
+    //! page the kernel zeroes in every child (`MADV_WIPEONFORK`, Linux ≥ 4.14).
+    //!
+    //! A pid can only change by forking, and every fork — including ones that
+    //! skip `pthread_atfork` handlers (raw `clone`, glibc `_Fork`) — wipes the
+    //! page. So while the token an agent saw at connect is still in the page,
+    //! the process is the one that connected and its pid is unchanged: the
+    //! beat can use the remembered pid instead of a `getpid()` system call
+    //! (which costs as much as a quarter of the `send` on virtualised hosts).
+    //! Tokens come from a counter in ordinary (copied) memory, so they only
+    //! grow along a process lineage and a descendant never re-creates a token
+    //! an inherited agent remembers — not even with a recycled pid.
+
+    use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+    use std::sync::Once;
+
+    static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static INIT: Once = Once::new();
+
+    /// Map the wipe-on-fork page (once per process lineage). Idempotent.
+    pub fn init() {
+        INIT.call_once(|| {
+            if let Some(page) = map_wipe_page() {
+                page.store(NEXT.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                PAGE.store(
+                    page as *const AtomicU64 as *mut AtomicU64,
+                    Ordering::Release,
+                );
+            }
+        });
+    }
+
+    /// This process's token; `None` if the platform has no wipe-on-fork
+    /// memory (or [`init`] was never called). In a fresh child the page reads
+    /// 0 and the first caller claims a new token.
+    #[inline]
+    pub fn current() -> Option<u64> {
+        let page = PAGE.load(Ordering::Acquire);
+        if page.is_null() {
+            return None;
+        }
+        // SAFETY: the page is mapped for the life of the process (never unmapped).
+        let word = unsafe { &*page };
+        match word.load(Ordering::Acquire) {
+            0 => Some(claim(word)),
+            token => Some(token),
+        }
+    }
+
+    #[cold]
+    fn claim(word: &AtomicU64) -> u64 {
+        let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+        match word.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => fresh,
+            Err(other) => other,
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn map_wipe_page() -> Option<&'static AtomicU64> {
+        // SAFETY: a fresh private anonymous mapping, never unmapped on success.
+        unsafe {
+            let len = 4096;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            if libc::madvise(p, len, libc::MADV_WIPEONFORK) != 0 {
+                libc::munmap(p, len);
+                return None;
+            }
+            Some(&*(p as *const AtomicU64))
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn map_wipe_page() -> Option<&'static AtomicU64> {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Agent
+// ---------------------------------------------------------------------------
+
+static WRAP_WARNED: AtomicBool = AtomicBool::new(false);
+const WRAP_WARNING: &[u8] = b"[varta] nonce exhausted; wrapping to 0\n";
+
+fn warn_nonce_wrap_once() {
+    if !WRAP_WARNED.swap(true, Ordering::Relaxed) {
+        // SAFETY: static buffer; a failed or short write is ignored.
+        let _ = unsafe { libc::write(2, WRAP_WARNING.as_ptr().cast(), WRAP_WARNING.len()) };
+    }
+}
+
+/// Largest timestamp a regular beat may carry (u64::MAX is reserved on the
+/// wire, `vlp.md` §7; varta saturates one below it).
+pub const TIMESTAMP_MAX: u64 = TIMESTAMP_RESERVED - 1;
+
+/// One transport + one session (`agent.md` §1).
+pub struct Agent<T: Transport, H: Host = SystemHost> {
+    /// `None` after [`close`](Agent::close).
+    transport: Option<T>,
+    host: H,
+    /// Last committed nonce (0 before the first `Sent`).
+    nonce: u64,
+    /// Host clock reading at connect / last fork reset.
+    start_ns: u64,
+    last_timestamp: u64,
+    clock_regressions: u64,
+    consecutive_dropped: u32,
+    reconnect_after: u32,
+    connect_pid: u32,
+    connect_fork_epoch: u64,
+    /// [`Host::incarnation`] at connect / last recovery (`None`: unsupported).
+    connect_incarnation: Option<u64>,
+    fork_recoveries: u64,
+    scratch: [u8; FRAME_LEN],
+}
+
+impl<T: Transport + fmt::Debug, H: Host> fmt::Debug for Agent<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("transport", &self.transport)
+            .field("nonce", &self.nonce)
+            .field("fork_recoveries", &self.fork_recoveries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent<DgramTransport> {
+    /// Unix-domain agent: unbound `AF_UNIX/SOCK_DGRAM`, non-blocking,
+    /// connected to `path`. Fails with the kernel's error when the path is
+    /// missing (`ENOENT`) or nothing listens (`ECONNREFUSED`).
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<Self> {
+        fork::register()?;
+        Agent::new(DgramTransport::connect(Endpoint::unix(path)?)?)
+    }
+
+    /// Plain UDP agent: wildcard ephemeral bind of `addr`'s family, connect.
+    /// No liveness check (`agent.md` §2).
+    pub fn connect_udp(addr: SocketAddr) -> io::Result<Self> {
+        fork::register()?;
+        Agent::new(DgramTransport::connect_udp(addr)?)
+    }
+}
+
+impl<T: Transport> Agent<T> {
+    pub fn new(transport: T) -> io::Result<Self> {
+        Agent::with_host(transport, SystemHost)
+    }
+}
+
+impl<T: Transport, H: Host> Agent<T, H> {
+    /// Wrap a connected transport. Registers the fork epoch first; fails if
+    /// that fails (never falls back to pid-only detection).
+    pub fn with_host(transport: T, host: H) -> io::Result<Self> {
+        fork::register()?;
+        incarnation::init();
+        terminal::init_origin();
+        let start_ns = host.now_ns();
+        let connect_pid = host.pid();
+        let connect_fork_epoch = host.fork_epoch();
+        let connect_incarnation = host.incarnation();
+        Ok(Agent {
+            transport: Some(transport),
+            host,
+            nonce: 0,
+            start_ns,
+            last_timestamp: 0,
+            clock_regressions: 0,
+            consecutive_dropped: 0,
+            reconnect_after: 0,
+            connect_pid,
+            connect_fork_epoch,
+            connect_incarnation,
+            fork_recoveries: 0,
+            scratch: [0; FRAME_LEN],
+        })
+    }
+
+    /// Emit one frame (`agent.md` §4). Never blocks, never allocates after
+    /// connect (only a reconnect may), never panics.
+    pub fn beat(&mut self, status: Status, payload: u32) -> BeatOutcome {
+        // 1. Validate: Stall and reserved pids are programming errors.
+        let pid = self.current_pid();
+        if status == Status::Stall || pid <= 1 {
+            self.consecutive_dropped = 0;
+            return BeatOutcome::Failed(BeatError::INVALID_INPUT);
+        }
+        // 2. Closed?
+        if self.transport.is_none() {
+            self.consecutive_dropped = 0;
+            return BeatOutcome::Failed(BeatError::CLOSED);
+        }
+        // 3. Fork check, before the frame exists.
+        if let Err(e) = self.check_fork(pid) {
+            return BeatOutcome::Failed(BeatError::from_io(&e));
+        }
+        // 4. Nonce candidate (never the terminal sentinel).
+        let (nonce, wrapped) = if self.nonce < NONCE_TERMINAL - 1 {
+            (self.nonce + 1, false)
+        } else {
+            (0, true)
+        };
+        // 5. Timestamp candidate.
+        let timestamp = self.candidate_timestamp();
+        // 6. Encode with this beat's pid; send once.
+        Frame {
+            status,
+            pid,
+            timestamp,
+            nonce,
+            payload,
+        }
+        .encode_into(&mut self.scratch);
+        let outcome = self.send_scratch();
+        // 7–9. Classify, commit on success, auto-reconnect on drop.
+        match outcome {
+            BeatOutcome::Sent => {
+                self.commit(nonce, timestamp, wrapped);
+                self.consecutive_dropped = 0;
+                outcome
+            }
+            BeatOutcome::Failed(_) => {
+                self.consecutive_dropped = 0;
+                outcome
+            }
+            BeatOutcome::Dropped(_) => {
+                self.consecutive_dropped = self.consecutive_dropped.saturating_add(1);
+                if self.reconnect_after == 0 || self.consecutive_dropped < self.reconnect_after {
+                    return outcome;
+                }
+                // §8: reconnect; on failure the count stays, so the next drop
+                // retries at once, and the original outcome is returned.
+                if self.reconnect_inner().is_err() {
+                    return outcome;
+                }
+                self.consecutive_dropped = 0;
+                // Resend the same plaintext once; no second reconnect.
+                let retry = self.send_scratch();
+                match retry {
+                    BeatOutcome::Sent => self.commit(nonce, timestamp, wrapped),
+                    BeatOutcome::Dropped(_) => self.consecutive_dropped = 1,
+                    BeatOutcome::Failed(_) => {}
+                }
+                retry
+            }
+        }
+    }
+
+    /// The outcome of a beat whose status a binding could not parse (unknown
+    /// name or code): `Failed(InvalidInput)`, nothing sent, drop run reset —
+    /// the same as `beat(Status::Stall, _)`.
+    pub fn reject_invalid_input(&mut self) -> BeatOutcome {
+        self.consecutive_dropped = 0;
+        BeatOutcome::Failed(BeatError::INVALID_INPUT)
+    }
+
+    /// Emit the clean-exit terminal frame: `Critical`, `NONCE_TERMINAL`,
+    /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
+    /// Does not touch the regular nonce/timestamp or the drop window.
+    pub fn send_terminal(&mut self) -> BeatOutcome {
+        let pid = self.current_pid();
+        if pid <= 1 {
+            return BeatOutcome::Failed(BeatError::INVALID_INPUT);
+        }
+        if self.transport.is_none() {
+            return BeatOutcome::Failed(BeatError::CLOSED);
+        }
+        if let Err(e) = self.check_fork(pid) {
+            return BeatOutcome::Failed(BeatError::from_io(&e));
+        }
+        let Some(timestamp) = terminal::claim() else {
+            // The mark is exhausted: the frame must not be sent.
+            return BeatOutcome::Failed(BeatError::INVALID_INPUT);
+        };
+        Frame {
+            status: Status::Critical,
+            pid,
+            timestamp,
+            nonce: NONCE_TERMINAL,
+            payload: 0,
+        }
+        .encode_into(&mut self.scratch);
+        let outcome = self.send_scratch();
+        if outcome.is_sent() {
+            if let Some(t) = self.transport.as_mut() {
+                t.commit_sent();
+            }
+        }
+        outcome
+    }
+
+    /// Rebuild the transport (`agent.md` §7): transactional, keeps the nonce
+    /// and the session clock, refreshes the connect pid and fork epoch.
+    /// After `close()` fails with `EBADF`.
+    pub fn reconnect(&mut self) -> io::Result<()> {
+        if self.transport.is_none() {
+            self.consecutive_dropped = 0;
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        self.reconnect_inner()?;
+        self.consecutive_dropped = 0;
+        Ok(())
+    }
+
+    /// `n = 0` disables auto-reconnect (§8). Resets the drop count.
+    pub fn set_reconnect_after(&mut self, n: u32) {
+        self.reconnect_after = n;
+        self.consecutive_dropped = 0;
+    }
+
+    /// Close the transport (idempotent). Later beats fail with `Closed`.
+    pub fn close(&mut self) {
+        self.consecutive_dropped = 0;
+        self.transport = None;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.transport.is_none()
+    }
+
+    pub fn clock_regressions(&self) -> u64 {
+        self.clock_regressions
+    }
+
+    pub fn fork_recoveries(&self) -> u64 {
+        self.fork_recoveries
+    }
+
+    /// Last committed nonce (0 before the first sent beat).
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
+    pub fn reconnect_after(&self) -> u32 {
+        self.reconnect_after
+    }
+
+    pub fn consecutive_dropped(&self) -> u32 {
+        self.consecutive_dropped
+    }
+
+    pub fn transport(&self) -> Option<&T> {
+        self.transport.as_ref()
+    }
+
+    pub fn transport_mut(&mut self) -> Option<&mut T> {
+        self.transport.as_mut()
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Test hook (upstream parity): force the committed nonce.
+    #[doc(hidden)]
+    pub fn set_nonce_for_test(&mut self, nonce: u64) {
+        self.nonce = nonce;
+    }
+
+    /// Test hook (upstream parity): pretend the connect pid was `pid`. Also
+    /// forgets the incarnation token, so the next beat reads the real pid.
+    #[doc(hidden)]
+    pub fn set_connect_pid_for_test(&mut self, pid: u32) {
+        self.connect_pid = pid;
+        self.connect_incarnation = None;
+    }
+
+    /// Test hook (upstream parity): pretend the connect fork epoch was `epoch`.
+    #[doc(hidden)]
+    pub fn set_connect_fork_epoch_for_test(&mut self, epoch: u64) {
+        self.connect_fork_epoch = epoch;
+    }
+
+    // --- internals --------------------------------------------------------
+
+    /// §4 step 3 / §10: on a pid or epoch change, reconnect and reset the
+    /// session. On failure nothing is touched.
+    fn check_fork(&mut self, pid: u32) -> io::Result<()> {
+        if pid == self.connect_pid
+            && self.host.fork_epoch() == self.connect_fork_epoch
+            && self.host.incarnation() == self.connect_incarnation
+        {
+            return Ok(());
+        }
+        if let Some(t) = self.transport.as_mut() {
+            t.reconnect()?;
+        }
+        self.connect_pid = pid;
+        self.connect_fork_epoch = self.host.fork_epoch();
+        self.connect_incarnation = self.host.incarnation();
+        self.fork_recoveries = self.fork_recoveries.saturating_add(1);
+        self.nonce = 0;
+        self.start_ns = self.host.now_ns();
+        self.last_timestamp = 0;
+        self.consecutive_dropped = 0;
+        Ok(())
+    }
+
+    fn reconnect_inner(&mut self) -> io::Result<()> {
+        let Some(t) = self.transport.as_mut() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        t.reconnect()?;
+        self.connect_pid = self.host.pid();
+        self.connect_fork_epoch = self.host.fork_epoch();
+        self.connect_incarnation = self.host.incarnation();
+        Ok(())
+    }
+
+    /// The pid for this beat. While the incarnation token seen at connect is
+    /// unchanged (no fork of any kind since), that is the connect pid;
+    /// otherwise — or where tokens are unavailable — `getpid()` is read.
+    #[inline]
+    fn current_pid(&self) -> u32 {
+        match self.connect_incarnation {
+            Some(token)
+                if self.host.incarnation() == Some(token)
+                    && self.host.fork_epoch() == self.connect_fork_epoch =>
+            {
+                self.connect_pid
+            }
+            _ => self.host.pid(),
+        }
+    }
+
+    /// §4 step 5: ns since start, saturated below the reserved value, clamped
+    /// to the last committed timestamp; a backwards raw clock is counted.
+    #[inline]
+    fn candidate_timestamp(&mut self) -> u64 {
+        let raw = self
+            .host
+            .now_ns()
+            .saturating_sub(self.start_ns)
+            .min(TIMESTAMP_MAX);
+        if raw < self.last_timestamp {
+            self.clock_regressions = self.clock_regressions.saturating_add(1);
+        }
+        raw.max(self.last_timestamp)
+    }
+
+    #[inline]
+    fn send_scratch(&mut self) -> BeatOutcome {
+        let Some(t) = self.transport.as_mut() else {
+            return BeatOutcome::Failed(BeatError::CLOSED);
+        };
+        match t.send(&self.scratch) {
+            Ok(n) if n == t.expected_send_len() => BeatOutcome::Sent,
+            Ok(_) => BeatOutcome::Failed(BeatError::WRITE_ZERO),
+            Err(e) => classify_send_error(&e),
+        }
+    }
+
+    /// §6: only a `Sent` beat commits nonce, timestamp and transport state.
+    #[inline]
+    fn commit(&mut self, nonce: u64, timestamp: u64, wrapped: bool) {
+        self.nonce = nonce;
+        self.last_timestamp = timestamp;
+        if let Some(t) = self.transport.as_mut() {
+            t.commit_sent();
+        }
+        if wrapped {
+            warn_nonce_wrap_once();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ForkSafeMutex
+// ---------------------------------------------------------------------------
+
+/// A mutex that a forked child can always take.
+///
+/// The lock word holds a tag of the process that locked it (0 = free): its
+/// [`incarnation`] token, or `fork_epoch + 1` where tokens are unavailable.
+/// The tag differs in every process of a lineage, so a word written with
+/// another tag was left behind by a thread of an ancestor that does not exist
+/// in this process: the lock is taken over instead of deadlocking. The data it guarded may have
+/// been mid-update in the ancestor; the agent's fork check (pid + epoch
+/// changed) resets the session and rebuilds the transport on the first beat,
+/// which is exactly the state a torn update could have touched.
+///
+/// Uncontended lock/unlock is one CAS and one store. Contention only happens
+/// when the holder runs Python code (custom transports) or on free-threaded
+/// builds; waiters spin briefly, then yield, then sleep 50 µs at a time.
+pub struct ForkSafeMutex<T> {
+    word: AtomicU64,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: access to `data` is serialised by `word` exactly like a mutex.
+unsafe impl<T: Send> Send for ForkSafeMutex<T> {}
+unsafe impl<T: Send> Sync for ForkSafeMutex<T> {}
+
+impl<T> ForkSafeMutex<T> {
+    pub fn new(value: T) -> Self {
+        // Fork tracking must be live for stale-lock detection to work.
+        let _ = fork::register();
+        incarnation::init();
+        ForkSafeMutex {
+            word: AtomicU64::new(0),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Differs in every process of a lineage: the incarnation token where
+    /// available (catches every fork), else the fork epoch + 1 (catches forks
+    /// that run `pthread_atfork` handlers). Never 0.
+    #[inline]
+    fn tag() -> u64 {
+        match incarnation::current() {
+            Some(token) => token,
+            None => fork::current().wrapping_add(1).max(1),
+        }
+    }
+
+    /// Take the lock if it is free or was left behind by an ancestor process.
+    #[inline]
+    pub fn try_lock(&self) -> Option<ForkSafeGuard<'_, T>> {
+        let tag = Self::tag();
+        match self
+            .word
+            .compare_exchange(0, tag, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => Some(ForkSafeGuard { lock: self }),
+            Err(held) if held != tag => self
+                .word
+                .compare_exchange(held, tag, Ordering::Acquire, Ordering::Relaxed)
+                .ok()
+                .map(|_| ForkSafeGuard { lock: self }),
+            Err(_) => None,
+        }
+    }
+
+    /// Block until the lock is ours.
+    pub fn lock(&self) -> ForkSafeGuard<'_, T> {
+        let mut spins = 0u32;
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            spins = spins.saturating_add(1);
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else if spins < 128 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Exclusive access without locking (we hold `&mut`).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+
+    pub fn into_inner(self) -> T {
+        self.data.into_inner()
+    }
+}
+
+/// Holds a [`ForkSafeMutex`]; unlocks on drop.
+pub struct ForkSafeGuard<'a, T> {
+    lock: &'a ForkSafeMutex<T>,
+}
+
+impl<T> Deref for ForkSafeGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves exclusive access.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for ForkSafeGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves exclusive access.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for ForkSafeGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.word.store(0, Ordering::Release);
+    }
+}

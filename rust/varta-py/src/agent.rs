@@ -1,7 +1,544 @@
-//! (in progress)
+//! `varta.Varta`: the Python agent over the core [`Agent`].
+//!
+//! One frozen class with the core agent behind a [`ForkSafeMutex`], held from
+//! nonce choice to commit (wire order == nonce order, `agent.md` §12). The
+//! beat path keeps the GIL: it is one non-blocking `send(2)` (≈1 µs), and
+//! releasing and re-taking the GIL would cost more than the send itself.
+//! If the lock is contended (only when a custom Python transport runs Python
+//! code while holding it), the waiter detaches from the interpreter first.
+//!
+//! Outcomes are the cached `varta._types._SENT` / `_DROPPED[reason]`
+//! singletons; only `Failed` builds new objects.
 
+use crate::pytypes::{agent_types, extract_status};
+use pyo3::exceptions::{PyBlockingIOError, PyOSError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple, PyType};
+use std::cell::Cell;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use varta_core::agent::{Agent, BeatOutcome, FailKind, ForkSafeGuard, ForkSafeMutex};
+use varta_core::frame::{Status, FRAME_LEN};
+use varta_core::transport::{DgramTransport, Endpoint, Transport};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+// ---------------------------------------------------------------------------
+// Transports the binding can drive
+// ---------------------------------------------------------------------------
+
+/// Every transport a `Varta` can sit on. (The secure stream adds its
+/// transport as one more variant.)
+enum Tx {
+    Dgram(DgramTransport),
+    Py(PyTransport),
+}
+
+enum TxPending {
+    Dgram(OwnedFd),
+    Py,
+}
+
+impl Transport for Tx {
+    type Pending = TxPending;
+
+    #[inline]
+    fn send(&mut self, frame: &[u8; FRAME_LEN]) -> io::Result<usize> {
+        match self {
+            Tx::Dgram(t) => t.send(frame),
+            Tx::Py(t) => t.send(frame),
+        }
+    }
+
+    #[inline]
+    fn expected_send_len(&self) -> usize {
+        match self {
+            Tx::Dgram(t) => t.expected_send_len(),
+            Tx::Py(t) => t.expected,
+        }
+    }
+
+    fn prepare_reconnect(&self) -> io::Result<TxPending> {
+        match self {
+            Tx::Dgram(t) => t.prepare_reconnect().map(TxPending::Dgram),
+            // A Python transport's reconnect() is itself transactional
+            // (upstream's BeatTransport contract); it runs here.
+            Tx::Py(t) => t.reconnect_now().map(|()| TxPending::Py),
+        }
+    }
+
+    fn commit_reconnect(&mut self, pending: TxPending) {
+        match (self, pending) {
+            (Tx::Dgram(t), TxPending::Dgram(fd)) => t.commit_reconnect(fd),
+            (Tx::Py(_), TxPending::Py) => {}
+            _ => unreachable!("pending state from another transport kind"),
+        }
+    }
+
+    #[inline]
+    fn commit_sent(&mut self) {
+        match self {
+            Tx::Dgram(t) => t.commit_sent(),
+            Tx::Py(_) => {}
+        }
+    }
+}
+
+impl Tx {
+    fn describe(&self) -> String {
+        match self {
+            Tx::Dgram(t) => match t.endpoint() {
+                Endpoint::Unix(u) => format!("uds={:?}", u.path().to_string_lossy()),
+                Endpoint::Udp(a) => format!("udp={a}"),
+            },
+            Tx::Py(t) => Python::attach(|py| {
+                let obj = t.obj.bind(py);
+                match obj.get_type().name() {
+                    Ok(n) => format!("transport={n}"),
+                    Err(_) => "transport=?".to_owned(),
+                }
+            }),
+        }
+    }
+
+    /// The Python exception a custom transport raised during the last call.
+    fn take_py_error(&mut self) -> Option<PyErr> {
+        match self {
+            Tx::Py(t) => t.error.take(),
+            Tx::Dgram(_) => None,
+        }
+    }
+}
+
+/// A user object with upstream's `BeatTransport` shape: `send(buf) -> int`,
+/// `reconnect()`, optional `close()` and `expected_send_len`. Forgoes the
+/// zero-allocation guarantee (each send builds a `bytes`).
+struct PyTransport {
+    obj: Py<PyAny>,
+    expected: usize,
+    /// The exception from the last `send`/`reconnect` that had no errno to
+    /// classify (an `OSError` without errno, or any other exception). A
+    /// `Cell` because `prepare_reconnect` takes `&self`; it is only touched
+    /// under the agent lock.
+    error: Cell<Option<PyErr>>,
+}
+
+impl PyTransport {
+    fn new(obj: &Bound<'_, PyAny>) -> PyResult<PyTransport> {
+        let py = obj.py();
+        if !obj.getattr(intern!(py, "send"))?.is_callable() {
+            return Err(PyTypeError::new_err("transport.send must be callable"));
+        }
+        let expected = match obj.getattr_opt(intern!(py, "expected_send_len"))? {
+            None => FRAME_LEN,
+            Some(v) if v.is_callable() => v.call0()?.extract()?,
+            Some(v) if v.is_none() => FRAME_LEN,
+            Some(v) => v.extract()?,
+        };
+        Ok(PyTransport {
+            obj: obj.clone().unbind(),
+            expected,
+            error: Cell::new(None),
+        })
+    }
+
+    /// Turn a Python exception into an `io::Error` the core can classify;
+    /// keep the exception when the errno alone would lose it.
+    fn convert(&self, py: Python<'_>, e: PyErr) -> io::Error {
+        let v = e.value(py);
+        if v.is_instance_of::<PyOSError>() {
+            let errno = v
+                .getattr(intern!(py, "errno"))
+                .ok()
+                .and_then(|n| n.extract::<i32>().ok())
+                .filter(|&n| n != 0);
+            if let Some(code) = errno {
+                return io::Error::from_raw_os_error(code);
+            }
+            if v.is_instance_of::<PyBlockingIOError>() {
+                return io::ErrorKind::WouldBlock.into();
+            }
+        }
+        self.error.set(Some(e));
+        io::Error::other("custom transport raised")
+    }
+
+    fn send(&mut self, frame: &[u8; FRAME_LEN]) -> io::Result<usize> {
+        Python::attach(|py| {
+            let buf = PyBytes::new(py, frame);
+            match self.obj.bind(py).call_method1(intern!(py, "send"), (buf,)) {
+                // A non-int return is "not a full frame" (WriteZero), as upstream.
+                Ok(n) => Ok(n.extract::<usize>().unwrap_or(0)),
+                Err(e) => Err(self.convert(py, e)),
+            }
+        })
+    }
+
+    fn reconnect_now(&self) -> io::Result<()> {
+        Python::attach(|py| {
+            self.obj
+                .bind(py)
+                .call_method0(intern!(py, "reconnect"))
+                .map(drop)
+                .map_err(|e| self.convert(py, e))
+        })
+    }
+}
+
+/// Call a custom transport's optional `close()`.
+fn close_custom(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Some(close) = obj.getattr_opt(intern!(obj.py(), "close"))? {
+        close.call0()?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Argument types
+// ---------------------------------------------------------------------------
+
+/// `status`: a `Status`, int or case-insensitive name. Anything unusable is
+/// not an exception but a `Failed(InvalidInput)` outcome (upstream).
+struct StatusArg(Option<Status>);
+
+impl StatusArg {
+    const OK: StatusArg = StatusArg(Some(Status::Ok));
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for StatusArg {
+    type Error = PyErr;
+
+    /// Same acceptance as `pytypes::extract_status`, but a name never goes
+    /// through a failed int conversion (an exception object per call).
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(name) = obj.cast::<PyString>() {
+            return Ok(StatusArg(
+                name.to_cow().ok().and_then(|n| Status::from_name(n.trim())),
+            ));
+        }
+        Ok(StatusArg(extract_status(&obj).ok()))
+    }
+}
+
+/// `payload`: an int in `0..=0xFFFF_FFFF`; `TypeError` / `ValueError`
+/// otherwise, raised before anything is sent (`agent.md` §4 step 1).
+struct Payload(u32);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Payload {
+    type Error = PyErr;
+
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        match obj.extract::<u32>() {
+            Ok(v) => Ok(Payload(v)),
+            Err(e) => {
+                let py = obj.py();
+                if obj.is_instance_of::<PyInt>() || e.is_instance_of::<PyOverflowError>(py) {
+                    Err(PyValueError::new_err(format!(
+                        "payload {} is outside 0..=4294967295",
+                        obj.repr()?
+                    )))
+                } else {
+                    Err(PyTypeError::new_err(format!(
+                        "payload must be an int, not {}",
+                        obj.get_type().name()?
+                    )))
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// The `OSError` subclass for `err` (the constructor picks it from the
+/// errno: `FileNotFoundError`, `ConnectionRefusedError`, …) with `target`
+/// as its filename, so the message names the path or address.
+fn os_error(py: Python<'_>, err: &io::Error, target: &str) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let v = match err.raw_os_error() {
+            Some(code) => {
+                let msg = py
+                    .import(intern!(py, "os"))?
+                    .call_method1(intern!(py, "strerror"), (code,))?;
+                py.get_type::<PyOSError>().call1((code, msg, target))?
+            }
+            None => py
+                .get_type::<PyOSError>()
+                .call1((format!("{err}: {target}"),))?,
+        };
+        Ok(PyErr::from_value(v))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+fn closed_reconnect_error(py: Python<'_>) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let ebadf = py
+            .import(intern!(py, "errno"))?
+            .getattr(intern!(py, "EBADF"))?;
+        let v = py
+            .get_type::<PyOSError>()
+            .call1((ebadf, "Varta.reconnect: Closed"))?;
+        Ok(PyErr::from_value(v))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+// ---------------------------------------------------------------------------
+// Varta
+// ---------------------------------------------------------------------------
+
+/// A heartbeat agent: one transport, one session. Thread-safe and fork-safe.
+#[pyclass(name = "Varta", module = "varta", frozen)]
+pub struct PyVarta {
+    inner: ForkSafeMutex<Agent<Tx>>,
+}
+
+impl PyVarta {
+    fn from_tx(tx: Tx) -> io::Result<PyVarta> {
+        Ok(PyVarta {
+            inner: ForkSafeMutex::new(Agent::new(tx)?),
+        })
+    }
+
+    /// Take the agent lock without blocking while attached to the
+    /// interpreter (the holder may need the GIL to finish).
+    #[inline]
+    fn lock(&self, py: Python<'_>) -> ForkSafeGuard<'_, Agent<Tx>> {
+        match self.inner.try_lock() {
+            Some(g) => g,
+            None => py.detach(|| self.inner.lock()),
+        }
+    }
+
+    /// Convert a core outcome to its Python object.
+    #[inline]
+    fn outcome(py: Python<'_>, o: BeatOutcome, py_err: Option<PyErr>) -> PyResult<Py<PyAny>> {
+        let t = agent_types(py)?;
+        match o {
+            BeatOutcome::Sent => Ok(t.sent.clone_ref(py)),
+            BeatOutcome::Dropped(r) => Ok(t.dropped[r as usize].clone_ref(py)),
+            BeatOutcome::Failed(e) => {
+                if let Some(err) = py_err {
+                    // A custom transport raised something with no errno: an
+                    // OSError becomes BeatError.from_oserror (upstream), any
+                    // other exception is a bug in the transport and propagates.
+                    let v = err.value(py);
+                    if !v.is_instance_of::<PyOSError>() {
+                        return Err(err);
+                    }
+                    let types = py.import(intern!(py, "varta._types"))?;
+                    let be = types
+                        .getattr(intern!(py, "BeatError"))?
+                        .call_method1(intern!(py, "from_oserror"), (v,))?;
+                    return Ok(t.failed.bind(py).call1((be,))?.unbind());
+                }
+                let kind = match e.kind().synthetic_name() {
+                    Some(name) if e.kind() != FailKind::Other => PyString::new(py, name).into_any(),
+                    _ if e.errno() != 0 => t.errno_name.bind(py).call1((e.errno(),))?,
+                    _ => PyString::new(py, "Other").into_any(),
+                };
+                let be = crate::pytypes::types(py)?
+                    .beat_error
+                    .bind(py)
+                    .call1((e.errno(), kind))?;
+                Ok(t.failed.bind(py).call1((be,))?.unbind())
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PyVarta {
+    /// Wrap a custom transport object (upstream's `Varta(transport)`).
+    #[new]
+    fn new(py: Python<'_>, transport: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let tx = Tx::Py(PyTransport::new(transport)?);
+        PyVarta::from_tx(tx).map_err(|e| os_error(py, &e, "fork epoch registration"))
+    }
+
+    /// Connect to the observer's Unix datagram socket at `path`.
+    #[classmethod]
+    fn connect(_cls: &Bound<'_, PyType>, py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let target = path.to_string_lossy().into_owned();
+        py.detach(|| {
+            varta_core::fork::register()?;
+            DgramTransport::connect(Endpoint::unix(&path)?)
+                .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
+        })
+        .map_err(|e| os_error(py, &e, &target))
+    }
+
+    /// Connect to the observer over plaintext UDP; `addr` is `(host, port)`.
+    #[classmethod]
+    fn connect_udp(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        addr: &Bound<'_, PyTuple>,
+    ) -> PyResult<Self> {
+        let (host, port): (String, u16) = addr.extract()?;
+        let target = format!("{host}:{port}");
+        py.detach(|| {
+            varta_core::fork::register()?;
+            DgramTransport::connect(Endpoint::udp(&host, port)?)
+                .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
+        })
+        .map_err(|e| os_error(py, &e, &target))
+    }
+
+    /// Emit one frame and return its `BeatOutcome`. Raises only for a bad
+    /// payload (`TypeError` / `ValueError`).
+    #[pyo3(signature = (status = StatusArg::OK, payload = Payload(0)), text_signature = "($self, status=..., payload=0)")]
+    #[inline]
+    fn beat(&self, py: Python<'_>, status: StatusArg, payload: Payload) -> PyResult<Py<PyAny>> {
+        let (o, err) = {
+            let mut a = self.lock(py);
+            let o = match status.0 {
+                Some(s) => a.beat(s, payload.0),
+                None => a.reject_invalid_input(),
+            };
+            let err = if o.is_failed() {
+                a.transport_mut().and_then(Tx::take_py_error)
+            } else {
+                None
+            };
+            (o, err)
+        };
+        PyVarta::outcome(py, o, err)
+    }
+
+    /// Send the clean-exit terminal frame (`Critical`, `NONCE_TERMINAL`).
+    fn send_terminal(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let (o, err) = {
+            let mut a = self.lock(py);
+            let o = a.send_terminal();
+            let err = if o.is_failed() {
+                a.transport_mut().and_then(Tx::take_py_error)
+            } else {
+                None
+            };
+            (o, err)
+        };
+        PyVarta::outcome(py, o, err)
+    }
+
+    /// Rebuild the transport (keeps the nonce and session clock). Raises
+    /// `OSError` on failure; the old socket stays usable.
+    fn reconnect(&self, py: Python<'_>) -> PyResult<()> {
+        let mut a = self.lock(py);
+        if a.is_closed() {
+            // Keep the core's bookkeeping (drop run reset) consistent.
+            let _ = a.reconnect();
+            return Err(closed_reconnect_error(py));
+        }
+        match a.reconnect() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let tx = a.transport_mut().expect("not closed");
+                if let Some(pe) = tx.take_py_error() {
+                    return Err(pe);
+                }
+                let target = tx.describe();
+                Err(os_error(py, &e, &target))
+            }
+        }
+    }
+
+    /// Auto-reconnect after `n` consecutive drops; `0`/`None` disables.
+    #[pyo3(signature = (n))]
+    fn set_reconnect_after(&self, py: Python<'_>, n: Option<i64>) -> PyResult<()> {
+        let n = n.unwrap_or(0);
+        let n = u32::try_from(n).map_err(|_| {
+            PyValueError::new_err(format!(
+                "reconnect_after must be in 0..=4294967295, got {n}"
+            ))
+        })?;
+        self.lock(py).set_reconnect_after(n);
+        Ok(())
+    }
+
+    /// Times the raw clock went backwards (saturating).
+    fn clock_regressions(&self, py: Python<'_>) -> u64 {
+        self.lock(py).clock_regressions()
+    }
+
+    /// Fork-triggered session resets (saturating).
+    fn fork_recoveries(&self, py: Python<'_>) -> u64 {
+        self.lock(py).fork_recoveries()
+    }
+
+    /// True after `close()`.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.lock(py).is_closed()
+    }
+
+    /// Close the transport (idempotent). `final=True` first sends the
+    /// terminal frame (`send_terminal()`), marking the exit as clean.
+    #[pyo3(signature = (r#final = false), text_signature = "($self, final=False)")]
+    fn close(&self, py: Python<'_>, r#final: bool) -> PyResult<()> {
+        let mut a = self.lock(py);
+        if a.is_closed() {
+            return Ok(());
+        }
+        if r#final {
+            let _ = a.send_terminal();
+            let _ = a.transport_mut().and_then(Tx::take_py_error);
+        }
+        let custom = match a.transport() {
+            Some(Tx::Py(t)) => Some(t.obj.clone_ref(py)),
+            _ => None,
+        };
+        a.close();
+        drop(a);
+        if let Some(obj) = custom {
+            close_custom(obj.bind(py))?;
+        }
+        Ok(())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py, false)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let a = self.lock(py);
+        match a.transport() {
+            None => "<varta.Varta closed>".to_owned(),
+            Some(t) => format!(
+                "<varta.Varta {} nonce={} fork_recoveries={}>",
+                t.describe(),
+                a.nonce(),
+                a.fork_recoveries()
+            ),
+        }
+    }
+
+    // Test hooks (parity with upstream's `_set_*_for_test`).
+    fn _set_nonce_for_test(&self, py: Python<'_>, value: u64) {
+        self.lock(py).set_nonce_for_test(value);
+    }
+
+    fn _set_connect_pid_for_test(&self, py: Python<'_>, pid: u32) {
+        self.lock(py).set_connect_pid_for_test(pid);
+    }
+
+    fn _set_connect_fork_epoch_for_test(&self, py: Python<'_>, epoch: u64) {
+        self.lock(py).set_connect_fork_epoch_for_test(epoch);
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyVarta>()?;
     Ok(())
 }

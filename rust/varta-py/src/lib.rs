@@ -14,6 +14,8 @@ mod secure;
 
 #[pymodule]
 fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // One version source: the workspace Cargo.toml (maturin takes the wheel's from it too).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     codec::register(m)?;
     agent::register(m)?;
     observer::register(m)?;

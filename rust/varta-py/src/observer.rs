@@ -1,7 +1,968 @@
-//! (in progress)
+//! `varta.Observer` and its event classes: thin glue over
+//! `varta_core::observer::Observer`.
+//!
+//! Locking: one `Mutex` per observer. It is held only for pure-Rust work
+//! (draining sockets, reading the tracker) — never while calling into Python
+//! and never across a wait. `poll()` waits with the GIL released, in slices of
+//! at most 50 ms that also end at the next stall deadline, and checks for
+//! signals between slices so Ctrl-C raises `KeyboardInterrupt` promptly.
 
+use crate::pytypes::{
+    decode_error_value, extract_origin, extract_status, origin_obj, status_obj, types,
+};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use varta_core::frame::Status;
+use varta_core::observer::clock::{ClockSource, MonotonicClock};
+use varta_core::observer::ingress::{CounterValue, Waiter, WAIT_SLICE_NS};
+use varta_core::observer::listener::error_errno;
+use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
+use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn opt_repr(v: Option<u64>) -> String {
+    v.map_or_else(|| "None".to_owned(), |v| v.to_string())
+}
+
+fn status_repr(s: Status) -> String {
+    format!("Status.{}", s.as_str().to_ascii_uppercase())
+}
+
+fn origin_repr(o: BeatOrigin) -> String {
+    format!("BeatOrigin.{}", o.name())
+}
+
+fn py_status(v: &Bound<'_, PyAny>) -> PyResult<(Status, Py<PyAny>)> {
+    let s = extract_status(v)?;
+    Ok((s, status_obj(v.py(), s)?))
+}
+
+fn py_origin(v: &Bound<'_, PyAny>) -> PyResult<(BeatOrigin, Py<PyAny>)> {
+    let o = extract_origin(v)?;
+    Ok((o, origin_obj(v.py(), o)?))
+}
+
+// ---------------------------------------------------------------- events
+
+/// An accepted beat (only when the observer was built with `emit_beats=True`).
+#[pyclass(name = "Beat", module = "varta", frozen)]
+pub struct PyBeat {
+    #[pyo3(get)]
+    pid: u32,
+    #[pyo3(get)]
+    status: Py<PyAny>,
+    #[pyo3(get)]
+    payload: u32,
+    #[pyo3(get)]
+    nonce: u64,
+    #[pyo3(get)]
+    origin: Py<PyAny>,
+    #[pyo3(get)]
+    pid_ns_inode: Option<u64>,
+    #[pyo3(get)]
+    observer_ns: u64,
+    st: Status,
+    or: BeatOrigin,
+}
+
+#[pymethods]
+impl PyBeat {
+    #[new]
+    #[pyo3(signature = (pid, status, payload, nonce, origin, pid_ns_inode, observer_ns))]
+    fn new(
+        pid: u32,
+        status: &Bound<'_, PyAny>,
+        payload: u32,
+        nonce: u64,
+        origin: &Bound<'_, PyAny>,
+        pid_ns_inode: Option<u64>,
+        observer_ns: u64,
+    ) -> PyResult<Self> {
+        let (st, status) = py_status(status)?;
+        let (or, origin) = py_origin(origin)?;
+        Ok(PyBeat {
+            pid,
+            status,
+            payload,
+            nonce,
+            origin,
+            pid_ns_inode,
+            observer_ns,
+            st,
+            or,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Beat(pid={}, status={}, payload={}, nonce={}, origin={}, pid_ns_inode={}, observer_ns={})",
+            self.pid,
+            status_repr(self.st),
+            self.payload,
+            self.nonce,
+            origin_repr(self.or),
+            opt_repr(self.pid_ns_inode),
+            self.observer_ns
+        )
+    }
+}
+
+/// A tracked pid fell silent for the threshold (once per silence run).
+#[pyclass(name = "Stall", module = "varta", frozen)]
+pub struct PyStall {
+    #[pyo3(get)]
+    pid: u32,
+    #[pyo3(get)]
+    last_nonce: u64,
+    #[pyo3(get)]
+    last_ns: u64,
+    #[pyo3(get)]
+    origin: Py<PyAny>,
+    #[pyo3(get)]
+    pid_ns_inode: Option<u64>,
+    #[pyo3(get)]
+    generation: Option<u64>,
+    #[pyo3(get)]
+    observer_ns: u64,
+    or: BeatOrigin,
+}
+
+#[pymethods]
+impl PyStall {
+    #[new]
+    #[pyo3(signature = (pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns))]
+    fn new(
+        pid: u32,
+        last_nonce: u64,
+        last_ns: u64,
+        origin: &Bound<'_, PyAny>,
+        pid_ns_inode: Option<u64>,
+        generation: Option<u64>,
+        observer_ns: u64,
+    ) -> PyResult<Self> {
+        let (or, origin) = py_origin(origin)?;
+        Ok(PyStall {
+            pid,
+            last_nonce,
+            last_ns,
+            origin,
+            pid_ns_inode,
+            generation,
+            observer_ns,
+            or,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={})",
+            self.pid,
+            self.last_nonce,
+            self.last_ns,
+            origin_repr(self.or),
+            opt_repr(self.pid_ns_inode),
+            opt_repr(self.generation),
+            self.observer_ns
+        )
+    }
+}
+
+impl PyStall {
+    fn from_core(py: Python<'_>, s: &StallInfo) -> PyResult<Self> {
+        Ok(PyStall {
+            pid: s.pid,
+            last_nonce: s.last_nonce,
+            last_ns: s.last_ns,
+            origin: origin_obj(py, s.origin)?,
+            pid_ns_inode: s.pid_ns_inode,
+            generation: s.generation,
+            observer_ns: s.observer_ns,
+            or: s.origin,
+        })
+    }
+}
+
+/// A 32-byte datagram that failed VLP decoding; `error` is a `varta.DecodeError`.
+#[pyclass(name = "Decode", module = "varta", frozen)]
+pub struct PyDecode {
+    #[pyo3(get)]
+    error: Py<PyAny>,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyDecode {
+    #[new]
+    fn new(py: Python<'_>, error: Bound<'_, PyAny>, observer_ns: u64) -> PyResult<Self> {
+        if !error.is_instance(types(py)?.decode_error.bind(py))? {
+            return Err(PyTypeError::new_err("error must be a varta.DecodeError"));
+        }
+        Ok(PyDecode {
+            error: error.unbind(),
+            observer_ns,
+        })
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let e = self.error.bind(py);
+        Ok(format!(
+            "Decode(error=DecodeError({}, {}), observer_ns={})",
+            e.getattr("kind")?.repr()?,
+            e.str()?.repr()?,
+            self.observer_ns
+        ))
+    }
+}
+
+/// The kernel-attested sender pid differs from the pid the frame claims.
+#[pyclass(name = "AuthFailure", module = "varta", frozen)]
+pub struct PyAuthFailure {
+    #[pyo3(get)]
+    claimed_pid: u32,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyAuthFailure {
+    #[new]
+    fn new(claimed_pid: u32, observer_ns: u64) -> Self {
+        PyAuthFailure {
+            claimed_pid,
+            observer_ns,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "AuthFailure(claimed_pid={}, observer_ns={})",
+            self.claimed_pid, self.observer_ns
+        )
+    }
+}
+
+/// A beat whose origin is weaker than the origin pinned on the pid's slot.
+#[pyclass(name = "OriginConflict", module = "varta", frozen)]
+pub struct PyOriginConflict {
+    #[pyo3(get)]
+    claimed_pid: u32,
+    #[pyo3(get)]
+    observed_origin: Py<PyAny>,
+    #[pyo3(get)]
+    slot_origin: Py<PyAny>,
+    #[pyo3(get)]
+    observer_ns: u64,
+    observed: BeatOrigin,
+    slot: BeatOrigin,
+}
+
+#[pymethods]
+impl PyOriginConflict {
+    #[new]
+    fn new(
+        claimed_pid: u32,
+        observed_origin: &Bound<'_, PyAny>,
+        slot_origin: &Bound<'_, PyAny>,
+        observer_ns: u64,
+    ) -> PyResult<Self> {
+        let (observed, observed_origin) = py_origin(observed_origin)?;
+        let (slot, slot_origin) = py_origin(slot_origin)?;
+        Ok(PyOriginConflict {
+            claimed_pid,
+            observed_origin,
+            slot_origin,
+            observer_ns,
+            observed,
+            slot,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "OriginConflict(claimed_pid={}, observed_origin={}, slot_origin={}, observer_ns={})",
+            self.claimed_pid,
+            origin_repr(self.observed),
+            origin_repr(self.slot),
+            self.observer_ns
+        )
+    }
+}
+
+/// A pid-namespace refusal (ingress gate: `observer_ns_inode` is the
+/// observer's own namespace; tracker first-namespace-wins: the slot's).
+#[pyclass(name = "NamespaceConflict", module = "varta", frozen)]
+pub struct PyNamespaceConflict {
+    #[pyo3(get)]
+    claimed_pid: u32,
+    #[pyo3(get)]
+    observed_ns_inode: Option<u64>,
+    #[pyo3(get)]
+    observer_ns_inode: Option<u64>,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyNamespaceConflict {
+    #[new]
+    fn new(
+        claimed_pid: u32,
+        observed_ns_inode: Option<u64>,
+        observer_ns_inode: Option<u64>,
+        observer_ns: u64,
+    ) -> Self {
+        PyNamespaceConflict {
+            claimed_pid,
+            observed_ns_inode,
+            observer_ns_inode,
+            observer_ns,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "NamespaceConflict(claimed_pid={}, observed_ns_inode={}, observer_ns_inode={}, observer_ns={})",
+            self.claimed_pid,
+            opt_repr(self.observed_ns_inode),
+            opt_repr(self.observer_ns_inode),
+            self.observer_ns
+        )
+    }
+}
+
+/// A receive error, missing credentials or a sender with a foreign uid.
+#[pyclass(name = "Io", module = "varta", frozen)]
+pub struct PyIo {
+    #[pyo3(get)]
+    error: String,
+    #[pyo3(get)]
+    errno: Option<i32>,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyIo {
+    #[new]
+    #[pyo3(signature = (error, errno, observer_ns))]
+    fn new(error: String, errno: Option<i32>, observer_ns: u64) -> Self {
+        PyIo {
+            error,
+            errno,
+            observer_ns,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Io(error={:?}, errno={}, observer_ns={})",
+            self.error,
+            self.errno
+                .map_or_else(|| "None".to_owned(), |e| e.to_string()),
+            self.observer_ns
+        )
+    }
+}
+
+/// A datagram whose control data was truncated (`MSG_CTRUNC`); discarded.
+#[pyclass(name = "CtrlTruncated", module = "varta", frozen)]
+pub struct PyCtrlTruncated {
+    #[pyo3(get)]
+    error: String,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyCtrlTruncated {
+    #[new]
+    fn new(error: String, observer_ns: u64) -> Self {
+        PyCtrlTruncated { error, observer_ns }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CtrlTruncated(error={:?}, observer_ns={})",
+            self.error, self.observer_ns
+        )
+    }
+}
+
+/// One tracked pid, as `Observer.agents()` / `Observer.agent()` report it.
+/// `status` is the last accepted beat's status; `stalled` says whether a
+/// stall was emitted for the current silence run.
+#[pyclass(name = "AgentInfo", module = "varta", frozen)]
+pub struct PyAgentInfo {
+    #[pyo3(get)]
+    pid: u32,
+    #[pyo3(get)]
+    status: Py<PyAny>,
+    #[pyo3(get)]
+    origin: Py<PyAny>,
+    #[pyo3(get)]
+    beats: u64,
+    #[pyo3(get)]
+    stalls: u64,
+    #[pyo3(get)]
+    last_nonce: u64,
+    #[pyo3(get)]
+    last_ns: u64,
+    #[pyo3(get)]
+    age_ns: u64,
+    #[pyo3(get)]
+    stalled: bool,
+    #[pyo3(get)]
+    pid_ns_inode: Option<u64>,
+    #[pyo3(get)]
+    generation: Option<u64>,
+    st: Status,
+    or: BeatOrigin,
+}
+
+impl PyAgentInfo {
+    fn from_core(py: Python<'_>, a: &AgentView, now_ns: u64) -> PyResult<Self> {
+        Ok(PyAgentInfo {
+            pid: a.pid,
+            status: status_obj(py, a.status)?,
+            origin: origin_obj(py, a.origin)?,
+            beats: a.beats,
+            stalls: a.stalls,
+            last_nonce: a.last_nonce,
+            last_ns: a.last_ns,
+            age_ns: now_ns.saturating_sub(a.last_ns),
+            stalled: a.stalled,
+            pid_ns_inode: a.pid_ns_inode,
+            generation: a.generation,
+            st: a.status,
+            or: a.origin,
+        })
+    }
+}
+
+#[pymethods]
+impl PyAgentInfo {
+    #[new]
+    #[pyo3(signature = (
+        pid, status, origin, beats, stalls, last_nonce, last_ns, age_ns, stalled,
+        pid_ns_inode, generation
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        pid: u32,
+        status: &Bound<'_, PyAny>,
+        origin: &Bound<'_, PyAny>,
+        beats: u64,
+        stalls: u64,
+        last_nonce: u64,
+        last_ns: u64,
+        age_ns: u64,
+        stalled: bool,
+        pid_ns_inode: Option<u64>,
+        generation: Option<u64>,
+    ) -> PyResult<Self> {
+        let (st, status) = py_status(status)?;
+        let (or, origin) = py_origin(origin)?;
+        Ok(PyAgentInfo {
+            pid,
+            status,
+            origin,
+            beats,
+            stalls,
+            last_nonce,
+            last_ns,
+            age_ns,
+            stalled,
+            pid_ns_inode,
+            generation,
+            st,
+            or,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "AgentInfo(pid={}, status={}, origin={}, beats={}, stalls={}, last_nonce={}, last_ns={}, age_ns={}, stalled={}, pid_ns_inode={}, generation={})",
+            self.pid,
+            status_repr(self.st),
+            origin_repr(self.or),
+            self.beats,
+            self.stalls,
+            self.last_nonce,
+            self.last_ns,
+            self.age_ns,
+            if self.stalled { "True" } else { "False" },
+            opt_repr(self.pid_ns_inode),
+            opt_repr(self.generation)
+        )
+    }
+}
+
+fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
+    Ok(match ev {
+        Event::Beat {
+            pid,
+            status,
+            payload,
+            nonce,
+            origin,
+            pid_ns_inode,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyBeat {
+                pid,
+                status: status_obj(py, status)?,
+                payload,
+                nonce,
+                origin: origin_obj(py, origin)?,
+                pid_ns_inode,
+                observer_ns,
+                st: status,
+                or: origin,
+            },
+        )?
+        .into_any(),
+        Event::Stall(s) => Py::new(py, PyStall::from_core(py, &s)?)?.into_any(),
+        Event::Decode { error, observer_ns } => Py::new(
+            py,
+            PyDecode {
+                error: decode_error_value(py, &error)?,
+                observer_ns,
+            },
+        )?
+        .into_any(),
+        Event::AuthFailure {
+            claimed_pid,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyAuthFailure {
+                claimed_pid,
+                observer_ns,
+            },
+        )?
+        .into_any(),
+        Event::OriginConflict {
+            claimed_pid,
+            observed_origin,
+            slot_origin,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyOriginConflict {
+                claimed_pid,
+                observed_origin: origin_obj(py, observed_origin)?,
+                slot_origin: origin_obj(py, slot_origin)?,
+                observer_ns,
+                observed: observed_origin,
+                slot: slot_origin,
+            },
+        )?
+        .into_any(),
+        Event::NamespaceConflict {
+            claimed_pid,
+            observed_ns_inode,
+            observer_ns_inode,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyNamespaceConflict {
+                claimed_pid,
+                observed_ns_inode,
+                observer_ns_inode,
+                observer_ns,
+            },
+        )?
+        .into_any(),
+        Event::Io {
+            error,
+            errno,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyIo {
+                error: error.into_owned(),
+                errno,
+                observer_ns,
+            },
+        )?
+        .into_any(),
+        Event::CtrlTruncated { error, observer_ns } => Py::new(
+            py,
+            PyCtrlTruncated {
+                error: error.into_owned(),
+                observer_ns,
+            },
+        )?
+        .into_any(),
+    })
+}
+
+// -------------------------------------------------------------- observer
+
+struct Inner {
+    obs: Observer,
+    /// Readiness handle on the listener sockets; `None` once closed. Cloned
+    /// out of the lock for each wait slice.
+    waiter: Option<Arc<Waiter>>,
+    buf: Vec<Event>,
+}
+
+/// What one GIL-free step of `poll()` produced.
+enum Step {
+    Events(Vec<Event>),
+    Nothing,
+    Closed,
+}
+
+fn observer_error(e: ObserverError) -> PyErr {
+    match e {
+        ObserverError::Config(m) => PyValueError::new_err(m),
+        ObserverError::Io(e) => match error_errno(&e) {
+            Some(errno) => PyOSError::new_err((errno, e.to_string())),
+            None => PyOSError::new_err(e.to_string()),
+        },
+    }
+}
+
+fn closed_error() -> PyErr {
+    PyValueError::new_err("operation on a closed Observer")
+}
+
+/// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
+#[pyclass(name = "Observer", module = "varta", frozen)]
+pub struct PyObserver {
+    inner: Mutex<Inner>,
+    socket_path: Option<String>,
+    threshold_ms: u64,
+}
+
+impl PyObserver {
+    fn lock_nogil(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock(&self, py: Python<'_>) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock_py_attached(py)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One GIL-free step of at most one wait slice (50 ms): wait for
+    /// readiness (or the next stall deadline), drain, repeat until events
+    /// are ready, the slice is over or the caller's deadline passed. The
+    /// lock is never held while waiting.
+    fn step(&self, deadline: Option<Instant>) -> PyResult<Step> {
+        let slice_end = Instant::now() + Duration::from_nanos(WAIT_SLICE_NS);
+        let end = deadline.map_or(slice_end, |d| d.min(slice_end));
+        loop {
+            let (waiter, wait_ns) = {
+                let g = self.lock_nogil();
+                let Some(waiter) = g.waiter.clone() else {
+                    return Ok(Step::Closed);
+                };
+                let left = end.saturating_duration_since(Instant::now());
+                let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+                (waiter, g.obs.wait_slice_ns(Some(left)))
+            };
+            waiter
+                .wait(Some(wait_ns))
+                .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+            drop(waiter);
+            {
+                let mut g = self.lock_nogil();
+                let inner = &mut *g;
+                if inner.waiter.is_none() {
+                    return Ok(Step::Closed);
+                }
+                inner.obs.drain_ready(&mut inner.buf);
+                if !inner.buf.is_empty() {
+                    return Ok(Step::Events(std::mem::take(&mut inner.buf)));
+                }
+            }
+            if Instant::now() >= end {
+                return Ok(Step::Nothing);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PyObserver {
+    #[new]
+    #[pyo3(signature = (
+        socket_path, threshold_ms, *, socket_mode=0o600, capacity=256, eviction="strict",
+        eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
+        global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
+        clock="monotonic", emit_beats=true
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        socket_path: Option<PathBuf>,
+        threshold_ms: u64,
+        socket_mode: u32,
+        capacity: usize,
+        eviction: &str,
+        eviction_scan_window: usize,
+        uds_rcvbuf_bytes: u32,
+        max_beat_rate: u32,
+        global_beat_rate: u32,
+        global_beat_burst: u32,
+        allow_cross_namespace: bool,
+        clock: &str,
+        emit_beats: bool,
+    ) -> PyResult<Self> {
+        if threshold_ms == 0 {
+            return Err(PyValueError::new_err("threshold_ms must be >= 1"));
+        }
+        let threshold_ns = threshold_ms
+            .checked_mul(1_000_000)
+            .ok_or_else(|| PyValueError::new_err("threshold_ms is too large"))?;
+        let eviction = EvictionPolicy::from_name(eviction).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "eviction must be 'strict' or 'balanced', not {eviction:?}"
+            ))
+        })?;
+        let source = ClockSource::from_name(clock).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "clock must be 'monotonic' or 'boottime', not {clock:?}"
+            ))
+        })?;
+        let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
+        cfg.socket_mode = socket_mode;
+        cfg.tracker.capacity = capacity;
+        cfg.tracker.eviction = eviction;
+        cfg.tracker.scan_window = eviction_scan_window;
+        cfg.uds_rcvbuf_bytes = uds_rcvbuf_bytes;
+        cfg.max_beat_rate = max_beat_rate;
+        cfg.global_beat_rate = global_beat_rate;
+        cfg.global_beat_burst = global_beat_burst;
+        cfg.allow_cross_namespace = allow_cross_namespace;
+        cfg.emit_beats = emit_beats;
+        let obs = py
+            .detach(move || -> Result<Observer, ObserverError> {
+                let clock = MonotonicClock::new(source)?;
+                Observer::new(cfg, Box::new(clock))
+            })
+            .map_err(observer_error)?;
+        let waiter = Some(Arc::new(obs.waiter()));
+        Ok(PyObserver {
+            inner: Mutex::new(Inner {
+                obs,
+                waiter,
+                buf: Vec::with_capacity(64),
+            }),
+            socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
+            threshold_ms,
+        })
+    }
+
+    /// One batch of events. Blocks (GIL released, signals checked at least
+    /// every 50 ms) until at least one event is ready or `timeout` seconds
+    /// elapse (`None` = no limit); then returns an iterator over the batch,
+    /// empty on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn poll<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let deadline = match timeout {
+            None => None,
+            Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout must not be NaN")),
+            Some(t) if t.is_infinite() && t > 0.0 => None,
+            Some(t) => {
+                let d = Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX);
+                Instant::now().checked_add(d)
+            }
+        };
+        loop {
+            match py.detach(|| self.step(deadline))? {
+                Step::Events(events) => {
+                    let items = events
+                        .into_iter()
+                        .map(|e| event_to_py(py, e))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    return PyList::new(py, items)?
+                        .into_any()
+                        .try_iter()
+                        .map(Bound::into_any);
+                }
+                Step::Closed => return Err(closed_error()),
+                Step::Nothing => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return PyList::empty(py).into_any().try_iter().map(Bound::into_any);
+                    }
+                    py.check_signals()?;
+                }
+            }
+        }
+    }
+
+    /// Every tracked pid.
+    fn agents(&self, py: Python<'_>) -> PyResult<Vec<PyAgentInfo>> {
+        let (views, now): (Vec<AgentView>, u64) = {
+            let g = self.lock(py);
+            (g.obs.agents().collect(), g.obs.now_ns())
+        };
+        views
+            .iter()
+            .map(|a| PyAgentInfo::from_core(py, a, now))
+            .collect()
+    }
+
+    /// One tracked pid, or `None`.
+    fn agent(&self, py: Python<'_>, pid: i64) -> PyResult<Option<PyAgentInfo>> {
+        let Ok(pid) = u32::try_from(pid) else {
+            return Ok(None);
+        };
+        let (view, now) = {
+            let g = self.lock(py);
+            (g.obs.agent(pid), g.obs.now_ns())
+        };
+        view.map(|a| PyAgentInfo::from_core(py, &a, now))
+            .transpose()
+    }
+
+    /// Counters keyed by Prometheus family name (no `varta_` prefix, no
+    /// `_total`); labelled families are dicts with every label present.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let entries = self.lock(py).obs.counters();
+        let d = PyDict::new(py);
+        for (k, v) in entries {
+            match v {
+                CounterValue::Int(n) => d.set_item(k, n)?,
+                CounterValue::Labels(ls) => {
+                    let sub = PyDict::new(py);
+                    for (l, n) in ls {
+                        sub.set_item(l, n)?;
+                    }
+                    d.set_item(k, sub)?;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Pids removed from the tracker (eviction, recycle retirement) since
+    /// the last call.
+    fn take_removed(&self, py: Python<'_>) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.lock(py).obs.take_removed(&mut out);
+        out
+    }
+
+    /// The observer clock: ns since the observer started.
+    fn now_ns(&self, py: Python<'_>) -> u64 {
+        self.lock(py).obs.now_ns()
+    }
+
+    /// When the next stall is due (observer ns), if any pid is armed.
+    fn next_deadline_ns(&self, py: Python<'_>) -> Option<u64> {
+        self.lock(py).obs.next_deadline_ns()
+    }
+
+    #[getter]
+    fn socket_path(&self) -> Option<String> {
+        self.socket_path.clone()
+    }
+
+    #[getter]
+    fn threshold_ms(&self) -> u64 {
+        self.threshold_ms
+    }
+
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.lock(py).waiter.is_none()
+    }
+
+    /// Stop listening. Idempotent; unlinks the socket file only if it is
+    /// still the one this observer bound (same device and inode). The
+    /// tracker stays readable.
+    fn close(&self, py: Python<'_>) {
+        let mut g = self.lock(py);
+        g.waiter = None;
+        g.obs.close();
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let (tracked, closed) = {
+            let g = self.lock(py);
+            (g.obs.tracker().len(), g.waiter.is_none())
+        };
+        format!(
+            "Observer(socket_path={}, threshold_ms={}, tracked={}{})",
+            self.socket_path
+                .as_deref()
+                .map_or_else(|| "None".to_owned(), |p| format!("{p:?}")),
+            self.threshold_ms,
+            tracked,
+            if closed { ", closed" } else { "" }
+        )
+    }
+}
+
+// ------------------------------------------------------------ benchmarks
+
+/// Benchmark helper: simulated pids through the Rust tracker; returns
+/// (ns per beat, bytes per agent).
+#[pyfunction]
+fn _bench_tracker(py: Python<'_>, agents: u32, beats: u64) -> (f64, usize) {
+    py.detach(move || varta_core::observer::tracker::bench_tracker(agents, beats))
+}
+
+/// Benchmark floor: a bare blocking `recvmsg` loop with credentials on a
+/// fresh socket at `path`; returns (thread CPU ns, datagrams counted).
+#[pyfunction]
+#[pyo3(signature = (path, n, idle_timeout_ms=2000, rcvbuf=1_048_576))]
+fn _bench_recv_floor(
+    py: Python<'_>,
+    path: PathBuf,
+    n: u64,
+    idle_timeout_ms: u64,
+    rcvbuf: u32,
+) -> PyResult<(u64, u64)> {
+    py.detach(move || {
+        varta_core::observer::listener::bench_recv_floor(&path, n, rcvbuf, idle_timeout_ms)
+    })
+    .map_err(|e| match error_errno(&e) {
+        Some(errno) => PyOSError::new_err((errno, e.to_string())),
+        None => PyOSError::new_err(e.to_string()),
+    })
+}
+
+/// Thread CPU time (ns) as the Rust core measures it (for benchmarks).
+#[pyfunction]
+fn _thread_cpu_ns() -> u64 {
+    varta_core::observer::listener::thread_cpu_ns()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyObserver>()?;
+    m.add_class::<PyBeat>()?;
+    m.add_class::<PyStall>()?;
+    m.add_class::<PyDecode>()?;
+    m.add_class::<PyAuthFailure>()?;
+    m.add_class::<PyOriginConflict>()?;
+    m.add_class::<PyNamespaceConflict>()?;
+    m.add_class::<PyIo>()?;
+    m.add_class::<PyCtrlTruncated>()?;
+    m.add_class::<PyAgentInfo>()?;
+    m.add_function(wrap_pyfunction!(_bench_tracker, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_recv_floor, m)?)?;
+    m.add_function(wrap_pyfunction!(_thread_cpu_ns, m)?)?;
     Ok(())
 }

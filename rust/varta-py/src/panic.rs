@@ -1,7 +1,122 @@
-//! (in progress)
+//! Native half of `varta.panic`: connect a crash emitter at install time,
+//! activate it (optionally with the fatal-signal handlers), fire it from the
+//! Python hooks. The hook policy (chaining, dedupe, signals) lives in
+//! `python/varta/panic.py`.
 
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use varta_core::panic::{self as core_panic, Emitter, Fire};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// A connected, not yet active crash emitter. `activate()` makes it the
+/// process's active emitter (once); dropping it unused closes its socket.
+#[pyclass(name = "_PanicEmitter", module = "varta._varta", frozen)]
+pub struct PyPanicEmitter {
+    inner: Mutex<Option<Emitter>>,
+}
+
+impl PyPanicEmitter {
+    fn wrap(e: Emitter) -> Self {
+        PyPanicEmitter {
+            inner: Mutex::new(Some(e)),
+        }
+    }
+}
+
+fn os_error(e: &io::Error, what: &str) -> PyErr {
+    match e.raw_os_error() {
+        // OSError(errno, strerror, filename) picks the matching subclass.
+        Some(errno) => {
+            let full = io::Error::from_raw_os_error(errno).to_string();
+            let suffix = format!(" (os error {errno})");
+            let strerror = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+            PyOSError::new_err((errno, strerror, what.to_owned()))
+        }
+        None => PyOSError::new_err(format!("{what}: {e}")),
+    }
+}
+
+#[pymethods]
+impl PyPanicEmitter {
+    /// Make this the active emitter (replacing and closing any previous one).
+    /// With `fatal_signals`, first install the native SIGSEGV/SIGBUS/SIGILL/
+    /// SIGFPE/SIGABRT handlers (once per process); if that fails nothing
+    /// changes and this emitter stays unused.
+    #[pyo3(signature = (fatal_signals))]
+    fn activate(&self, fatal_signals: bool) -> PyResult<()> {
+        let mut slot = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "this crash emitter was already activated",
+            ));
+        }
+        if fatal_signals {
+            core_panic::install_fatal_signal_handlers().map_err(|e| {
+                PyRuntimeError::new_err(format!("cannot install fatal-signal handlers: {e}"))
+            })?;
+        }
+        let e = slot.take().expect("checked above");
+        core_panic::install(e)
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot register the crash emitter: {e}")))
+    }
+
+    fn __repr__(&self) -> String {
+        let slot = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(e) => format!(
+                "<varta crash emitter fd={} wire={:?}>",
+                e.raw_fd(),
+                e.wire()
+            ),
+            None => "<varta crash emitter (activated)>".to_owned(),
+        }
+    }
+}
+
+/// Connect a plaintext crash emitter to the Unix datagram socket at `path`.
+#[pyfunction]
+fn _panic_connect_uds(py: Python<'_>, path: PathBuf) -> PyResult<PyPanicEmitter> {
+    let e = py
+        .detach(|| Emitter::connect_uds(&path))
+        .map_err(|e| os_error(&e, &path.to_string_lossy()))?;
+    Ok(PyPanicEmitter::wrap(e))
+}
+
+/// Resolve `(host, port)` now and connect a plaintext UDP crash emitter.
+#[pyfunction]
+fn _panic_connect_udp(py: Python<'_>, host: String, port: u16) -> PyResult<PyPanicEmitter> {
+    let e = py
+        .detach(|| Emitter::connect_udp_resolve((host.as_str(), port)))
+        .map_err(|e| os_error(&e, &format!("{host}:{port}")))?;
+    Ok(PyPanicEmitter::wrap(e))
+}
+
+/// Fire the active emitter once. True if a datagram went out.
+#[pyfunction]
+fn _panic_fire() -> bool {
+    core_panic::fire() == Fire::Sent
+}
+
+/// True while a crash emitter is active.
+#[pyfunction]
+fn _panic_active() -> bool {
+    core_panic::is_installed()
+}
+
+/// True once the native fatal-signal handlers are installed in this process.
+#[pyfunction]
+fn _panic_fatal_signals_installed() -> bool {
+    core_panic::fatal_signal_handlers_installed()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPanicEmitter>()?;
+    m.add_function(wrap_pyfunction!(_panic_connect_uds, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_connect_udp, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_fire, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_active, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_fatal_signals_installed, m)?)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use varta_core::frame::{DecodeError, Status};
+use varta_core::observer::BeatOrigin;
 
 // The agent binding is the consumer of the outcome types.
 #[allow(dead_code)]
@@ -105,4 +106,86 @@ pub fn decode_error_err(py: Python<'_>, e: &DecodeError) -> PyErr {
         Ok(v) => PyErr::from_value(v.into_bound(py)),
         Err(err) => err,
     }
+}
+
+// --- observer: cached `varta.BeatOrigin` members ---
+
+static ORIGINS: PyOnceLock<[Py<PyAny>; 4]> = PyOnceLock::new();
+
+/// `BeatOrigin` members indexed by rank (0..=3).
+pub fn origins(py: Python<'_>) -> PyResult<&[Py<PyAny>; 4]> {
+    ORIGINS.get_or_try_init(py, || {
+        let cls = py.import("varta._types")?.getattr("BeatOrigin")?;
+        let [a, b, c, d] = [0u8, 1, 2, 3].map(|rank| cls.call1((rank,)).map(Bound::unbind));
+        Ok([a?, b?, c?, d?])
+    })
+}
+
+/// The cached `varta.BeatOrigin` member for a core origin.
+pub fn origin_obj(py: Python<'_>, o: BeatOrigin) -> PyResult<Py<PyAny>> {
+    Ok(origins(py)?[o.rank() as usize].clone_ref(py))
+}
+
+/// Accept a `BeatOrigin` (or its int rank / member name).
+pub fn extract_origin(v: &Bound<'_, PyAny>) -> PyResult<BeatOrigin> {
+    if !v.is_instance_of::<pyo3::types::PyBool>() {
+        if let Ok(rank) = v.extract::<i64>() {
+            return u8::try_from(rank)
+                .ok()
+                .and_then(BeatOrigin::from_rank)
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "origin {rank} is outside 0..=3"
+                    ))
+                });
+        }
+        if let Ok(name) = v.extract::<String>() {
+            let up = name.trim().to_ascii_uppercase();
+            return (0..=3)
+                .filter_map(BeatOrigin::from_rank)
+                .find(|o| o.name() == up)
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(format!("unknown origin name {name:?}"))
+                });
+        }
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "origin must be BeatOrigin, int or str, not {}",
+        v.get_type().name()?
+    )))
+}
+// --- agent: cached outcome singletons ---
+
+/// The objects `Varta.beat` hands out: the pre-built `_SENT` / `_DROPPED[r]`
+/// outcomes (a steady-state beat only bumps a refcount) and the constructors
+/// for the cold `Failed` path.
+pub struct AgentTypes {
+    /// `varta._types._SENT`.
+    pub sent: Py<PyAny>,
+    /// `varta._types._DROPPED[r]`, indexed by the core `DropReason as usize`.
+    pub dropped: [Py<PyAny>; 4],
+    /// `BeatOutcome.failed` (bound classmethod).
+    pub failed: Py<PyAny>,
+    /// `varta._types.errno_name`.
+    pub errno_name: Py<PyAny>,
+}
+
+static AGENT_TYPES: PyOnceLock<AgentTypes> = PyOnceLock::new();
+
+pub fn agent_types(py: Python<'_>) -> PyResult<&AgentTypes> {
+    AGENT_TYPES.get_or_try_init(py, || {
+        let m = py.import("varta._types")?;
+        let reason_cls = m.getattr("DropReason")?;
+        let table = m.getattr("_DROPPED")?;
+        let pick = |r: varta_core::agent::DropReason| -> PyResult<Py<PyAny>> {
+            Ok(table.get_item(reason_cls.call1((r.as_str(),))?)?.unbind())
+        };
+        let [a, b, c, d] = varta_core::agent::DropReason::ALL.map(pick);
+        Ok(AgentTypes {
+            sent: m.getattr("_SENT")?.unbind(),
+            dropped: [a?, b?, c?, d?],
+            failed: m.getattr("BeatOutcome")?.getattr("failed")?.unbind(),
+            errno_name: m.getattr("errno_name")?.unbind(),
+        })
+    })
 }

@@ -1,0 +1,8 @@
+"""Upstream-compatible module path: ``from varta.client import Varta`` keeps working."""
+
+from __future__ import annotations
+
+from ._types import BeatError, BeatOutcome, DropReason, classify_send_error
+from ._varta import Varta
+
+__all__ = ["BeatError", "BeatOutcome", "DropReason", "Varta", "classify_send_error"]

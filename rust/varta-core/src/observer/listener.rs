@@ -1,0 +1,778 @@
+//! The Unix-domain datagram listener (`observer.md` §1.1, §3, §5.1).
+//!
+//! Binding follows upstream: the umask is tightened while `bind(2)` creates
+//! the socket file, then the file is `chmod`ed to the requested mode; a stale
+//! socket file (nobody answers a probe `connect`) is replaced, a live one or a
+//! non-socket file is refused with `EADDRINUSE`. `SO_PASSCRED` is mandatory,
+//! so every datagram carries the sender's kernel-attested pid/uid/gid.
+//!
+//! Receiving drains the socket in batches with `recvmmsg(2)` into fixed,
+//! pre-allocated 33-byte buffers (one byte more than a frame, so an over-long
+//! datagram is recognisable) with control space for `SCM_CREDENTIALS` and a
+//! handful of `SCM_RIGHTS` descriptors. Passed descriptors are closed at once
+//! (`MSG_CMSG_CLOEXEC` keeps them from leaking into children meanwhile); a
+//! datagram whose control data did not fit is flagged (`MSG_CTRUNC`).
+//! Nothing here allocates after `bind`.
+
+use crate::frame::FRAME_LEN;
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Datagrams taken per `recvmmsg(2)` call.
+pub const RECV_BATCH: usize = 64;
+/// Receive buffer per datagram: a frame plus one byte to spot over-long ones.
+pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
+/// Descriptors a single datagram may pass before its control data truncates
+/// (the kernel discards the excess and sets `MSG_CTRUNC`).
+pub const MAX_PASSED_FDS: usize = 16;
+
+const fn cmsg_space(len: usize) -> usize {
+    // SAFETY: pure arithmetic on a length.
+    unsafe { libc::CMSG_SPACE(len as u32) as usize }
+}
+
+const CMSG_BUF_LEN: usize =
+    cmsg_space(size_of::<libc::ucred>()) + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>());
+
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+/// Kernel-attested identity of a datagram's sender (`SCM_CREDENTIALS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One received datagram as the listener saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram<'a> {
+    /// The received bytes (at most [`RECV_BUF_LEN`]).
+    pub data: &'a [u8],
+    /// The datagram did not fit the buffer (so it was longer than a frame).
+    pub overlong: bool,
+    /// Sender credentials, if the kernel attached them.
+    pub creds: Option<PeerCred>,
+    /// The control data was truncated (`MSG_CTRUNC`).
+    pub ctrunc: bool,
+    /// Descriptors the sender passed, already closed.
+    pub fds_closed: u32,
+}
+
+impl<'a> Datagram<'a> {
+    /// Exactly one frame long (anything else is counted as truncated and
+    /// never decoded).
+    #[inline]
+    pub fn frame_bytes(&self) -> Option<&'a [u8; FRAME_LEN]> {
+        if self.overlong {
+            return None;
+        }
+        self.data.try_into().ok()
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Meta {
+    len: u32,
+    overlong: bool,
+    ctrunc: bool,
+    creds: Option<PeerCred>,
+    fds_closed: u32,
+}
+
+/// An `io::Error` payload that keeps an errno next to a readable message, so
+/// the binding can raise `OSError(errno, message)` (e.g. `EADDRINUSE`,
+/// "already running").
+#[derive(Debug, Clone)]
+pub struct ErrnoMessage {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl fmt::Display for ErrnoMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrnoMessage {}
+
+/// Build an `io::Error` carrying `errno` and `message`.
+pub fn errno_error(errno: i32, message: String) -> io::Error {
+    let kind = io::Error::from_raw_os_error(errno).kind();
+    io::Error::new(kind, ErrnoMessage { errno, message })
+}
+
+/// The errno of an error made by this module or by the OS, if any.
+pub fn error_errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ErrnoMessage>())
+            .map(|m| m.errno)
+    })
+}
+
+fn with_context(e: io::Error, what: &str, path: &Path) -> io::Error {
+    match e.raw_os_error() {
+        Some(errno) => errno_error(errno, format!("{what} {}: {e}", path.display())),
+        None => e,
+    }
+}
+
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn errno() -> i32 {
+    last_error().raw_os_error().unwrap_or(0)
+}
+
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if bytes.is_empty() || bytes.contains(&0) {
+        return Err(errno_error(
+            libc::EINVAL,
+            format!("invalid socket path {:?}", path.display().to_string()),
+        ));
+    }
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(errno_error(
+            libc::ENAMETOOLONG,
+            format!(
+                "socket path {} is {} bytes; the limit is {}",
+                path.display(),
+                bytes.len(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn new_dgram_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+    let mut ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+    if nonblocking {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: plain syscall; the returned descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, ty, 0) };
+    if fd < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn get_int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `value`/`len` are valid for writes of the advertised size.
+    let rc =
+        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(value)
+    }
+}
+
+fn lstat(path: &CString) -> io::Result<libc::stat> {
+    // SAFETY: `st` is written by the kernel; the path is NUL-terminated.
+    let mut st: libc::stat = unsafe { zeroed() };
+    let rc = unsafe { libc::lstat(path.as_ptr(), &mut st) };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(st)
+    }
+}
+
+/// Make room for a new socket at `path`: nothing there is fine; a stale
+/// socket file is unlinked; a live listener or a non-socket is refused.
+fn clear_stale(path: &Path, cpath: &CString, addr: &libc::sockaddr_un, len: u32) -> io::Result<()> {
+    let st = match lstat(cpath) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(with_context(e, "cannot inspect", path)),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(errno_error(
+            libc::EADDRINUSE,
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        ));
+    }
+    let probe = new_dgram_socket(true)?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            probe.as_raw_fd(),
+            (addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        return Err(errno_error(
+            libc::EADDRINUSE,
+            format!(
+                "varta observer already running on {} (a live listener answered)",
+                path.display()
+            ),
+        ));
+    }
+    match errno() {
+        libc::ECONNREFUSED => {
+            // SAFETY: NUL-terminated path.
+            if unsafe { libc::unlink(cpath.as_ptr()) } < 0 && errno() != libc::ENOENT {
+                return Err(with_context(
+                    last_error(),
+                    "cannot remove stale socket",
+                    path,
+                ));
+            }
+            Ok(())
+        }
+        libc::ENOENT => Ok(()),
+        e => Err(with_context(
+            io::Error::from_raw_os_error(e),
+            "cannot probe existing socket",
+            path,
+        )),
+    }
+}
+
+/// A bound `AF_UNIX`/`SOCK_DGRAM` listener with its receive batch.
+pub struct UdsListener {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+    cpath: CString,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
+    rcvbuf_bytes: u64,
+    /// The process that bound the socket: a forked child that inherited
+    /// the listener must never unlink the parent's socket file.
+    owner_pid: u32,
+    bufs: Box<[[u8; RECV_BUF_LEN]; RECV_BATCH]>,
+    cmsg: Box<[CmsgBuf; RECV_BATCH]>,
+    meta: [Meta; RECV_BATCH],
+    count: usize,
+    closed: bool,
+}
+
+impl fmt::Debug for UdsListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdsListener")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("path", &self.path)
+            .field("rcvbuf_bytes", &self.rcvbuf_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdsListener {
+    /// Bind `path` with file mode `mode` (≤ 0o777) and request `rcvbuf`
+    /// bytes of receive buffer (0 = kernel default).
+    pub fn bind(path: &Path, mode: u32, rcvbuf: u32) -> io::Result<UdsListener> {
+        if mode > 0o777 {
+            return Err(errno_error(
+                libc::EINVAL,
+                format!("socket mode {mode:#o} is not a permission mode (at most 0o777)"),
+            ));
+        }
+        if rcvbuf > i32::MAX as u32 {
+            return Err(errno_error(
+                libc::EINVAL,
+                format!("uds_rcvbuf_bytes {rcvbuf} exceeds {}", i32::MAX),
+            ));
+        }
+        let (addr, len) = sockaddr_un(path)?;
+        let cpath = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
+        clear_stale(path, &cpath, &addr, len)?;
+
+        let fd = new_dgram_socket(true)?;
+        let raw = fd.as_raw_fd();
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+            .map_err(|e| with_context(e, "SO_PASSCRED on", path))?;
+        if rcvbuf > 0 {
+            set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)
+                .map_err(|e| with_context(e, "SO_RCVBUF on", path))?;
+        }
+        let rcvbuf_bytes = get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)
+            .map(|v| v.max(0) as u64)
+            .unwrap_or(0);
+
+        // Tighten the umask so the socket file never exists with more bits
+        // than requested, bind, restore, then set the exact mode.
+        let tighten = (0o777 & !mode) as libc::mode_t;
+        // SAFETY: umask cannot fail; restored right after bind.
+        let old = unsafe { libc::umask(tighten) };
+        unsafe { libc::umask(old | tighten) };
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_un).cast(), len) };
+        let bind_err = (rc < 0).then(last_error);
+        // SAFETY: restoring the previous process umask.
+        unsafe { libc::umask(old) };
+        if let Some(e) = bind_err {
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                return Err(errno_error(
+                    libc::EADDRINUSE,
+                    format!("cannot bind {}: address already in use", path.display()),
+                ));
+            }
+            return Err(with_context(e, "cannot bind", path));
+        }
+        let unlink_now = |e: io::Error, what: &str| {
+            // SAFETY: NUL-terminated path; we created this file.
+            unsafe { libc::unlink(cpath.as_ptr()) };
+            with_context(e, what, path)
+        };
+        // SAFETY: NUL-terminated path.
+        if unsafe { libc::chmod(cpath.as_ptr(), mode as libc::mode_t) } < 0 {
+            return Err(unlink_now(last_error(), "cannot chmod"));
+        }
+        let st = match lstat(&cpath) {
+            Ok(st) => st,
+            Err(e) => return Err(unlink_now(e, "cannot stat")),
+        };
+        Ok(UdsListener {
+            fd: Arc::new(fd),
+            path: path.to_path_buf(),
+            cpath,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            rcvbuf_bytes,
+            owner_pid: std::process::id(),
+            bufs: Box::new([[0u8; RECV_BUF_LEN]; RECV_BATCH]),
+            cmsg: Box::new([CmsgBuf([0u8; CMSG_BUF_LEN]); RECV_BATCH]),
+            meta: [Meta::default(); RECV_BATCH],
+            count: 0,
+            closed: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Effective `SO_RCVBUF` as the kernel reports it.
+    pub fn rcvbuf_bytes(&self) -> u64 {
+        self.rcvbuf_bytes
+    }
+
+    /// A shared handle on the socket, for waiting on readiness without
+    /// borrowing the listener.
+    pub fn wait_fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd)
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Receive up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` when
+    /// nothing is queued. Results are read with [`UdsListener::datagram`].
+    pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.count = 0;
+        if self.closed {
+            return Ok(0);
+        }
+        // SAFETY: iovec/mmsghdr are plain old data; zero is valid.
+        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { zeroed() };
+        for i in 0..RECV_BATCH {
+            iov[i].iov_base = self.bufs[i].as_mut_ptr().cast();
+            iov[i].iov_len = RECV_BUF_LEN;
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
+            h.msg_controllen = CMSG_BUF_LEN as _;
+        }
+        let n = loop {
+            // SAFETY: every header points into buffers owned by `self` that
+            // outlive the call; lengths match the allocations.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    RECV_BATCH as u32,
+                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            match errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN | libc::ETIMEDOUT => return Ok(0),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        };
+        for (i, hdr) in hdrs.iter().enumerate().take(n) {
+            self.meta[i] = parse_message(hdr);
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// Datagrams in the last batch.
+    #[inline]
+    pub fn batch_len(&self) -> usize {
+        self.count
+    }
+
+    /// The `i`-th datagram of the last batch.
+    #[inline]
+    pub fn datagram(&self, i: usize) -> Datagram<'_> {
+        assert!(i < self.count, "datagram index out of range");
+        let m = &self.meta[i];
+        Datagram {
+            data: &self.bufs[i][..m.len as usize],
+            overlong: m.overlong,
+            creds: m.creds,
+            ctrunc: m.ctrunc,
+            fds_closed: m.fds_closed,
+        }
+    }
+
+    /// Stop listening: unlink the socket file only if it is still ours
+    /// (same device and inode, and we are the process that bound it), then
+    /// drop our socket handle. Idempotent.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.count = 0;
+        if std::process::id() != self.owner_pid {
+            return;
+        }
+        if let Ok(st) = lstat(&self.cpath) {
+            if st.st_dev == self.dev && st.st_ino == self.ino {
+                // SAFETY: NUL-terminated path.
+                unsafe { libc::unlink(self.cpath.as_ptr()) };
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Drop for UdsListener {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Read credentials and close passed descriptors from one received message.
+fn parse_message(hdr: &libc::mmsghdr) -> Meta {
+    let msg = &hdr.msg_hdr;
+    let flags = msg.msg_flags;
+    let mut meta = Meta {
+        len: hdr.msg_len.min(RECV_BUF_LEN as u32),
+        overlong: flags & libc::MSG_TRUNC != 0 || hdr.msg_len as usize > FRAME_LEN,
+        ctrunc: flags & libc::MSG_CTRUNC != 0,
+        creds: None,
+        fds_closed: 0,
+    };
+    if msg.msg_control.is_null() || msg.msg_controllen < size_of::<libc::cmsghdr>() as _ {
+        return meta;
+    }
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of
+    // well-formed control messages; the CMSG_* helpers stay within them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let level = (*c).cmsg_level;
+            let ty = (*c).cmsg_type;
+            let data = libc::CMSG_DATA(c);
+            let payload = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
+                if payload >= size_of::<libc::ucred>() {
+                    let uc: libc::ucred = std::ptr::read_unaligned(data.cast());
+                    meta.creds = Some(PeerCred {
+                        pid: uc.pid as u32,
+                        uid: uc.uid,
+                        gid: uc.gid,
+                    });
+                }
+            } else if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+                let n = payload / size_of::<RawFd>();
+                for k in 0..n {
+                    let fd: RawFd =
+                        std::ptr::read_unaligned(data.add(k * size_of::<RawFd>()).cast());
+                    if fd >= 0 {
+                        libc::close(fd);
+                        meta.fds_closed += 1;
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    meta
+}
+
+/// Wait until any of `fds` is readable or `timeout_ns` elapses (`None` =
+/// forever). Returns whether something became readable. `EINTR` counts as
+/// a wake-up with nothing ready (the caller re-checks signals and time).
+pub fn wait_readable(fds: &[RawFd], timeout_ns: Option<u64>) -> io::Result<bool> {
+    const MAX: usize = 16;
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; MAX];
+    let n = fds.len().min(MAX);
+    for (p, &fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd;
+        p.events = libc::POLLIN;
+    }
+    let ts;
+    let tsp = match timeout_ns {
+        Some(ns) => {
+            ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            };
+            &ts as *const libc::timespec
+        }
+        None => std::ptr::null(),
+    };
+    // SAFETY: `pfds` holds `n` initialised entries; `tsp` is null or valid.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, tsp, std::ptr::null()) };
+    if rc < 0 {
+        let e = last_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(rc > 0)
+}
+
+/// CPU time of the calling thread (ns).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Benchmark floor: bind a plain blocking `SO_PASSCRED` socket at `path` and
+/// `recvmsg(2)` one datagram at a time with its credentials until `n`
+/// frame-sized datagrams whose pid field matches the kernel pid arrived, or
+/// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
+#[doc(hidden)]
+pub fn bench_recv_floor(
+    path: &Path,
+    n: u64,
+    rcvbuf: u32,
+    idle_timeout_ms: u64,
+) -> io::Result<(u64, u64)> {
+    let (addr, len) = sockaddr_un(path)?;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
+    clear_stale(path, &cpath, &addr, len)?;
+    let fd = new_dgram_socket(false)?;
+    let raw = fd.as_raw_fd();
+    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if rcvbuf > 0 {
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
+    }
+    let tv = libc::timeval {
+        tv_sec: (idle_timeout_ms / 1000) as libc::time_t,
+        tv_usec: ((idle_timeout_ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: `tv` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    if unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
+        return Err(with_context(last_error(), "cannot bind", path));
+    }
+    let mut buf = [0u8; RECV_BUF_LEN];
+    let mut cmsg = CmsgBuf([0u8; CMSG_BUF_LEN]);
+    let mut got = 0u64;
+    let start = thread_cpu_ns();
+    while got < n {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: RECV_BUF_LEN,
+        };
+        // SAFETY: plain old data.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_BUF_LEN as _;
+        // SAFETY: `msg` points at live buffers of the advertised sizes.
+        let r = unsafe { libc::recvmsg(raw, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                _ => break, // idle timeout (or an error): stop measuring
+            }
+        }
+        let hdr = libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: r as u32,
+        };
+        let meta = parse_message(&hdr);
+        if meta.len as usize == FRAME_LEN && !meta.overlong {
+            let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            if meta.creds.is_some_and(|c| c.pid == pid) {
+                got += 1;
+            }
+        }
+    }
+    let cpu = thread_cpu_ns().saturating_sub(start);
+    // SAFETY: NUL-terminated path; we bound it.
+    unsafe { libc::unlink(cpath.as_ptr()) };
+    Ok((cpu, got))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixDatagram;
+
+    fn tmp(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "varta-listener-{}-{}-{name}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("obs.sock");
+        (dir, p)
+    }
+
+    #[test]
+    fn bind_mode_stale_live_and_non_socket() {
+        let (dir, p) = tmp("bind");
+        let mut l = UdsListener::bind(&p, 0o600, 0).unwrap();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+
+        let e = UdsListener::bind(&p, 0o600, 0).unwrap_err();
+        assert_eq!(error_errno(&e), Some(libc::EADDRINUSE));
+        assert!(e.to_string().contains("already running"), "{e}");
+
+        l.close();
+        assert!(!p.exists(), "close unlinks our socket file");
+
+        // A stale socket file (its owner gone without unlinking) is replaced.
+        let stale = UnixDatagram::bind(&p).unwrap();
+        drop(stale);
+        assert!(p.exists());
+        let l2 = UdsListener::bind(&p, 0o640, 0).unwrap();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o640);
+        drop(l2);
+        assert!(!p.exists());
+
+        std::fs::write(&p, b"not a socket").unwrap();
+        let e = UdsListener::bind(&p, 0o600, 0).unwrap_err();
+        assert_eq!(error_errno(&e), Some(libc::EADDRINUSE));
+        assert_eq!(std::fs::read(&p).unwrap(), b"not a socket");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn close_leaves_a_replaced_file_alone() {
+        let (dir, p) = tmp("replaced");
+        let mut l = UdsListener::bind(&p, 0o600, 0).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"someone else's").unwrap();
+        l.close();
+        assert_eq!(std::fs::read(&p).unwrap(), b"someone else's");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn batch_receive_with_credentials_and_lengths() {
+        let (dir, p) = tmp("recv");
+        let mut l = UdsListener::bind(&p, 0o600, 1 << 16).unwrap();
+        assert!(l.rcvbuf_bytes() > 0);
+        let tx = UnixDatagram::unbound().unwrap();
+        tx.send_to(&[7u8; 32], &p).unwrap();
+        tx.send_to(&[1u8; 31], &p).unwrap();
+        tx.send_to(&[2u8; 40], &p).unwrap();
+        tx.send_to(&[], &p).unwrap();
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 4);
+        let me = std::process::id();
+        let d0 = l.datagram(0);
+        assert_eq!(d0.frame_bytes(), Some(&[7u8; 32]));
+        let c = d0.creds.unwrap();
+        assert_eq!(c.pid, me);
+        // SAFETY: getuid cannot fail.
+        assert_eq!(c.uid, unsafe { libc::getuid() });
+        assert!(l.datagram(1).frame_bytes().is_none());
+        let d2 = l.datagram(2);
+        assert!(d2.overlong && d2.frame_bytes().is_none());
+        assert_eq!(l.datagram(3).data.len(), 0);
+        assert_eq!(l.recv_batch().unwrap(), 0);
+        assert!(!wait_readable(&[l.raw_fd()], Some(1_000_000)).unwrap());
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! The observer core (`observer.md`): listeners with kernel peer
+//! credentials, ingress gates, the per-pid tracker with its deadline
+//! structure, and the events they produce. Knows nothing of Python.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`clock`] | observer time, injectable ([`clock::FakeClock`] in tests) |
+//! | [`tracker`], [`deadline`], [`counters`] | per-pid state, stall deadlines, tracker counters |
+//! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED`, `recvmmsg` batches |
+//! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max` |
+//! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
+//! | [`event`] | the event values |
+
+pub mod clock;
+pub mod counters;
+pub mod deadline;
+pub mod event;
+pub mod ingress;
+pub mod listener;
+pub mod procfs;
+pub mod tracker;
+
+pub use event::Event;
+pub use ingress::{CounterValue, Listener, Observer, ObserverConfig, ObserverError, Waiter};
+pub use tracker::BeatOrigin;

@@ -1,0 +1,197 @@
+//! Allocation-free reads of the `/proc` identity of a sender
+//! (`observer.md` §5.3): pid-namespace inode, start time (generation) and
+//! `pid_max`. Every function returns `None` (or a documented default) when
+//! the file is missing or malformed; callers treat that as "unknown".
+
+use std::io;
+
+/// `pid_max` when `/proc/sys/kernel/pid_max` cannot be read (`observer.md` §5.3).
+pub const PID_MAX_FALLBACK: u32 = 4_194_304;
+
+/// A NUL-terminated path built on the stack: `/proc/<pid>/<tail>`.
+struct ProcPath {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl ProcPath {
+    fn new(pid: Option<u32>, tail: &[u8]) -> ProcPath {
+        let mut p = ProcPath {
+            buf: [0; 48],
+            len: 0,
+        };
+        p.push(b"/proc/");
+        match pid {
+            Some(pid) => {
+                let mut digits = [0u8; 10];
+                let mut n = pid;
+                let mut i = digits.len();
+                loop {
+                    i -= 1;
+                    digits[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                p.push(&digits[i..]);
+            }
+            None => p.push(b"self"),
+        }
+        p.push(b"/");
+        p.push(tail);
+        p
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        // Paths here are at most "/proc/4294967295/" + a short tail.
+        let end = self.len + s.len();
+        self.buf[self.len..end].copy_from_slice(s);
+        self.len = end;
+    }
+
+    fn as_ptr(&self) -> *const libc::c_char {
+        debug_assert!(self.len < self.buf.len() && self.buf[self.len] == 0);
+        self.buf.as_ptr().cast()
+    }
+}
+
+/// Read up to `buf.len()` bytes of a small file; `None` on any error.
+fn read_small(path: &ProcPath, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: NUL-terminated path; the descriptor is closed before return.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut total = 0;
+    let ok = loop {
+        if total == buf.len() {
+            break true;
+        }
+        // SAFETY: writes stay within `buf[total..]`.
+        let n = unsafe { libc::read(fd, buf[total..].as_mut_ptr().cast(), buf.len() - total) };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break false;
+        }
+        if n == 0 {
+            break true;
+        }
+        total += n as usize;
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    ok.then_some(total)
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(v)
+}
+
+/// Field 22 (`starttime`, clock ticks since boot) of a `/proc/<pid>/stat`
+/// line. Fields are counted after the *last* `)` so a `comm` holding spaces
+/// or parentheses cannot shift them.
+pub fn parse_stat_start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    // After ")" come fields 3 (state), 4, …; field 22 is the 20th of them.
+    stat[close + 1..]
+        .split(|c| c.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+        .nth(22 - 3)
+        .and_then(parse_u64)
+}
+
+/// Process start time (the pid's generation); `None` if the process is gone
+/// or the file is unreadable.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let mut buf = [0u8; 1024];
+    let n = read_small(&ProcPath::new(Some(pid), b"stat"), &mut buf)?;
+    parse_stat_start_time(&buf[..n])
+}
+
+/// Parse a `pid:[N]` namespace link target.
+pub fn parse_ns_link(target: &[u8]) -> Option<u64> {
+    let inner = target.strip_prefix(b"pid:[")?.strip_suffix(b"]")?;
+    parse_u64(inner)
+}
+
+fn ns_inode_at(path: &ProcPath) -> Option<u64> {
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated path; `buf` is writable for its length.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 || n as usize >= buf.len() {
+        return None;
+    }
+    parse_ns_link(&buf[..n as usize])
+}
+
+/// The pid-namespace inode of `pid` (`/proc/<pid>/ns/pid`).
+pub fn pid_ns_inode(pid: u32) -> Option<u64> {
+    ns_inode_at(&ProcPath::new(Some(pid), b"ns/pid"))
+}
+
+/// Our own pid-namespace inode.
+pub fn own_pid_ns_inode() -> Option<u64> {
+    ns_inode_at(&ProcPath::new(None, b"ns/pid"))
+}
+
+/// `/proc/sys/kernel/pid_max`, or [`PID_MAX_FALLBACK`].
+pub fn pid_max() -> u32 {
+    let mut buf = [0u8; 32];
+    let path = {
+        let mut p = ProcPath {
+            buf: [0; 48],
+            len: 0,
+        };
+        p.push(b"/proc/sys/kernel/pid_max");
+        p
+    };
+    read_small(&path, &mut buf)
+        .and_then(|n| parse_u64(buf[..n].trim_ascii()))
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(PID_MAX_FALLBACK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_field_22_after_last_paren() {
+        let line =
+            b"1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat_start_time(line), Some(987_654));
+        assert_eq!(parse_stat_start_time(b"1 (x) S 1"), None);
+        assert_eq!(parse_stat_start_time(b"no paren"), None);
+    }
+
+    #[test]
+    fn ns_link() {
+        assert_eq!(parse_ns_link(b"pid:[4026531836]"), Some(4_026_531_836));
+        assert_eq!(parse_ns_link(b"net:[1]"), None);
+        assert_eq!(parse_ns_link(b"pid:[]"), None);
+    }
+
+    #[test]
+    fn own_identity_is_readable() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(pid_ns_inode(me), own_pid_ns_inode());
+        assert!(own_pid_ns_inode().is_some());
+        assert!(pid_max() >= 32_768 || pid_max() == PID_MAX_FALLBACK);
+        assert_eq!(start_time(u32::MAX), None);
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Interim main job: a demo agent beating into a listener that prints decoded
+# frames (python -m varta demo). Self-sufficient on a fresh machine: creates
+# .venv, installs the build tool, builds the extension, runs the demo.
+#   bash scripts/demo.sh [--interval 0.2] [--duration SECONDS] [--socket PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${VARTA_VENV:-$PWD/.venv}
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "==> creating venv $venv" >&2
+  python3 -m venv "$venv"
+fi
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+if ! command -v maturin >/dev/null || ! python -c 'import prometheus_client' 2>/dev/null; then
+  echo "==> installing maturin, prometheus_client" >&2
+  python -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' prometheus_client
+fi
+echo "==> building the extension" >&2
+maturin develop -q >&2
+exec python -m varta demo "$@"

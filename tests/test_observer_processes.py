@@ -1,0 +1,204 @@
+"""varta.Observer against real processes: a liar claiming another pid,
+an agent stopped and resumed with SIGSTOP/SIGCONT, Ctrl-C during poll()."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+import varta
+from varta import BeatOrigin
+
+# A minimal agent: a plain socket and varta.encode, one beat every 20 ms
+# (pacing is the agent's workload, not test synchronisation).
+AGENT = textwrap.dedent(
+    """
+    import os, socket, sys, time, varta
+    path = sys.argv[1]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n = 0
+    while True:
+        n += 1
+        try:
+            s.sendto(varta.encode(0, os.getpid(), n, n), path)
+        except OSError:
+            pass
+        time.sleep(0.02)
+    """
+)
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="varta-obs-")
+    try:
+        yield os.path.join(d, "obs.sock")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def poll_until(
+    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 10.0
+) -> list[Any]:
+    end = time.monotonic() + within
+    seen: list[Any] = []
+    while time.monotonic() < end:
+        batch = list(obs.poll(timeout=0.2))
+        seen.extend(batch)
+        if any(pred(e) for e in batch):
+            return seen
+    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
+
+
+def drain_for(obs: varta.Observer, seconds: float) -> list[Any]:
+    """Every event of the next ``seconds`` (bounded poll timeouts)."""
+    end = time.monotonic() + seconds
+    seen: list[Any] = []
+    while (left := end - time.monotonic()) > 0:
+        seen.extend(obs.poll(timeout=left))
+    return seen
+
+
+def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:
+    liar = textwrap.dedent(
+        """
+        import os, socket, sys, varta
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(varta.encode(0, int(sys.argv[2]), 1, 1), sys.argv[1])
+        """
+    )
+    victim = os.getpid()
+    with varta.Observer(sock_path, 10_000) as obs:
+        subprocess.run([sys.executable, "-c", liar, sock_path, str(victim)], check=True)
+        events = poll_until(obs, lambda e: isinstance(e, varta.AuthFailure))
+        assert [type(e) for e in events] == [varta.AuthFailure]
+        assert events[0].claimed_pid == victim
+        assert obs.agents() == []
+        assert obs.agent(victim) is None
+        c = obs.counters()
+        assert c["frame_auth_failures"] == 1
+        assert c["beats"] == 0
+
+
+def is_stall(pid: int) -> Callable[[Any], bool]:
+    return lambda e: isinstance(e, varta.Stall) and e.pid == pid
+
+
+def is_beat(pid: int) -> Callable[[Any], bool]:
+    return lambda e: isinstance(e, varta.Beat) and e.pid == pid
+
+
+def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
+    threshold_ms = 200
+    with varta.Observer(sock_path, threshold_ms) as obs:
+        agent = subprocess.Popen([sys.executable, "-c", AGENT, sock_path])
+        try:
+            pid = agent.pid
+            poll_until(obs, is_beat(pid))
+
+            agent.send_signal(signal.SIGSTOP)
+            events = poll_until(obs, is_stall(pid))
+            stalls = [e for e in events if isinstance(e, varta.Stall)]
+            assert len(stalls) == 1
+            (s,) = stalls
+            assert s.origin is BeatOrigin.KERNEL_ATTESTED
+            assert s.observer_ns - s.last_ns >= threshold_ms * 1_000_000
+            assert s.generation is not None
+            info = obs.agent(pid)
+            assert info is not None and info.stalled and info.stalls == 1
+
+            # Still stopped for three more thresholds: no second stall.
+            later = drain_for(obs, 3 * threshold_ms / 1000)
+            assert not any(is_stall(pid)(e) for e in later), later
+
+            agent.send_signal(signal.SIGCONT)
+            events = poll_until(obs, is_beat(pid))
+            info = obs.agent(pid)
+            assert info is not None and not info.stalled
+            assert obs.next_deadline_ns() is not None
+
+            agent.send_signal(signal.SIGSTOP)
+            events = poll_until(obs, is_stall(pid))
+            assert len([e for e in events if is_stall(pid)(e)]) == 1
+            info = obs.agent(pid)
+            assert info is not None and info.stalls == 2
+            assert obs.counters()["stalls"] == 2
+        finally:
+            agent.kill()
+            agent.send_signal(signal.SIGCONT)
+            agent.wait()
+
+
+def wait_in_poll(pid: int, within: float = 10.0) -> None:
+    """Wait until the process's main thread sleeps in poll(2)/ppoll(2)."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        with open(f"/proc/{pid}/wchan") as f:
+            if "poll" in f.read():
+                return
+        time.sleep(0.005)
+    raise AssertionError("child never blocked in poll()")
+
+
+def test_ctrl_c_interrupts_a_blocking_poll_promptly(sock_path: str) -> None:
+    child = textwrap.dedent(
+        """
+        import sys, time, varta
+        obs = varta.Observer(sys.argv[1], 1000)
+        print("ready", flush=True)
+        try:
+            list(obs.poll())
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            sys.exit(0)
+        print("poll returned", flush=True)
+        sys.exit(1)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child, sock_path], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        wait_in_poll(proc.pid)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+        assert line[0] == "interrupted", line
+        latency = float(line[1]) - sent
+        assert latency < 0.5, f"KeyboardInterrupt took {latency:.3f}s"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_forked_child_closing_its_copy_keeps_the_socket_file(sock_path: str) -> None:
+    with varta.Observer(sock_path, 10_000) as obs:
+        pid = os.fork()
+        if pid == 0:  # child: close the inherited copy, as interpreter exit would
+            try:
+                obs.close()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(sock_path), "a child must not unlink the parent's socket"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(varta.encode(0, os.getpid(), 1, 1), sock_path)
+        s.close()
+        poll_until(obs, lambda e: isinstance(e, varta.Beat))
+    assert not os.path.exists(sock_path)
