@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +20,9 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Optional
+from typing import IO, Callable, Optional
+
+from varta import StatusLike
 
 USAGE = """usage: python -m varta demo [--socket PATH] [--threshold-ms MS] [--seconds N]
 
@@ -84,35 +85,19 @@ def agent_main(sock_path: str, threshold_ms: int) -> int:
         return 0
 
 
-def open_sender(sock_path: str) -> Callable[[Any, int], None]:
-    """``send(status, payload)`` for one agent: the SDK's ``varta.Varta`` when this
-    build has it, else plain datagrams built with :func:`varta.encode`."""
+def open_sender(sock_path: str) -> Callable[[StatusLike, int], None]:
+    """``send(status, payload)`` for one agent (``varta.Varta``); a failed send is
+    printed, never raised (the observer may be restarting)."""
     import varta
 
-    agent_cls = getattr(varta, "Varta", None)
-    if agent_cls is not None:  # the SDK agent when this build has it
-        agent = agent_cls.connect(sock_path)
+    agent = varta.Varta.connect(sock_path)
 
-        def send_sdk(status: Any, payload: int) -> None:
-            agent.beat(status, payload)
+    def send(status: StatusLike, payload: int) -> None:
+        outcome = agent.beat(status, payload)
+        if not outcome:
+            print(f"demo agent: beat not sent: {outcome}", flush=True)
 
-        return send_sdk
-    # Plain datagrams with the codec (vlp.md §7: nonce from 1, ns since connect).
-    encode = varta.encode
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    s.connect(sock_path)
-    start = time.monotonic_ns()
-    nonce = [0]
-
-    def send_raw(status: Any, payload: int) -> None:
-        nonce[0] += 1
-        frame = encode(status, os.getpid(), time.monotonic_ns() - start, nonce[0], payload)
-        try:
-            s.send(frame)
-        except OSError as exc:
-            print(f"demo agent: send failed: {exc}", flush=True)
-
-    return send_raw
+    return send
 
 
 # --- the driver ---------------------------------------------------------------------------

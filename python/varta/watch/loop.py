@@ -100,12 +100,9 @@ ObserverFactory = Callable[..., ObserverLike]
 
 
 def native_observer_factory() -> ObserverFactory:
-    import varta
+    from varta import Observer
 
-    cls = getattr(varta, "Observer", None)
-    if cls is None:
-        raise StartupError("this build of varta has no native Observer")
-    return cls  # type: ignore[no-any-return]
+    return Observer
 
 
 def _reason(exc: BaseException) -> str:
