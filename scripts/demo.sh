@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Interim main job: a demo agent beating into a listener that prints decoded
-# frames (python -m varta demo). Self-sufficient on a fresh machine: creates
-# .venv, installs the build tool, builds the extension, runs the demo.
-#   bash scripts/demo.sh [--interval 0.2] [--duration SECONDS] [--socket PATH]
+# The main job: varta-watch on the default socket with a demo agent beating
+# into it, every event printed as a line (python -m varta demo). Self-sufficient
+# on a fresh machine: creates .venv, installs the build tool, builds the
+# extension, runs the demo. Ctrl-C stops it.
+#   bash scripts/demo.sh [--socket PATH] [--threshold-ms MS] [--seconds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VARTA_VENV:-$PWD/.venv}

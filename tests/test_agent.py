@@ -590,3 +590,29 @@ def test_fork_epoch_change_reconnects_a_custom_transport() -> None:
     a._set_connect_pid_for_test(1)
     assert a.beat().is_sent
     assert t.reconnects == 2 and a.fork_recoveries() == 2
+
+
+def test_custom_transport_errors_never_leak_into_later_beats() -> None:
+    class NoErrno(ListTransport):
+        def reconnect(self) -> None:
+            raise OSError("reconnect failed without errno")
+
+    t = NoErrno()
+    a = Varta(t)
+    a.set_reconnect_after(1)
+    t.script = [BlockingIOError()]
+    assert a.beat() is _DROPPED[DropReason.KERNEL_QUEUE_FULL]  # auto-reconnect failed quietly
+    t.script = [PermissionError(errno.EACCES, "x")]
+    assert a.beat() == BeatOutcome.failed(BeatError(errno.EACCES, "EACCES"))
+
+    class Buggy(ListTransport):
+        def reconnect(self) -> None:
+            raise RuntimeError("bug in reconnect")
+
+    b_transport = Buggy()
+    b = Varta(b_transport)
+    b.set_reconnect_after(1)
+    b_transport.script = [BlockingIOError()]
+    with pytest.raises(RuntimeError, match="bug in reconnect"):
+        b.beat()
+    assert b.beat().is_sent

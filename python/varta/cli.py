@@ -18,7 +18,7 @@ commands:
 # command -> "module:function"; imported only when that command runs.
 COMMANDS = {
     "watch": "varta.watch.cli:main",
-    "demo": "varta.demo:main",
+    "demo": "varta.watch.demo:main",
     "audit": "varta.watch.audit:cli_main",
     "keygen": "varta.keys:keygen_main",
 }

@@ -318,19 +318,23 @@ impl PyVarta {
     /// Convert a core outcome to its Python object.
     #[inline]
     fn outcome(py: Python<'_>, o: BeatOutcome, py_err: Option<PyErr>) -> PyResult<Py<PyAny>> {
+        // Anything but an OSError from a custom transport (also from a
+        // reconnect the agent tried on its own) is a bug there: propagate it.
+        // An OSError only matters for a Failed outcome.
+        let py_err = match py_err {
+            Some(err) if !err.value(py).is_instance_of::<PyOSError>() => return Err(err),
+            Some(err) if o.is_failed() => Some(err),
+            _ => None,
+        };
         let t = agent_types(py)?;
         match o {
             BeatOutcome::Sent => Ok(t.sent.clone_ref(py)),
             BeatOutcome::Dropped(r) => Ok(t.dropped[r as usize].clone_ref(py)),
             BeatOutcome::Failed(e) => {
                 if let Some(err) = py_err {
-                    // A custom transport raised something with no errno: an
-                    // OSError becomes BeatError.from_oserror (upstream), any
-                    // other exception is a bug in the transport and propagates.
+                    // A custom transport's OSError without errno becomes
+                    // BeatError.from_oserror (upstream).
                     let v = err.value(py);
-                    if !v.is_instance_of::<PyOSError>() {
-                        return Err(err);
-                    }
                     let types = py.import(intern!(py, "varta._types"))?;
                     let be = types
                         .getattr(intern!(py, "BeatError"))?
@@ -401,12 +405,7 @@ impl PyVarta {
                 Some(s) => a.beat(s, payload.0),
                 None => a.reject_invalid_input(),
             };
-            let err = if o.is_failed() {
-                a.transport_mut().and_then(Tx::take_py_error)
-            } else {
-                None
-            };
-            (o, err)
+            (o, a.transport_mut().and_then(Tx::take_py_error))
         };
         PyVarta::outcome(py, o, err)
     }
@@ -416,12 +415,7 @@ impl PyVarta {
         let (o, err) = {
             let mut a = self.lock(py);
             let o = a.send_terminal();
-            let err = if o.is_failed() {
-                a.transport_mut().and_then(Tx::take_py_error)
-            } else {
-                None
-            };
-            (o, err)
+            (o, a.transport_mut().and_then(Tx::take_py_error))
         };
         PyVarta::outcome(py, o, err)
     }

@@ -1,0 +1,1 @@
+"""varta-watch: the observer daemon (CLI, poll loop, recovery, audit log, exporters)."""

@@ -1,0 +1,312 @@
+"""TSV event file (``--export-file``, ``observer.md`` §8).
+
+Six TAB-separated columns per row, no header, decimal numbers::
+
+    observer_ns  kind  pid  nonce  status  payload
+
+===========  ===========  ==========  ===================  ============================
+kind         pid          nonce       status               payload
+===========  ===========  ==========  ===================  ============================
+beat         pid          nonce       ok/degraded/critical payload
+stall        pid          last_nonce  stall                ``-``
+decode       ``-``        ``-``       ``-``                DecodeError debug form
+io / ctrunc  ``-``        ``-``       ``-``                error text
+mismatch     claimed pid  ``-``       ``-``                auth_failure / origin_conflict
+                                                           / namespace_conflict
+eviction     pid          ``-``       ``-``                ``-``
+===========  ===========  ==========  ===================  ============================
+
+Rows are buffered and written on :meth:`TsvExporter.flush` (and whenever the
+buffer grows past 64 KiB); ``sync_every`` > 0 adds an ``fdatasync`` every N
+rows. When a written row brings the file to ``max_bytes`` the file rotates
+PATH → PATH.1 … PATH.5 (parent directory fsynced). Write errors never raise
+from the row methods: they are counted (:attr:`TsvExporter.io_errors`), kept
+for :meth:`TsvExporter.take_error`, and the rows are retried later (up to a
+1 MiB backlog, beyond which rows are dropped and counted).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Optional
+
+from .secretfile import PathLike, fsync_dir, open_output_file
+
+GENERATIONS = 5
+#: Buffered bytes that trigger a write without waiting for :meth:`flush`.
+WRITE_THRESHOLD = 65536
+#: Unwritten backlog kept while the file is failing; rows beyond it are dropped.
+MAX_BACKLOG = 1 << 20
+
+_STATUS_NAMES = {0: "ok", 1: "degraded", 2: "critical", 3: "stall"}
+MISMATCH_KINDS = ("auth_failure", "origin_conflict", "namespace_conflict")
+
+
+def _text(value: object) -> str:
+    """Free text in one column: TAB/CR/LF → space; empty → ``-``."""
+    s = str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return s or "-"
+
+
+def _status_name(status: object) -> str:
+    name = getattr(status, "name", None)
+    if isinstance(name, str):
+        return name.lower()
+    code = int(status)  # type: ignore[call-overload]
+    try:
+        return _STATUS_NAMES[code]
+    except KeyError:
+        raise ValueError(f"status {code} is outside 0..=3") from None
+
+
+def decode_payload(error: object) -> str:
+    """The DecodeError debug form (``BadCrc { expected: 1, actual: 2 }``)."""
+    debug = getattr(error, "debug_form", None)
+    if callable(debug):
+        return _text(debug())
+    kind = getattr(error, "kind", None)
+    return _text(kind if isinstance(kind, str) else error)
+
+
+class TsvExporter:
+    """Appends §8 rows to *path* (created 0600; an existing file must be a regular
+    file owned by us with one hard link and not a symlink)."""
+
+    def __init__(
+        self, path: PathLike, max_bytes: Optional[int] = None, sync_every: int = 0
+    ) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("export max_bytes must be positive")
+        if sync_every < 0:
+            raise ValueError("export sync_every must be >= 0")
+        self.path = os.fsdecode(path)
+        self.max_bytes = max_bytes
+        self.sync_every = sync_every
+        self._fd: int = open_output_file(self.path, "export file", read=True)
+        self._size = os.fstat(self._fd).st_size
+        self._buf = bytearray()
+        self._unsynced_rows = 0
+        self._rotate_pending = False
+        self._reopen_pending = False
+        self._closed = False
+        self.rows = 0
+        self.dropped_rows = 0
+        self.rotations = 0
+        self.io_errors = 0
+        self.last_error: Optional[OSError] = None
+
+    # --- row kinds (plain values) -------------------------------------------------
+
+    def beat(self, observer_ns: int, pid: int, nonce: int, status: object, payload: int) -> None:
+        self._row(
+            observer_ns,
+            "beat",
+            str(int(pid)),
+            str(int(nonce)),
+            _status_name(status),
+            str(int(payload)),
+        )
+
+    def stall(self, observer_ns: int, pid: int, last_nonce: int) -> None:
+        self._row(observer_ns, "stall", str(int(pid)), str(int(last_nonce)), "stall", "-")
+
+    def decode(self, observer_ns: int, error: object) -> None:
+        self._row(observer_ns, "decode", "-", "-", "-", decode_payload(error))
+
+    def io(self, observer_ns: int, error: object) -> None:
+        self._row(observer_ns, "io", "-", "-", "-", _text(error))
+
+    def ctrunc(self, observer_ns: int, error: object) -> None:
+        self._row(observer_ns, "ctrunc", "-", "-", "-", _text(error))
+
+    def mismatch(self, observer_ns: int, claimed_pid: int, what: str) -> None:
+        if what not in MISMATCH_KINDS:
+            raise ValueError(f"mismatch kind must be one of {MISMATCH_KINDS}, not {what!r}")
+        self._row(observer_ns, "mismatch", str(int(claimed_pid)), "-", "-", what)
+
+    def eviction(self, observer_ns: int, pid: int) -> None:
+        self._row(observer_ns, "eviction", str(int(pid)), "-", "-", "-")
+
+    # --- event objects ------------------------------------------------------------
+
+    def event(self, ev: Any) -> bool:
+        """Write the row for a ``varta`` event object (by class name: ``Beat``,
+        ``Stall``, ``Decode``, ``Io``, ``CtrlTruncated``, ``AuthFailure``,
+        ``OriginConflict``, ``NamespaceConflict``). Returns False for anything else."""
+        kind = type(ev).__name__
+        if kind not in _EVENT_KINDS:
+            return False
+        ns = ev.observer_ns
+        if kind == "Beat":
+            self.beat(ns, ev.pid, ev.nonce, ev.status, ev.payload)
+        elif kind == "Stall":
+            self.stall(ns, ev.pid, ev.last_nonce)
+        elif kind == "Decode":
+            self.decode(ns, ev.error)
+        elif kind == "Io":
+            self.io(ns, ev.error)
+        elif kind == "CtrlTruncated":
+            self.ctrunc(ns, ev.error)
+        elif kind == "AuthFailure":
+            self.mismatch(ns, ev.claimed_pid, "auth_failure")
+        elif kind == "OriginConflict":
+            self.mismatch(ns, ev.claimed_pid, "origin_conflict")
+        else:  # NamespaceConflict
+            self.mismatch(ns, ev.claimed_pid, "namespace_conflict")
+        return True
+
+    # --- buffering, rotation ------------------------------------------------------
+
+    def _row(self, observer_ns: int, *cols: str) -> None:
+        if self._closed:
+            raise ValueError("export file is closed")
+        line = f"{int(observer_ns)}\t{cols[0]}\t{cols[1]}\t{cols[2]}\t{cols[3]}\t{cols[4]}\n"
+        data = line.encode("utf-8", "surrogateescape")
+        if len(self._buf) + len(data) > MAX_BACKLOG:
+            self.dropped_rows += 1
+            return
+        self._buf += data
+        self.rows += 1
+        self._unsynced_rows += 1
+        # Rotation follows the write that reaches the limit, so write through then.
+        if (
+            len(self._buf) >= WRITE_THRESHOLD
+            or (self.max_bytes is not None and self._size + len(self._buf) >= self.max_bytes)
+            or (self.sync_every and self._unsynced_rows >= self.sync_every)
+        ):
+            self.flush()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    def flush(self) -> None:
+        """Write buffered rows (rotating when the limit is reached; fdatasync per
+        ``sync_every``). Errors are recorded, not raised; unwritten bytes stay queued."""
+        try:
+            if self._rotate_pending:
+                self._rotate()
+            while self._buf:
+                self._write_prefix(self._next_cut())
+                if self.max_bytes is not None and self._size >= self.max_bytes:
+                    self._rotate_pending = True
+                    self._rotate()
+            if self.sync_every and self._unsynced_rows >= self.sync_every:
+                os.fdatasync(self._fd)
+                self._unsynced_rows = 0
+        except OSError as exc:
+            self.io_errors += 1
+            self.last_error = exc
+
+    def _next_cut(self) -> int:
+        """End of the buffered rows to write now: all of them, or up to and including
+        the row that brings the file to ``max_bytes``."""
+        if self.max_bytes is None:
+            return len(self._buf)
+        room = self.max_bytes - self._size
+        i = self._buf.find(b"\n", max(0, room - 1))
+        return len(self._buf) if i < 0 else i + 1
+
+    def _write_prefix(self, end: int) -> None:
+        while end > 0:
+            n = os.write(self._fd, self._buf[:end])
+            del self._buf[:n]
+            self._size += n
+            end -= n
+
+    def _rotate(self) -> None:
+        """PATH.4→.5 … PATH→.1, reopen PATH (0600), fsync the directory.
+
+        A failed reopen leaves the renames done and is retried by the next flush
+        (rows keep queueing meanwhile, up to the backlog limit)."""
+        if not self._reopen_pending:
+            os.fdatasync(self._fd)
+            for gen in range(GENERATIONS - 1, 0, -1):
+                try:
+                    os.rename(f"{self.path}.{gen}", f"{self.path}.{gen + 1}")
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rename(self.path, f"{self.path}.1")
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_out(f"{self.path}.1")
+                os.ftruncate(self._fd, 0)
+                self._size = 0
+                self._finish_rotation()
+                return
+            os.close(self._fd)
+            self._fd = -1
+            self._reopen_pending = True
+        self._fd = open_output_file(self.path, "export file", read=True)
+        self._reopen_pending = False
+        self._size = os.fstat(self._fd).st_size
+        self._finish_rotation()
+
+    def _finish_rotation(self) -> None:
+        self._rotate_pending = False
+        self._unsynced_rows = 0
+        self.rotations += 1
+        fsync_dir(self.path)
+
+    def _copy_out(self, dest: str) -> None:
+        """EXDEV fallback: copy the current file, read through our own descriptor."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(dest, flags, 0o600)
+        try:
+            offset = 0
+            while True:
+                chunk = os.pread(self._fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+                offset += len(chunk)
+            os.fsync(out)
+        finally:
+            os.close(out)
+
+    def take_error(self) -> Optional[OSError]:
+        """The latest I/O error since the last call (for the loop's rate-limited log)."""
+        exc, self.last_error = self.last_error, None
+        return exc
+
+    def close(self) -> None:
+        """Flush, fdatasync, close (idempotent). Raises the flush error if rows
+        could not be written."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        err = self.last_error if self._buf else None
+        if self._fd >= 0:
+            try:
+                os.fdatasync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        if err is not None:
+            raise err
+
+    def __enter__(self) -> TsvExporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_EVENT_KINDS = frozenset(
+    {
+        "Beat",
+        "Stall",
+        "Decode",
+        "Io",
+        "CtrlTruncated",
+        "AuthFailure",
+        "OriginConflict",
+        "NamespaceConflict",
+    }
+)

@@ -1,0 +1,861 @@
+"""The ``varta-watch`` poll loop, startup and shutdown (``observer.md`` §10).
+
+One main thread runs :meth:`Daemon.run`; the ``/metrics`` server and the
+optional self-watchdog are daemon threads. Each iteration:
+
+1. **drain_pending** — stalls deferred by the per-tick recovery budget: a
+   pre-drain of ≤ 4096 events, then fire-time checks and ``on_stall``.
+2. **poll** — one ``Observer.poll(timeout)`` batch (timeout = the earliest of
+   ``--read-timeout-ms``, the next recovery-timeout deadline and the shutdown
+   deadline; 0 while stalls are pending); each event → TSV row, recovery, log.
+3. **maintenance** — removed pids → ``eviction`` rows; TSV flush; audit drain
+   and rotation; latched I/O errors → rate-limited log; metrics snapshot when
+   the metrics thread asked for one.
+4. **recovery_reap** — non-blocking reap / timeout kill of recovery children.
+5. **serve_pending** runs on the metrics thread.
+6. **housekeeping** — heartbeat file, hardware watchdog kick, loop histograms.
+
+SIGINT/SIGTERM set a latch checked every iteration (the wait is bounded by
+``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows §10.2.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Optional, Protocol, TypeVar
+
+from . import notify
+from .audit import AuditLog, Histogram
+from .config import WatchConfig, self_watchdog_secs, systemd_watchdog_usec
+from .export import TsvExporter
+from .logsetup import RateLimiter, log
+from .metrics import (
+    STAGES,
+    AgentRow,
+    MetricsServer,
+    ServeStats,
+    Snapshot,
+    SnapshotBox,
+    VartaCollector,
+    build_registry,
+    copy_histogram,
+    new_histogram,
+    parse_hex32,
+    render,
+)
+from .recovery import Completion, Decision, RecoveryCommand, RecoveryConfig, RecoveryRunner
+from .secretfile import read_secret_file
+
+T = TypeVar("T")
+
+#: Self-watchdog limits per stage (§10.3), seconds.
+STAGE_LIMITS_S: Mapping[str, float] = {
+    "drain_pending": 2.0,
+    "poll": 2.0,
+    "maintenance": 0.5,
+    "recovery_reap": 1.0,
+    "serve_pending": 2.0,
+    "housekeeping": 1.0,
+}
+PRE_DRAIN_EVENTS = 4096
+REMOVED_PER_TICK = 64
+AUDIT_DRAIN_MS = 10.0
+SHUTDOWN_DRAIN_BATCHES = 16
+HEARTBEAT_ATTEMPTS = 16
+HW_WATCHDOG_MIN_TIMEOUT_S = 30
+# <linux/watchdog.h>: _IOR('W', 7, int), _IOWR('W', 6, int)
+WDIOC_GETTIMEOUT = 0x80045707
+WDIOC_SETTIMEOUT = 0xC0045706
+
+
+class StartupError(Exception):
+    """A runtime failure before the loop starts (exit 1, message, no help)."""
+
+
+class ObserverLike(Protocol):
+    """What the daemon uses of ``varta.Observer`` (the API in INTERFACES.md)."""
+
+    def poll(self, timeout: Optional[float] = None) -> Iterable[Any]: ...
+    def agents(self) -> list[Any]: ...
+    def agent(self, pid: int) -> Any: ...
+    def counters(self) -> Mapping[str, Any]: ...
+    def take_removed(self) -> list[int]: ...
+    def now_ns(self) -> int: ...
+    def close(self) -> None: ...
+
+
+ObserverFactory = Callable[..., ObserverLike]
+
+
+def native_observer_factory() -> ObserverFactory:
+    from varta import Observer
+
+    return Observer
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        name = os.fsdecode(exc.filename) if exc.filename is not None else None
+        return f"{name}: {exc.strerror}" if name else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# --- shared loop state (read by the watchdog and metrics threads) ---------------------
+
+
+class LoopState:
+    """Progress marks; plain attribute stores, so readers need no lock."""
+
+    def __init__(self) -> None:
+        now = time.monotonic()
+        self.started = now
+        self.iterations = 0
+        self.last_iteration_end = now
+        self.last_loop_unix = 0.0
+        #: (stage, monotonic start) of the main thread's current stage, or None.
+        self.stage: Optional[tuple[str, float]] = None
+        #: Monotonic start of the metrics thread's current serve pass, or None.
+        self.serve_started: Optional[float] = None
+
+    def problem(self, now: float, limit_s: float) -> Optional[str]:
+        """Why the self-watchdog should abort now (a stage over its limit is named first)."""
+        current = self.stage
+        if current is not None and now - current[1] > STAGE_LIMITS_S[current[0]]:
+            return (
+                f"stage {current[0]} has run for {now - current[1]:.1f} s "
+                f"(limit {STAGE_LIMITS_S[current[0]]:g} s)"
+            )
+        serve = self.serve_started
+        if serve is not None and now - serve > STAGE_LIMITS_S["serve_pending"]:
+            return f"stage serve_pending has run for {now - serve:.1f} s"
+        if now - self.last_iteration_end > limit_s:
+            return f"no loop iteration completed for {now - self.last_iteration_end:.1f} s"
+        return None
+
+
+class SelfWatchdog:
+    """§10.3: abort when the loop stops making progress; feed systemd's watchdog."""
+
+    def __init__(self, state: LoopState, limit_s: float, watchdog_usec: Optional[int]) -> None:
+        self.state = state
+        self.limit_s = limit_s
+        self.notify_every_s = None if watchdog_usec is None else watchdog_usec / 2e6
+        if watchdog_usec is None:
+            self.tick_s = 0.5
+        else:
+            self.tick_s = min(0.5, max(0.025, watchdog_usec / 4e6))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="varta-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        last_ping = 0.0
+        while not self._stop.wait(self.tick_s):
+            now = time.monotonic()
+            problem = self.state.problem(now, self.limit_s)
+            if problem is not None and not self._stop.is_set():
+                log.critical(f"self-watchdog: {problem}; aborting")
+                for h in log.handlers:
+                    h.flush()
+                os.abort()
+            if (
+                self.notify_every_s is not None
+                and self.state.iterations > 0
+                and now - last_ping >= self.notify_every_s
+            ):
+                notify.sd_notify(notify.WATCHDOG)
+                last_ping = now
+
+
+class HwWatchdog:
+    """§10.4: a write-only character device kicked once per iteration."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartupError(f"--hw-watchdog {path}: {_reason(exc)}") from None
+        self.fd = fd
+        st = os.fstat(fd)
+        if not stat.S_ISCHR(st.st_mode):
+            os.close(fd)
+            raise StartupError(f"--hw-watchdog {path}: not a character device")
+        if sys.platform.startswith("linux"):
+            import fcntl
+
+            buf = array.array("i", [0])
+            try:
+                fcntl.ioctl(fd, WDIOC_GETTIMEOUT, buf, True)
+                if buf[0] < HW_WATCHDOG_MIN_TIMEOUT_S:
+                    buf[0] = HW_WATCHDOG_MIN_TIMEOUT_S
+                    fcntl.ioctl(fd, WDIOC_SETTIMEOUT, buf, True)
+            except OSError as exc:
+                self.close()
+                raise StartupError(
+                    f"--hw-watchdog {path}: watchdog timeout ioctl failed: {_reason(exc)}"
+                ) from None
+
+    def kick(self) -> None:
+        os.write(self.fd, b"\0")
+
+    def close(self) -> None:
+        """Magic close: ``V`` disarms the device on a clean exit."""
+        if self.fd < 0:
+            return
+        try:
+            os.write(self.fd, b"V")
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def write_heartbeat(path: str, content: bytes, seq: Iterator[int]) -> None:
+    """Atomically replace *path*: exclusive-create ``PATH.<pid>.<seq>.tmp`` 0600, rename."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(HEARTBEAT_ATTEMPTS):
+        tmp = f"{path}.{os.getpid()}.{next(seq)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return
+    raise OSError(errno.EEXIST, "no free temporary name", path)
+
+
+# --- startup helpers -------------------------------------------------------------------
+
+
+def recovery_config(cfg: WatchConfig) -> Optional[RecoveryConfig]:
+    """Load the recovery command (after the bind, like upstream): exit 1 on errors."""
+    if not cfg.recovery_configured:
+        return None
+    if cfg.recovery_exec is not None and cfg.recovery_exec_file is not None:
+        raise StartupError(
+            "MutuallyExclusive: --recovery-exec and --recovery-exec-file; give one of them"
+        )
+    kwargs: dict[str, Any] = {
+        "debounce_ms": cfg.recovery_debounce_ms,
+        "timeout_ms": cfg.recovery_timeout_ms,
+        "env": cfg.recovery_env,
+        "inherit_env": cfg.recovery_inherit_env,
+        "capture_stdio": cfg.recovery_capture_stdio,
+        "capture_bytes": cfg.recovery_capture_bytes,
+    }
+    if cfg.recovery_exec is not None:
+        try:
+            return RecoveryConfig(RecoveryCommand.parse(cfg.recovery_exec), "inline", **kwargs)
+        except ValueError as exc:
+            raise StartupError(f"--recovery-exec: {exc}") from None
+    assert cfg.recovery_exec_file is not None
+    try:
+        return RecoveryConfig.from_exec_file(cfg.recovery_exec_file, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"--recovery-exec-file: {_reason(exc)}") from None
+
+
+def read_token(path: str) -> bytes:
+    try:
+        return parse_hex32(read_secret_file(path, "prom token file", max_bytes=4096))
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"--prom-token-file {path}: {_reason(exc)}") from None
+
+
+# --- network transports (isolated: wired to the observer by the network stream) -------
+
+
+def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
+    """Observer keyword arguments for ``--udp-port`` and the key files.
+
+    The key files are loaded here (``varta.keys``: secret-file rules, line rules
+    of ``vlp.md`` §9.5) so an unreadable or malformed one fails startup with
+    exit 1 whatever the observer build supports. Keys stay native ``varta.Key``
+    objects.
+    """
+    if cfg.udp_port is None:
+        return {}
+    from .. import keys as vkeys
+
+    def load(flag: str, path: str, loader: Callable[[str], T]) -> T:
+        try:
+            return loader(path)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"{flag} {path}: {_reason(exc)}") from None
+
+    shared: list[Any] = []
+    if cfg.key_file is not None:
+        shared.append(load("--key-file", cfg.key_file, vkeys.load_key_file))
+    for path in cfg.accepted_key_files:
+        shared += load("--accepted-key-file", path, vkeys.load_accepted_key_file)
+    if len(shared) > vkeys.MAX_SHARED_KEYS:
+        raise StartupError(
+            f"{len(shared)} shared keys (--key-file + --accepted-key-file); "
+            f"at most {vkeys.MAX_SHARED_KEYS}"
+        )
+    master = None
+    if cfg.master_key_file is not None:
+        master = load("--master-key-file", cfg.master_key_file, vkeys.load_master_key_file)
+    secure = bool(shared) or master is not None
+    if secure:
+        trusted = cfg.secure_udp_i_accept_recovery_on_unauthenticated_transport
+    else:
+        trusted = cfg.plaintext_udp_i_accept_recovery_on_unauthenticated_transport
+    return {
+        "udp_port": cfg.udp_port,
+        "udp_bind_addr": cfg.effective_udp_bind_addr,
+        "keys": shared,
+        "master_key": master,
+        "plaintext_udp": not secure,
+        "udp_trust": "operator" if trusted else "untrusted",
+    }
+
+
+# --- the daemon ------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: WatchConfig,
+        *,
+        observer_factory: Optional[ObserverFactory] = None,
+        stdout: Optional[IO[str]] = None,
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.cfg = cfg
+        self._factory = observer_factory
+        self._stdout = sys.stdout if stdout is None else stdout
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.state = LoopState()
+        self.logs = RateLimiter()
+        self.observer: Optional[ObserverLike] = None
+        self.recovery: Optional[RecoveryRunner] = None
+        self.audit: Optional[AuditLog] = None
+        self.exporter: Optional[TsvExporter] = None
+        self.server: Optional[MetricsServer] = None
+        self.watchdog: Optional[SelfWatchdog] = None
+        self.hw: Optional[HwWatchdog] = None
+        self.box = SnapshotBox()
+        self.serve_stats = ServeStats()
+        self.stop_requested = False
+        self.exit_code = 0
+        self._deferred: collections.deque[Any] = collections.deque()
+        self._removed: collections.deque[int] = collections.deque()
+        self._shutdown_at: Optional[float] = None
+        self._wedge_pending = cfg.inject_wedge_ms is not None
+        self._hb_seq = itertools.count()
+        self._iteration_hist = new_histogram()
+        self._stage_hists: dict[str, Histogram] = {s: new_histogram() for s in STAGES}
+        self._iteration_budget_exceeded = 0
+        self._watermarks_seen = {"warn": 0, "critical": 0}
+        self._event_handlers: dict[str, Callable[[Any], None]] = {
+            "Stall": self._on_stall,
+            "Decode": self._on_decode,
+            "AuthFailure": self._on_auth_failure,
+            "OriginConflict": self._on_origin_conflict,
+            "NamespaceConflict": self._on_namespace_conflict,
+            "Io": self._on_io,
+            "CtrlTruncated": self._on_ctrunc,
+        }
+
+    # --- entry point -------------------------------------------------------------
+
+    def run(self) -> int:
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)}
+        try:
+            return self._run()
+        finally:  # leave the process as found (matters when embedded, e.g. in tests)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        try:
+            self._install_signals()
+            self.start()
+        except StartupError as exc:
+            log.error(str(exc))
+            self._abandon_start()
+            return 1
+        try:
+            self.loop()
+        except Exception:
+            log.exception("internal error in the poll loop; shutting down")
+            self.exit_code = 1
+        self.shutdown()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        """SIGINT/SIGTERM set the stop latch (SA_RESTART); SIGPIPE is ignored."""
+
+        def on_signal(signum: int, frame: object) -> None:
+            self.stop_requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+            signal.siginterrupt(sig, False)  # SA_RESTART
+            if self.cfg.signal_handler_mode == "direct" and signal.getsignal(sig) is not on_signal:
+                raise StartupError(f"signal handler for {sig.name} did not read back")
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def start(self) -> None:
+        cfg = self.cfg
+        for warning in cfg.warnings:
+            log.warning(warning)
+        net = network_kwargs(cfg)
+        factory = self._factory or native_observer_factory()
+        kwargs: dict[str, Any] = {
+            "socket_mode": cfg.socket_mode,
+            "capacity": cfg.tracker_capacity,
+            "eviction": cfg.tracker_eviction_policy,
+            "eviction_scan_window": cfg.eviction_scan_window,
+            "uds_rcvbuf_bytes": cfg.uds_rcvbuf_bytes,
+            "max_beat_rate": cfg.max_beat_rate,
+            "global_beat_rate": cfg.global_beat_rate,
+            "global_beat_burst": cfg.global_beat_burst,
+            "allow_cross_namespace": cfg.allow_cross_namespace_agents,
+            "clock": cfg.clock_source,
+            # Beat events cross into Python only when the TSV file records them.
+            "emit_beats": cfg.export_file is not None,
+        }
+        try:
+            self.observer = factory(cfg.socket, cfg.threshold_ms, **kwargs, **net)
+        except TypeError as exc:
+            if net:
+                raise StartupError(
+                    f"--udp-port is not supported by this build of varta ({exc})"
+                ) from None
+            raise
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.socket}: {_reason(exc)}") from None
+        obs = self.observer
+
+        rc = recovery_config(cfg)
+        if cfg.recovery_audit_file is not None:
+            try:
+                self.audit = AuditLog(
+                    cfg.recovery_audit_file,
+                    max_bytes=cfg.recovery_audit_max_bytes,
+                    sync_every=cfg.recovery_audit_sync_every,
+                    sync_interval_ms=cfg.audit_sync_interval_ms,
+                    fsync_budget_ms=cfg.audit_fsync_budget_ms,
+                    rotation_budget_ms=cfg.audit_rotation_budget_ms,
+                )
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--recovery-audit-file: {_reason(exc)}") from None
+            if self.audit.boot_reason in ("legacy_v1", "corrupt_tail", "schema_drift"):
+                log.warning(
+                    f"audit file {cfg.recovery_audit_file}: {self.audit.boot_reason}; "
+                    "earlier content kept, new records follow"
+                )
+        if cfg.export_file is not None:
+            try:
+                self.exporter = TsvExporter(
+                    cfg.export_file,
+                    max_bytes=cfg.export_file_max_bytes,
+                    sync_every=cfg.export_file_sync_every,
+                )
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--export-file: {_reason(exc)}") from None
+        if rc is not None:
+            self.recovery = RecoveryRunner(
+                rc,
+                self.audit,
+                capacity=cfg.tracker_capacity,
+                allow_cross_namespace=cfg.allow_cross_namespace_agents,
+                clock=obs.now_ns,
+            )
+        if cfg.hw_watchdog is not None:
+            self.hw = HwWatchdog(cfg.hw_watchdog)
+        if cfg.prom_addr is not None:
+            token = read_token(cfg.prom_token_file) if cfg.prom_token_file else None
+            collector = VartaCollector(lambda: self.box.latest, self.serve_stats, self.logs)
+            registry = build_registry(collector)
+            wait_s = cfg.read_timeout_ms / 1000.0 + 0.25
+
+            def body() -> bytes:
+                self.box.request(wait_s)
+                return render(registry)
+
+            try:
+                self.server = MetricsServer(
+                    cfg.prom_addr.host,
+                    cfg.prom_addr.port,
+                    body,
+                    self.serve_stats,
+                    token=token,
+                    rate_per_sec=cfg.prom_rate_limit_per_sec,
+                    rate_burst=cfg.prom_rate_limit_burst,
+                    scrape_budget_ms=cfg.scrape_budget_ms,
+                    logs=self.logs,
+                    on_serve=self._on_serve,
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on --prom-addr {cfg.prom_addr}: {_reason(exc)}"
+                ) from None
+            self._stdout.write(self.server.address + "\n")
+            self._stdout.flush()
+            self.box.publish(self.snapshot())
+            self.server.start()
+        if cfg.shutdown_after_secs is not None:
+            self._shutdown_at = self.state.started + cfg.shutdown_after_secs
+        notify.sd_notify(notify.READY, self._environ)
+        limit = self_watchdog_secs(cfg, dict(self._environ))
+        if limit is not None:
+            self.state.last_iteration_end = time.monotonic()
+            self.watchdog = SelfWatchdog(self.state, float(limit), self._watchdog_usec())
+            self.watchdog.start()
+        log.info(
+            f"watching {cfg.socket} (threshold {cfg.threshold_ms} ms"
+            + (", recovery on" if self.recovery else "")
+            + ")"
+        )
+
+    def _watchdog_usec(self) -> Optional[int]:
+        if notify.notify_address(self._environ) is None:
+            return None
+        return systemd_watchdog_usec(dict(self._environ))
+
+    def _on_serve(self, started: Optional[float]) -> None:
+        self.state.serve_started = started
+
+    def _abandon_start(self) -> None:
+        """Undo a partial startup (exit 1 follows)."""
+        if self.server is not None:
+            self.server.stop()
+        for closer in (self.exporter, self.audit, self.hw, self.observer):
+            if closer is not None:
+                with contextlib.suppress(OSError):
+                    closer.close()
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _stop_due(self) -> bool:
+        if self.stop_requested:
+            return True
+        return self._shutdown_at is not None and time.monotonic() >= self._shutdown_at
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        self.state.stage = (name, t0)
+        try:
+            yield
+        finally:
+            self.state.stage = None
+            self._stage_hists[name].observe(time.monotonic() - t0)
+
+    def loop(self) -> None:
+        obs = self.observer
+        assert obs is not None
+        while not self._stop_due():
+            t_iter = time.monotonic()
+            idle = 0.0
+            with self._stage("drain_pending"):
+                if self.recovery is not None:
+                    self.recovery.begin_tick()
+                    if self._deferred:
+                        self._drain_pending(obs)
+            with self._stage("poll"):
+                t_poll = time.monotonic()
+                batch = list(obs.poll(self._poll_timeout(obs)))
+                if not batch:
+                    idle = time.monotonic() - t_poll
+                for ev in batch:
+                    self._handle(ev)
+            if self.exit_code:
+                break
+            with self._stage("maintenance"):
+                self._maintenance(obs)
+            with self._stage("recovery_reap"):
+                if self.recovery is not None:
+                    for done in self.recovery.reap(obs.now_ns()):
+                        self._log_completion(done)
+            with self._stage("housekeeping"):
+                self._housekeeping(obs, t_iter, idle)
+
+    def _poll_timeout(self, obs: ObserverLike) -> float:
+        if self._deferred:
+            return 0.0
+        timeout = self.cfg.read_timeout_ms / 1000.0
+        if self.recovery is not None:
+            deadline = self.recovery.next_deadline_ns()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, (deadline - obs.now_ns()) / 1e9))
+        if self._shutdown_at is not None:
+            timeout = min(timeout, max(0.0, self._shutdown_at - time.monotonic()))
+        return timeout
+
+    def _drain_pending(self, obs: ObserverLike) -> None:
+        """Deferred stalls: pre-drain so resumed agents are seen, then decide."""
+        recovery = self.recovery
+        assert recovery is not None
+        drained = 0
+        while drained < PRE_DRAIN_EVENTS:
+            batch = list(obs.poll(0.0))
+            if not batch:
+                break
+            drained += len(batch)
+            for ev in batch:
+                self._handle(ev)
+        while self._deferred and recovery.has_budget():
+            stall = self._deferred.popleft()
+            now = obs.now_ns()
+            decision = recovery.fire_time_check(stall, obs.agent(stall.pid), now)
+            if decision is None:
+                decision = recovery.on_stall(stall, now)
+            self._log_decision(decision)
+
+    # --- events ------------------------------------------------------------------
+
+    def _handle(self, ev: Any) -> None:
+        if self.exporter is not None:
+            self.exporter.event(ev)
+        handler = self._event_handlers.get(type(ev).__name__)
+        if handler is not None:
+            handler(ev)
+
+    def _on_stall(self, ev: Any) -> None:
+        threshold_ns = self.cfg.threshold_ms * 1_000_000
+        silent_ms = max(threshold_ns, ev.observer_ns - ev.last_ns) // 1_000_000
+        log.warning(
+            f"pid {ev.pid} stalled: silent for {silent_ms} ms (last nonce {ev.last_nonce})",
+            extra={"pid": ev.pid},
+        )
+        recovery = self.recovery
+        if recovery is None:
+            return
+        if self._deferred or not recovery.has_budget():
+            self._deferred.append(ev)
+            return
+        assert self.observer is not None
+        self._log_decision(recovery.on_stall(ev, self.observer.now_ns()))
+
+    def _on_decode(self, ev: Any) -> None:
+        self.logs.log("decode", logging.WARNING, f"undecodable frame: {ev.error}")
+
+    def _on_auth_failure(self, ev: Any) -> None:
+        self.logs.log(
+            "auth_failure",
+            logging.WARNING,
+            f"frame claims pid {ev.claimed_pid} but the kernel says another process sent it",
+            pid=ev.claimed_pid,
+        )
+
+    def _on_origin_conflict(self, ev: Any) -> None:
+        self.logs.log(
+            "origin_conflict",
+            logging.WARNING,
+            f"pid {ev.claimed_pid}: beat origin {ev.observed_origin.name} is weaker than "
+            f"the pinned {ev.slot_origin.name}; ignored",
+            pid=ev.claimed_pid,
+        )
+
+    def _on_namespace_conflict(self, ev: Any) -> None:
+        msg = (
+            f"pid {ev.claimed_pid}: pid namespace {ev.observed_ns_inode} differs from "
+            f"{ev.observer_ns_inode}"
+        )
+        if self.cfg.strict_namespace_check:
+            log.error(f"{msg}; --strict-namespace-check: exiting", extra={"pid": ev.claimed_pid})
+            self.exit_code = 1
+            return
+        self.logs.log("namespace_conflict", logging.WARNING, msg, pid=ev.claimed_pid)
+
+    def _on_io(self, ev: Any) -> None:
+        self.logs.log("io", logging.WARNING, f"receive error: {ev.error}", error=ev.error)
+
+    def _on_ctrunc(self, ev: Any) -> None:
+        self.logs.log("ctrunc", logging.WARNING, f"control data truncated: {ev.error}")
+
+    def _log_decision(self, d: Decision) -> None:
+        if d.spawned:
+            log.info(
+                f"recovery for pid {d.agent_pid}: started child {d.child_pid}",
+                extra={"pid": d.agent_pid, "child_pid": d.child_pid},
+            )
+        elif d.outcome == "debounced":
+            log.info(f"recovery for pid {d.agent_pid}: debounced ({d.reason})")
+        else:
+            log.warning(
+                f"recovery for pid {d.agent_pid}: {d.outcome}"
+                + (f" ({d.error})" if d.error else ""),
+                extra={"pid": d.agent_pid, "error": d.error},
+            )
+
+    def _log_completion(self, c: Completion) -> None:
+        how = (
+            f"exit {c.exit_code}"
+            if c.exit_code is not None
+            else (f"signal {c.signal}" if c.signal is not None else "unknown status")
+        )
+        level = logging.INFO if c.status == "reaped" and c.exit_code == 0 else logging.WARNING
+        log.log(
+            level,
+            f"recovery child {c.child_pid} for pid {c.agent_pid} {c.status}: {how} "
+            f"after {c.duration_ns // 1_000_000} ms",
+            extra={"pid": c.agent_pid, "child_pid": c.child_pid},
+        )
+
+    # --- maintenance, housekeeping ---------------------------------------------------
+
+    def _maintenance(self, obs: ObserverLike) -> None:
+        self._removed.extend(obs.take_removed())
+        for _ in range(min(REMOVED_PER_TICK, len(self._removed))):
+            pid = self._removed.popleft()
+            if self.exporter is not None and obs.agent(pid) is None:
+                self.exporter.eviction(obs.now_ns(), pid)
+        if self.exporter is not None:
+            if self.exporter.buffered_bytes:
+                self.exporter.flush()
+            err = self.exporter.take_error()
+            if err is not None:
+                self.logs.log("file_export_io", logging.ERROR, f"export file: {_reason(err)}")
+        if self.audit is not None:
+            self.audit.maintain(AUDIT_DRAIN_MS)
+            err = self.audit.take_error()
+            if err is not None:
+                self.logs.log("audit_io", logging.ERROR, f"audit file: {_reason(err)}")
+            for level in ("warn", "critical"):
+                count = self.audit.watermark[level]
+                if count != self._watermarks_seen[level]:
+                    self._watermarks_seen[level] = count
+                    self.logs.log(
+                        f"audit_ring_{level}",
+                        logging.WARNING,
+                        f"audit ring above its {level} watermark",
+                    )
+        if self.box.wanted:
+            self.box.publish(self.snapshot())
+        if self._wedge_pending:
+            self._wedge_pending = False
+            assert self.cfg.inject_wedge_ms is not None
+            time.sleep(self.cfg.inject_wedge_ms / 1000.0)
+
+    def _housekeeping(self, obs: ObserverLike, t_iter: float, idle: float) -> None:
+        state = self.state
+        state.iterations += 1
+        if self.cfg.heartbeat_file is not None:
+            content = f"{state.iterations} {obs.now_ns()}\n".encode()
+            try:
+                write_heartbeat(self.cfg.heartbeat_file, content, self._hb_seq)
+            except OSError as exc:
+                self.logs.log("heartbeat_io", logging.ERROR, f"heartbeat file: {_reason(exc)}")
+        if self.hw is not None:
+            try:
+                self.hw.kick()
+            except OSError as exc:
+                self.logs.log("hw_watchdog", logging.ERROR, f"hw watchdog kick: {_reason(exc)}")
+        now = time.monotonic()
+        busy = max(0.0, now - t_iter - idle)
+        self._iteration_hist.observe(busy)
+        if busy * 1000.0 > self.cfg.iteration_budget_ms:
+            self._iteration_budget_exceeded += 1
+        state.last_loop_unix = time.time()
+        state.last_iteration_end = now
+
+    def snapshot(self) -> Snapshot:
+        """Copies for the metrics thread (called on the loop thread)."""
+        obs = self.observer
+        assert obs is not None
+        rows = tuple(
+            AgentRow(int(a.pid), int(a.beats), int(a.stalls), 3 if a.stalled else int(a.status))
+            for a in obs.agents()
+        )
+        counters: dict[str, Any] = dict(obs.counters())
+        if self.recovery is not None:
+            counters.update(self.recovery.counters())
+        hists: dict[str, Histogram] = {
+            "varta_observer_iteration_seconds": copy_histogram(self._iteration_hist)
+        }
+        for name, h in self._stage_hists.items():
+            hists[f"varta_observer_stage_seconds:{name}"] = copy_histogram(h)
+        if self.audit is not None:
+            counters.update(self.audit.counters())
+            hists["varta_audit_fsync_seconds"] = copy_histogram(self.audit.fsync_seconds)
+        counters["observer_iteration_budget_exceeded"] = self._iteration_budget_exceeded
+        mode = self.cfg.signal_handler_mode
+        counters["signal_handler_install"] = {"direct": 0, "libc": 0, mode: 1}
+        return Snapshot(
+            agents=rows,
+            counters=counters,
+            histograms=hists,
+            uptime_seconds=time.monotonic() - self.state.started,
+            last_loop_unix=self.state.last_loop_unix,
+        )
+
+    # --- shutdown (§10.2) ----------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.stop_requested = True
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        notify.sd_notify(notify.STOPPING, self._environ)
+        obs = self.observer
+        if self.exporter is not None and obs is not None:
+            for _ in range(SHUTDOWN_DRAIN_BATCHES):
+                batch = list(obs.poll(0.0))
+                if not batch:
+                    break
+                for ev in batch:
+                    self.exporter.event(ev)
+            try:
+                self.exporter.close()
+            except OSError as exc:
+                log.error(f"export file: rows lost at exit: {_reason(exc)}")
+        if self.recovery is not None:
+            result = self.recovery.shutdown(self.cfg.shutdown_grace_ms)
+            for done in result.completed:
+                self._log_completion(done)
+            if result.survivors:
+                log.warning(
+                    "recovery children still running after the grace period (left to init): "
+                    + " ".join(map(str, result.survivors))
+                )
+        if self.audit is not None:
+            try:
+                self.audit.close()
+            except OSError as exc:
+                log.error(f"audit file: records lost at exit: {_reason(exc)}")
+                self.exit_code = self.exit_code or 1
+        if self.server is not None:
+            self.server.stop()
+        if obs is not None:
+            obs.close()
+        if self.hw is not None:
+            self.hw.close()
+        log.info("stopped")
+
+
+def run(cfg: WatchConfig, **kwargs: Any) -> int:
+    return Daemon(cfg, **kwargs).run()

@@ -1,0 +1,849 @@
+"""Recovery: run an operator command for a stalled agent (``observer.md`` §6).
+
+No shell is ever involved. The command line is split on Unicode whitespace
+into a program and its arguments; the stalled pid is substituted for every
+``{pid}`` in the arguments, or appended as the last argument when no argument
+holds ``{pid}``. The child is started with ``fork``/``exec`` directly (through
+:class:`subprocess.Popen` with ``shell=False``), its ``PATH`` lookup uses the
+*child's* ``PATH`` (``/usr/bin:/bin`` unless ``--recovery-inherit-env``), and
+the observer never waits for it: :meth:`RecoveryRunner.reap` collects exited
+children each tick without blocking and SIGKILLs those past the timeout.
+
+The runner is independent of the native module: a stall is any object with
+the attributes ``pid``, ``origin``, ``pid_ns_inode``, ``generation``,
+``last_nonce``, ``last_ns`` and ``observer_ns`` (``varta.Stall`` or a small
+dataclass in tests). Every outcome is counted under the 14 labels of §6.4 and
+written to an :class:`AuditSink` (``varta.watch.audit.AuditLog``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import IO, Callable, Literal, Optional, Protocol, Union
+
+from .secretfile import PathLike, read_secret_file
+
+# --- labels (observer.md §6.4, §9.2) -------------------------------------------------
+
+#: ``varta_recovery_outcomes_total{outcome}`` label values, in spec order.
+OUTCOMES: tuple[str, ...] = (
+    "spawned",
+    "debounced",
+    "refused_cross_namespace",
+    "refused_unauthenticated_transport",
+    "refused_socket_mode_only",
+    "refused_debounce_capacity",
+    "refused_outstanding_capacity",
+    "spawn_failed",
+    "reaped_zero",
+    "reaped_nonzero",
+    "killed",
+    "skipped_agent_resumed",
+    "skipped_pid_recycled",
+    "skipped_stall_unverifiable",
+)
+
+#: ``varta_recovery_refused_total{reason}`` label values.
+REFUSED_REASONS: tuple[str, ...] = (
+    "unauthenticated_transport",
+    "cross_namespace_agent",
+    "debounce_capacity",
+    "outstanding_capacity",
+    "socket_mode_only",
+)
+
+#: Outcome -> the ``recovery_refused_total`` reason it also counts under (if any).
+_REFUSED_COUNTER = {
+    "refused_cross_namespace": "cross_namespace_agent",
+    "refused_unauthenticated_transport": "unauthenticated_transport",
+    "refused_socket_mode_only": "socket_mode_only",
+    "refused_debounce_capacity": "debounce_capacity",
+    "refused_outstanding_capacity": "outstanding_capacity",
+}
+
+#: Child ``PATH`` unless ``--recovery-inherit-env``.
+DEFAULT_CHILD_PATH = "/usr/bin:/bin"
+#: Debounce ledger size (one entry per pid).
+LEDGER_CAPACITY = 4096
+#: Children given a non-blocking wait per :meth:`RecoveryRunner.reap`.
+REAP_PER_TICK = 64
+#: Per-tick stall evaluations and spawns (§6.3); the loop defers the rest.
+EVALUATIONS_PER_TICK = 256
+SPAWNS_PER_TICK = 16
+#: Shutdown poll period.
+SHUTDOWN_POLL_S = 0.010
+#: ``--recovery-timeout-ms`` floor and ``--recovery-capture-bytes`` range.
+MIN_TIMEOUT_MS = 100
+CAPTURE_BYTES_RANGE = (64, 1_048_576)
+
+# Rank values of varta.BeatOrigin (kept numeric so this module needs no native import).
+_NETWORK_UNVERIFIED = 0
+_SOCKET_MODE_ONLY = 1
+
+# Unicode White_Space (what Rust's split_whitespace uses). Python's str.split()
+# also splits on U+001C..U+001F, which Unicode does not count as whitespace.
+_WS_CHARS = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WS_RUN = re.compile(f"[{_WS_CHARS}]+")
+_PID = "{pid}"
+
+
+# --- command and configuration ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryCommand:
+    """A parsed ``--recovery-exec`` line: ``program`` and argument templates."""
+
+    program: str
+    args: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> RecoveryCommand:
+        """Split *text* on runs of Unicode whitespace; no quoting, globbing or variables.
+
+        Raises :class:`ValueError` for an empty command or one holding a NUL
+        (which ``execve`` cannot pass).
+        """
+        if "\0" in text:
+            raise ValueError("recovery command contains a NUL byte")
+        tokens = [t for t in _WS_RUN.split(text) if t]
+        if not tokens:
+            raise ValueError("recovery command is empty")
+        return cls(tokens[0], tuple(tokens[1:]))
+
+    @property
+    def substitutes_pid(self) -> bool:
+        """True when some argument holds ``{pid}`` (else the pid is appended)."""
+        return any(_PID in a for a in self.args)
+
+    def argv(self, pid: int) -> list[str]:
+        """The final argv for *pid* (the program itself is never substituted)."""
+        p = str(int(pid))
+        if self.substitutes_pid:
+            return [self.program, *(a.replace(_PID, p) for a in self.args)]
+        return [self.program, *self.args, p]
+
+
+def strip_ws(text: str) -> str:
+    """Trim Unicode whitespace from both ends (``--recovery-exec-file`` content)."""
+    return re.sub(f"^[{_WS_CHARS}]+|[{_WS_CHARS}]+$", "", text)
+
+
+def parse_env_entry(entry: str) -> tuple[str, str]:
+    """``--recovery-env K=V``: split at the first ``=``; key non-empty; no NUL anywhere."""
+    key, sep, value = entry.partition("=")
+    if not sep:
+        raise ValueError(f"--recovery-env {entry!r}: expected KEY=VALUE")
+    if not key:
+        raise ValueError(f"--recovery-env {entry!r}: empty key")
+    if "\0" in key or "\0" in value:
+        raise ValueError(f"--recovery-env {entry!r}: NUL byte in key or value")
+    return key, value
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Everything ``--recovery-*`` configures (validated on construction)."""
+
+    command: RecoveryCommand
+    #: ``"inline"`` for ``--recovery-exec``, else the ``--recovery-exec-file`` path.
+    source: str = "inline"
+    debounce_ms: int = 1000
+    #: ``None`` = never kill.
+    timeout_ms: Optional[int] = None
+    env: tuple[tuple[str, str], ...] = ()
+    inherit_env: bool = False
+    capture_stdio: bool = False
+    capture_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.debounce_ms < 0:
+            raise ValueError("recovery debounce must be >= 0 ms")
+        if self.timeout_ms is not None and self.timeout_ms < MIN_TIMEOUT_MS:
+            raise ValueError(
+                f"RecoveryTimeoutTooLow: --recovery-timeout-ms must be >= {MIN_TIMEOUT_MS}"
+            )
+        lo, hi = CAPTURE_BYTES_RANGE
+        if not lo <= self.capture_bytes <= hi:
+            raise ValueError(f"--recovery-capture-bytes must be in {lo}..={hi}")
+        for key, value in self.env:
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"recovery env entry {key!r}: bad key or NUL byte")
+
+    @classmethod
+    def from_exec_file(cls, path: PathLike, **kwargs: object) -> RecoveryConfig:
+        """Read the command from a secret file (trimmed), ``source`` = the path."""
+        raw = read_secret_file(path, "recovery exec file")
+        text = strip_ws(raw.decode("utf-8", "surrogateescape"))
+        if not text:
+            raise ValueError(f"recovery exec file {os.fsdecode(path)}: empty command")
+        return cls(RecoveryCommand.parse(text), source=os.fsdecode(path), **kwargs)  # type: ignore[arg-type]
+
+    def child_env(self, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+        """The child's environment: cleared + ``PATH`` + entries, or inherited + entries."""
+        if self.inherit_env:
+            env = dict(os.environ if base is None else base)
+        else:
+            env = {"PATH": DEFAULT_CHILD_PATH}
+        for key, value in self.env:
+            env[key] = value
+        return env
+
+
+# --- what the runner consumes and produces ---------------------------------------------
+
+
+class StallLike(Protocol):
+    """The attributes of ``varta.Stall`` the runner reads."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def origin(self) -> int: ...
+    @property
+    def pid_ns_inode(self) -> Optional[int]: ...
+    @property
+    def generation(self) -> Optional[int]: ...
+    @property
+    def last_ns(self) -> int: ...
+    @property
+    def observer_ns(self) -> int: ...
+
+
+class AgentLike(Protocol):
+    """The attributes of ``varta.AgentInfo`` the fire-time checks read."""
+
+    @property
+    def stalled(self) -> bool: ...
+    @property
+    def last_ns(self) -> int: ...
+    @property
+    def generation(self) -> Optional[int]: ...
+
+
+class AuditSink(Protocol):
+    """Where the runner writes its audit rows (``AuditLog`` implements this)."""
+
+    def spawn(
+        self,
+        observer_ns: int,
+        agent_pid: int,
+        child_pid: int,
+        program: str,
+        source: str,
+        template_len: int,
+    ) -> object: ...
+
+    def complete(
+        self,
+        observer_ns: int,
+        agent_pid: int,
+        child_pid: int,
+        status: str,
+        exit_code: Optional[int],
+        signal: Optional[int],
+        duration_ns: int,
+        stdout_len: int,
+        stderr_len: int,
+        truncated: bool,
+    ) -> object: ...
+
+    def refused(self, observer_ns: int, agent_pid: int, reason: str) -> object: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :meth:`RecoveryRunner.on_stall` did with one stall.
+
+    ``outcome`` is one of :data:`OUTCOMES`; ``reason`` is the audit ``refused``
+    reason (``None`` for ``spawned``); ``error`` carries the spawn error text.
+    """
+
+    outcome: str
+    agent_pid: int
+    reason: Optional[str] = None
+    child_pid: Optional[int] = None
+    error: Optional[str] = None
+
+    @property
+    def spawned(self) -> bool:
+        return self.outcome == "spawned"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One final reap (the audit ``complete`` row)."""
+
+    agent_pid: int
+    child_pid: int
+    #: ``reaped``, ``killed`` or ``reap_failed``.
+    status: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+    duration_ns: int
+    stdout_len: int
+    stderr_len: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ShutdownResult:
+    completed: list[Completion]
+    #: Child pids still alive after the grace period (left to init).
+    survivors: list[int]
+
+
+@dataclass
+class _Child:
+    popen: subprocess.Popen[bytes]
+    agent_pid: int
+    generation: Optional[int]
+    spawned_ns: int
+    killed: bool = False
+    orphan: bool = False
+    stdout_len: int = 0
+    stderr_len: int = 0
+    truncated: bool = False
+    pipes: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def read_start_time(pid: int) -> Optional[int]:
+    """Field 22 (start time, clock ticks) of ``/proc/<pid>/stat``; ``None`` if unreadable."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: parse after the last ')'.
+    rest = data[data.rfind(b")") + 1 :].split()
+    # rest[0] is field 3 (state), so field 22 is rest[19].
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def read_own_pid_ns_inode() -> Optional[int]:
+    """Our pid-namespace inode from ``/proc/self/ns/pid`` (``pid:[N]``), or ``None``."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    m = re.fullmatch(r"pid:\[(\d+)\]", link)
+    return int(m.group(1)) if m else None
+
+
+def _same_lineage(a: Optional[int], b: Optional[int]) -> bool:
+    """Lineages differ only when both generations are known and unequal."""
+    return a is None or b is None or a == b
+
+
+class RecoveryRunner:
+    """Decides, spawns, reaps and kills recovery children (§6.2-§6.4).
+
+    All ``now_ns`` arguments are on one clock (the observer clock); *clock*
+    returns "now" on that same clock for :meth:`shutdown` and for audit rows
+    written outside a call that received ``now_ns``.
+    """
+
+    def __init__(
+        self,
+        config: RecoveryConfig,
+        audit: Optional[AuditSink] = None,
+        *,
+        capacity: int = 256,
+        allow_cross_namespace: bool = False,
+        own_ns_inode: Union[int, Literal["auto"], None] = "auto",
+        clock: Callable[[], int] = time.monotonic_ns,
+        ledger_capacity: int = LEDGER_CAPACITY,
+        start_time_reader: Callable[[int], Optional[int]] = read_start_time,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("recovery capacity must be >= 1")
+        self.config = config
+        self.audit = audit
+        self.capacity = capacity
+        self.allow_cross_namespace = allow_cross_namespace
+        self.own_ns_inode = read_own_pid_ns_inode() if own_ns_inode == "auto" else own_ns_inode
+        self._clock = clock
+        self._ledger_capacity = ledger_capacity
+        self._start_time = start_time_reader
+        self._env = config.child_env()
+        self._debounce_ns = config.debounce_ms * 1_000_000
+        self._timeout_ns = None if config.timeout_ms is None else config.timeout_ms * 1_000_000
+
+        # pid -> (fired_at_ns, generation); insertion order == fire order.
+        self._ledger: OrderedDict[int, tuple[int, Optional[int]]] = OrderedDict()
+        # agent pid -> child (the one outstanding child per agent pid)
+        self._outstanding: dict[int, _Child] = {}
+        # child pid -> child, killed children of a recycled lineage
+        self._orphans: dict[int, _Child] = {}
+        self._reap_cursor = 0
+        self._tick_evaluations = 0
+        self._tick_spawns = 0
+        self._tick_budget_counted = False
+        self._closed = False
+
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.refused: dict[str, int] = dict.fromkeys(REFUSED_REASONS, 0)
+        self.duration_ns_sum = 0
+        self.duration_count = 0
+        self.last_fired_evictions = 0
+        self.debounce_recycle_resets = 0
+        self.outstanding_recycle_resets = 0
+        self.spawn_budget_exceeded = 0
+        self.invariant_violations = 0
+        self.outstanding_probe_exhausted = 0  # open addressing is the native tables' concern
+        self.reap_truncated = 0
+
+    # --- introspection -------------------------------------------------------------
+
+    def counters(self) -> dict[str, Union[int, dict[str, int]]]:
+        """Prometheus family names (no ``varta_`` prefix, no ``_total``) -> values."""
+        return {
+            "recovery_outcomes": dict(self.outcomes),
+            "recovery_duration_ns_sum": self.duration_ns_sum,
+            "recovery_duration_count": self.duration_count,
+            "recovery_refused": dict(self.refused),
+            "recovery_last_fired_evictions": self.last_fired_evictions,
+            "recovery_debounce_recycle_resets": self.debounce_recycle_resets,
+            "recovery_outstanding_recycle_resets": self.outstanding_recycle_resets,
+            "recovery_spawn_budget_exceeded": self.spawn_budget_exceeded,
+            "recovery_invariant_violations": self.invariant_violations,
+            "recovery_outstanding_probe_exhausted": self.outstanding_probe_exhausted,
+            "recovery_reap_truncated": self.reap_truncated,
+        }
+
+    @property
+    def outstanding(self) -> int:
+        """Children not yet reaped (outstanding + orphans)."""
+        return len(self._outstanding) + len(self._orphans)
+
+    def child_pids(self) -> list[int]:
+        return [c.pid for c in self._outstanding.values()] + list(self._orphans)
+
+    def next_deadline_ns(self) -> Optional[int]:
+        """Earliest time a running child reaches the timeout (``None``: nothing to kill)."""
+        if self._timeout_ns is None:
+            return None
+        best: Optional[int] = None
+        for c in self._children():
+            if not c.killed:
+                d = c.spawned_ns + self._timeout_ns
+                if best is None or d < best:
+                    best = d
+        return best
+
+    # --- per-tick budget (the loop defers what does not fit) -----------------------
+
+    def begin_tick(self) -> None:
+        """Reset the per-tick evaluation/spawn budget (call once per DrainPending)."""
+        self._tick_evaluations = 0
+        self._tick_spawns = 0
+        self._tick_budget_counted = False
+
+    def has_budget(self) -> bool:
+        """False once this tick made 256 evaluations or 16 spawns (counted once per tick)."""
+        if self._tick_evaluations < EVALUATIONS_PER_TICK and self._tick_spawns < SPAWNS_PER_TICK:
+            return True
+        if not self._tick_budget_counted:
+            self._tick_budget_counted = True
+            self.spawn_budget_exceeded += 1
+        return False
+
+    # --- decision --------------------------------------------------------------------
+
+    def fire_time_check(
+        self, stall: StallLike, agent: Optional[AgentLike], now_ns: int
+    ) -> Optional[Decision]:
+        """Re-check a deferred stall before acting on it (§6.3).
+
+        *agent* is ``Observer.agent(stall.pid)`` now. Returns ``None`` to go on
+        with :meth:`on_stall`, or a ``skipped_*`` decision (counted and audited).
+        """
+        verdict = self.fire_time_verdict(stall, agent)
+        if verdict is None:
+            return None
+        self._tick_evaluations += 1  # a skipped stall is an evaluation without on_stall
+        return self._finish(Decision(verdict, int(stall.pid), reason=verdict), now_ns)
+
+    def fire_time_verdict(self, stall: StallLike, agent: Optional[AgentLike]) -> Optional[str]:
+        """The pure check: ``skipped_agent_resumed`` / ``skipped_pid_recycled`` /
+        ``skipped_stall_unverifiable`` or ``None``."""
+        if agent is not None and (not agent.stalled or agent.last_ns != stall.last_ns):
+            return "skipped_agent_resumed"
+        gen = stall.generation
+        if gen is not None:
+            live = self._start_time(int(stall.pid))
+            if live is None:
+                return "skipped_stall_unverifiable"
+            if live != gen:
+                return "skipped_pid_recycled"
+        if agent is None:
+            return "skipped_stall_unverifiable"
+        if not _same_lineage(gen, agent.generation):
+            return "skipped_pid_recycled"
+        return None
+
+    def on_stall(self, stall: StallLike, now_ns: int) -> Decision:
+        """Decide for one stall (§6.2) and spawn without waiting when allowed."""
+        if self._closed:
+            raise RuntimeError("recovery runner is shut down")
+        self._tick_evaluations += 1
+        pid = int(stall.pid)
+        gen = stall.generation
+
+        # 1. namespace
+        peer_ns = stall.pid_ns_inode
+        if (
+            not self.allow_cross_namespace
+            and peer_ns is not None
+            and self.own_ns_inode is not None
+            and peer_ns != self.own_ns_inode
+        ):
+            return self._finish(
+                Decision("refused_cross_namespace", pid, "cross_namespace_agent"), now_ns
+            )
+        # 2. origin
+        origin = int(stall.origin)
+        if origin == _NETWORK_UNVERIFIED:
+            return self._finish(
+                Decision("refused_unauthenticated_transport", pid, "unauthenticated_transport"),
+                now_ns,
+            )
+        if origin == _SOCKET_MODE_ONLY:
+            return self._finish(
+                Decision("refused_socket_mode_only", pid, "socket_mode_only"), now_ns
+            )
+        # 3. debounce ledger
+        self._prune_ledger(now_ns)
+        entry = self._ledger.get(pid)
+        if entry is not None:
+            fired_ns, fired_gen = entry
+            if not _same_lineage(fired_gen, gen):
+                del self._ledger[pid]
+                self.debounce_recycle_resets += 1
+            elif now_ns - fired_ns < self._debounce_ns:
+                return self._finish(Decision("debounced", pid, "debounced"), now_ns)
+        # 4. outstanding child for this pid
+        child = self._outstanding.get(pid)
+        if child is not None:
+            if not _same_lineage(child.generation, gen):
+                refusal = self._retire_stale(child, now_ns)
+                if refusal is not None:
+                    return self._finish(
+                        Decision("refused_outstanding_capacity", pid, refusal), now_ns
+                    )
+            else:
+                self._try_reap(child, now_ns)
+                if pid in self._outstanding:
+                    return self._finish(Decision("debounced", pid, "outstanding_in_flight"), now_ns)
+        # 5. reserve slots
+        if len(self._outstanding) >= self.capacity:
+            return self._finish(
+                Decision("refused_outstanding_capacity", pid, "outstanding_capacity"), now_ns
+            )
+        if pid not in self._ledger and len(self._ledger) >= self._ledger_capacity:
+            oldest_pid, (oldest_ns, _) = next(iter(self._ledger.items()))
+            if now_ns - oldest_ns < self._debounce_ns:
+                return self._finish(
+                    Decision("refused_debounce_capacity", pid, "debounce_capacity"), now_ns
+                )
+            del self._ledger[oldest_pid]
+            self.last_fired_evictions += 1
+        # 6. spawn
+        return self._spawn(pid, gen, now_ns)
+
+    def _prune_ledger(self, now_ns: int) -> None:
+        horizon = 10 * self._debounce_ns
+        while self._ledger:
+            _, (fired_ns, _) = next(iter(self._ledger.items()))
+            if now_ns - fired_ns <= horizon:
+                break
+            self._ledger.popitem(last=False)
+
+    def _retire_stale(self, child: _Child, now_ns: int) -> Optional[str]:
+        """Kill an outstanding child of a recycled pid's old lineage; move it to orphans.
+
+        Returns a refusal reason when that cannot be done.
+        """
+        self._try_reap(child, now_ns)
+        if self._outstanding.get(child.agent_pid) is not child:
+            self.outstanding_recycle_resets += 1
+            return None  # it had already exited; the slot is free
+        if len(self._orphans) >= self.capacity:
+            return "orphan_reap_capacity"
+        if not self._kill(child):
+            return "stale_child_kill_failed"
+        del self._outstanding[child.agent_pid]
+        child.orphan = True
+        self._orphans[child.pid] = child
+        self.outstanding_recycle_resets += 1
+        return None
+
+    def _spawn(self, pid: int, gen: Optional[int], now_ns: int) -> Decision:
+        argv = self.config.command.argv(pid)
+        capture = self.config.capture_stdio
+        try:
+            popen = subprocess.Popen(
+                argv,
+                env=self._env,
+                close_fds=True,
+                shell=False,
+                stdin=None,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE if capture else None,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return self._finish(
+                Decision("spawn_failed", pid, "spawn_failed", error=_describe(exc)), now_ns
+            )
+        self._tick_spawns += 1
+        child = _Child(popen, pid, gen, now_ns)
+        if capture:
+            for pipe in (popen.stdout, popen.stderr):
+                if pipe is not None:
+                    os.set_blocking(pipe.fileno(), False)
+                    child.pipes.append(pipe)
+        self._outstanding[pid] = child
+        self._ledger[pid] = (now_ns, gen)
+        self._ledger.move_to_end(pid)
+        self.outcomes["spawned"] += 1
+        if self.audit is not None:
+            template = " ".join(argv).encode("utf-8", "surrogateescape")
+            self.audit.spawn(
+                now_ns,
+                pid,
+                popen.pid,
+                self.config.command.program,
+                self.config.source,
+                len(template),
+            )
+        return Decision("spawned", pid, child_pid=popen.pid)
+
+    def _finish(self, decision: Decision, now_ns: int) -> Decision:
+        """Count and audit a decision that did not spawn."""
+        self.outcomes[decision.outcome] += 1
+        counter = _REFUSED_COUNTER.get(decision.outcome)
+        if counter is not None:
+            self.refused[counter] += 1
+        if self.audit is not None and decision.reason is not None:
+            self.audit.refused(now_ns, decision.agent_pid, decision.reason)
+        return decision
+
+    # --- reaping -----------------------------------------------------------------------
+
+    def _children(self) -> list[_Child]:
+        return [*self._outstanding.values(), *self._orphans.values()]
+
+    def reap(self, now_ns: int) -> list[Completion]:
+        """One RecoveryRunner tick: non-blocking wait on <= 64 children (rotating
+        cursor), SIGKILL those alive past the timeout, write ``complete`` rows."""
+        children = self._children()
+        n = len(children)
+        if n == 0:
+            return []
+        if n > REAP_PER_TICK:
+            self.reap_truncated += 1
+        start = self._reap_cursor % n
+        window = [children[(start + i) % n] for i in range(min(n, REAP_PER_TICK))]
+        self._reap_cursor = (start + len(window)) % max(n, 1)
+        done: list[Completion] = []
+        for child in window:
+            completion = self._try_reap(child, now_ns)
+            if completion is not None:
+                done.append(completion)
+                continue
+            if (
+                self._timeout_ns is not None
+                and not child.killed
+                and now_ns - child.spawned_ns >= self._timeout_ns
+            ):
+                self._kill(child)
+        return done
+
+    def _kill(self, child: _Child) -> bool:
+        """SIGKILL once; counts ``killed`` when the signal is sent."""
+        if child.killed:
+            return True
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            # Cannot happen for an unreaped child of ours; treat as already gone.
+            self.invariant_violations += 1
+            return True
+        except OSError:
+            return False
+        child.killed = True
+        self.outcomes["killed"] += 1
+        return True
+
+    def _drain_pipes(self, child: _Child, final: bool) -> None:
+        """Read what the captured pipes hold now (never blocking); count up to the
+        combined cap, discard the rest (so the child never blocks on a full pipe)."""
+        cap = self.config.capture_bytes
+        keep: list[IO[bytes]] = []
+        for pipe in child.pipes:
+            fd = pipe.fileno()
+            eof = False
+            for _ in range(64):  # <= 4 MiB per pipe per call
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    eof = True
+                    break
+                if not chunk:
+                    eof = True
+                    break
+                room = max(0, cap - child.stdout_len - child.stderr_len)
+                take = min(room, len(chunk))
+                if take < len(chunk):
+                    child.truncated = True
+                if pipe is child.popen.stdout:
+                    child.stdout_len += take
+                else:
+                    child.stderr_len += take
+            if eof or final:
+                _close_quietly(pipe)
+            else:
+                keep.append(pipe)
+        child.pipes = keep
+
+    def _try_reap(self, child: _Child, now_ns: int) -> Optional[Completion]:
+        """Non-blocking wait; on exit, record the completion and drop the child."""
+        if child.pipes:
+            self._drain_pipes(child, final=False)
+        try:
+            wpid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            return self._complete(child, now_ns, "reap_failed", None, None)
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                return None
+            return self._complete(child, now_ns, "reap_failed", None, None)
+        if wpid == 0:
+            return None
+        if wpid != child.pid:
+            self.invariant_violations += 1
+            return None
+        if os.WIFEXITED(status):
+            code: Optional[int] = os.WEXITSTATUS(status)
+            sig: Optional[int] = None
+        elif os.WIFSIGNALED(status):
+            code, sig = None, os.WTERMSIG(status)
+        else:  # stopped/continued are not reported without WUNTRACED/WCONTINUED
+            self.invariant_violations += 1
+            return None
+        return self._complete(child, now_ns, "killed" if child.killed else "reaped", code, sig)
+
+    def _complete(
+        self,
+        child: _Child,
+        now_ns: int,
+        status: str,
+        code: Optional[int],
+        sig: Optional[int],
+    ) -> Completion:
+        if child.pipes:
+            self._drain_pipes(child, final=True)
+        # Tell Popen the process is gone so it neither warns nor waits on it again.
+        if code is not None:
+            child.popen.returncode = code
+        else:
+            child.popen.returncode = -sig if sig else -1
+        if child.orphan:
+            self._orphans.pop(child.pid, None)
+        elif self._outstanding.get(child.agent_pid) is child:
+            del self._outstanding[child.agent_pid]
+        else:
+            self.invariant_violations += 1
+        duration = max(0, now_ns - child.spawned_ns)
+        if status == "reaped" and code == 0:
+            self.outcomes["reaped_zero"] += 1
+        else:
+            self.outcomes["reaped_nonzero"] += 1
+        self.duration_ns_sum += duration
+        self.duration_count += 1
+        completion = Completion(
+            child.agent_pid,
+            child.pid,
+            status,
+            code,
+            sig,
+            duration,
+            child.stdout_len,
+            child.stderr_len,
+            child.truncated,
+        )
+        if self.audit is not None:
+            self.audit.complete(
+                now_ns,
+                completion.agent_pid,
+                completion.child_pid,
+                completion.status,
+                completion.exit_code,
+                completion.signal,
+                completion.duration_ns,
+                completion.stdout_len,
+                completion.stderr_len,
+                completion.truncated,
+            )
+        return completion
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def shutdown(self, grace_ms: int) -> ShutdownResult:
+        """Kill every outstanding and orphan child, then poll every 10 ms until all
+        are reaped or *grace_ms* passed; survivors are left to init."""
+        self._closed = True
+        for child in self._children():
+            self._kill(child)
+        deadline = time.monotonic() + grace_ms / 1000.0
+        completed: list[Completion] = []
+        while True:
+            for child in self._children():
+                c = self._try_reap(child, self._clock())
+                if c is not None:
+                    completed.append(c)
+            if not self._outstanding and not self._orphans:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(SHUTDOWN_POLL_S, remaining))
+        survivors = self.child_pids()
+        for child in self._children():
+            for pipe in child.pipes:
+                _close_quietly(pipe)
+            child.pipes = []
+            child.popen.returncode = -int(signal.SIGKILL)  # abandoned: no ResourceWarning
+        self._outstanding.clear()
+        self._orphans.clear()
+        return ShutdownResult(completed, survivors)
+
+
+def _close_quietly(pipe: IO[bytes]) -> None:
+    try:
+        pipe.close()
+    except OSError:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        name = f": {exc.filename}" if exc.filename is not None else ""
+        return f"{exc.strerror}{name}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,295 @@
+"""TSV event file (observer.md §8): every row kind, event objects, file rules, rotation."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import stat
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytest
+
+from varta import BeatOrigin, DecodeError, Status
+from varta.watch import export as export_mod
+from varta.watch.export import TsvExporter
+from varta.watch.secretfile import SecretFileError
+
+
+def rows(path: pathlib.Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+def test_every_row_kind(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    with TsvExporter(p) as t:
+        t.beat(10, 4242, 7, Status.OK, 0)
+        t.beat(11, 4242, 8, Status.DEGRADED, 123)
+        t.beat(12, 4242, 9, 2, 2**64 - 1)
+        t.stall(13, 4242, 9)
+        t.decode(14, DecodeError("BadMagic"))
+        t.decode(15, DecodeError("BadPid", pid=0))
+        t.decode(16, DecodeError("BadCrc", expected=1, actual=2))
+        t.io(17, "kernel did not attach peer credentials")
+        t.ctrunc(18, "MSG_CTRUNC\tset\r\n")
+        t.mismatch(19, 77, "auth_failure")
+        t.mismatch(20, 78, "origin_conflict")
+        t.mismatch(21, 79, "namespace_conflict")
+        t.eviction(22, 4242)
+    assert p.read_text() == (
+        "10\tbeat\t4242\t7\tok\t0\n"
+        "11\tbeat\t4242\t8\tdegraded\t123\n"
+        f"12\tbeat\t4242\t9\tcritical\t{2**64 - 1}\n"
+        "13\tstall\t4242\t9\tstall\t-\n"
+        "14\tdecode\t-\t-\t-\tBadMagic\n"
+        "15\tdecode\t-\t-\t-\tBadPid(0)\n"
+        "16\tdecode\t-\t-\t-\tBadCrc { expected: 1, actual: 2 }\n"
+        "17\tio\t-\t-\t-\tkernel did not attach peer credentials\n"
+        "18\tctrunc\t-\t-\t-\tMSG_CTRUNC set  \n"
+        "19\tmismatch\t77\t-\t-\tauth_failure\n"
+        "20\tmismatch\t78\t-\t-\torigin_conflict\n"
+        "21\tmismatch\t79\t-\t-\tnamespace_conflict\n"
+        "22\teviction\t4242\t-\t-\t-\n"
+    )
+    assert all(len(r) == 6 for r in rows(p))
+
+
+def test_bad_values_are_refused(tmp_path: pathlib.Path) -> None:
+    with TsvExporter(tmp_path / "e.tsv") as t:
+        with pytest.raises(ValueError):
+            t.mismatch(1, 2, "something_else")
+        with pytest.raises(ValueError):
+            t.beat(1, 2, 3, 9, 0)
+    assert (tmp_path / "e.tsv").read_text() == ""
+
+
+# Stand-ins for the native event classes: the exporter dispatches on the class name.
+@dataclass(frozen=True)
+class Beat:
+    pid: int
+    status: Status
+    payload: int
+    nonce: int
+    origin: BeatOrigin
+    pid_ns_inode: Optional[int]
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class Stall:
+    pid: int
+    last_nonce: int
+    last_ns: int
+    origin: BeatOrigin
+    pid_ns_inode: Optional[int]
+    generation: Optional[int]
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class Decode:
+    error: DecodeError
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    claimed_pid: int
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class OriginConflict:
+    claimed_pid: int
+    observed_origin: BeatOrigin
+    slot_origin: BeatOrigin
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class NamespaceConflict:
+    claimed_pid: int
+    observed_ns_inode: int
+    observer_ns_inode: int
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class Io:
+    error: str
+    errno: Optional[int]
+    observer_ns: int
+
+
+@dataclass(frozen=True)
+class CtrlTruncated:
+    error: str
+    observer_ns: int
+
+
+def test_event_objects(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    ka = BeatOrigin.KERNEL_ATTESTED
+    events: list[Any] = [
+        Beat(5, Status.CRITICAL, 9, 3, ka, None, 100),
+        Stall(5, 3, 100, ka, None, None, 200),
+        Decode(DecodeError("BadNonce", nonce=0, status=Status.OK), 300),
+        AuthFailure(6, 400),
+        OriginConflict(7, BeatOrigin.SOCKET_MODE_ONLY, ka, 500),
+        NamespaceConflict(8, 1, 2, 600),
+        Io("Permission denied (os error 13)", errno.EACCES, 700),
+        CtrlTruncated("control data truncated", 800),
+    ]
+    with TsvExporter(p) as t:
+        assert all(t.event(e) for e in events)
+        assert t.event(object()) is False
+    assert rows(p) == [
+        ["100", "beat", "5", "3", "critical", "9"],
+        ["200", "stall", "5", "3", "stall", "-"],
+        ["300", "decode", "-", "-", "-", "BadNonce { nonce: 0, status: Ok }"],
+        ["400", "mismatch", "6", "-", "-", "auth_failure"],
+        ["500", "mismatch", "7", "-", "-", "origin_conflict"],
+        ["600", "mismatch", "8", "-", "-", "namespace_conflict"],
+        ["700", "io", "-", "-", "-", "Permission denied (os error 13)"],
+        ["800", "ctrunc", "-", "-", "-", "control data truncated"],
+    ]
+
+
+def test_rows_are_buffered_until_flush(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    t = TsvExporter(p)
+    t.stall(1, 2, 3)
+    assert p.read_text() == ""
+    t.flush()
+    assert p.read_text() == "1\tstall\t2\t3\tstall\t-\n"
+    t.close()
+    t.close()  # idempotent
+    with pytest.raises(ValueError):
+        t.stall(1, 2, 3)
+
+
+def test_sync_every_writes_through(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(export_mod.os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    p = tmp_path / "events.tsv"
+    t = TsvExporter(p, sync_every=2)
+    t.eviction(1, 1)
+    assert p.read_text() == "" and synced == []
+    t.eviction(2, 2)
+    assert len(p.read_text().splitlines()) == 2 and len(synced) == 1
+    t.close()
+    assert len(synced) == 2  # close always fdatasyncs
+
+
+def test_new_file_0600_and_existing_file_rules(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    old = os.umask(0)
+    try:
+        TsvExporter(p).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    # an existing file is appended to
+    p.write_text("1\teviction\t1\t-\t-\t-\n")
+    with TsvExporter(p) as t:
+        t.eviction(2, 2)
+    assert len(rows(p)) == 2
+    link = tmp_path / "link.tsv"
+    link.symlink_to(p)
+    with pytest.raises(SecretFileError, match="must not be a symlink"):
+        TsvExporter(link)
+    os.link(p, tmp_path / "hard.tsv")
+    with pytest.raises(SecretFileError, match="2 hard links"):
+        TsvExporter(p)
+    d = tmp_path / "dir"
+    d.mkdir()
+    with pytest.raises(OSError):
+        TsvExporter(d)
+
+
+def test_rotation_after_the_write_reaching_the_limit(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    row = "1000\teviction\t4242\t-\t-\t-\n"  # 26 bytes
+    t = TsvExporter(p, max_bytes=100)
+    for _ in range(4):
+        t.eviction(1000, 4242)
+    # 4 rows = 104 bytes >= 100: the 4th write reached the limit and rotated
+    assert (tmp_path / "events.tsv.1").read_text() == row * 4
+    assert p.read_text() == ""
+    assert t.rotations == 1
+    t.eviction(1000, 4242)
+    t.close()
+    assert p.read_text() == row
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+def test_rotation_keeps_five_generations(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    with TsvExporter(p, max_bytes=60) as t:
+        for i in range(8 * 3):  # 3 rows of 23 bytes per generation
+            t.stall(i, 100, i % 10)
+    names = sorted(x.name for x in tmp_path.iterdir())
+    assert names == ["events.tsv"] + [f"events.tsv.{g}" for g in range(1, 6)]
+    # newest rotated generation is .1, the oldest kept .5; rows stay in order
+    firsts = [int(rows(tmp_path / f"events.tsv.{g}")[0][0]) for g in range(5, 0, -1)]
+    assert firsts == sorted(firsts)
+    assert all(len(rows(tmp_path / f"events.tsv.{g}")) == 3 for g in range(1, 6))
+
+
+def test_preexisting_oversized_file_rotates_on_next_write(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    p.write_text("x" * 5000 + "\n")
+    os.chmod(p, 0o600)
+    with TsvExporter(p, max_bytes=4096) as t:
+        t.eviction(1, 1)
+    assert (tmp_path / "events.tsv.1").read_text().endswith("1\teviction\t1\t-\t-\t-\n")
+    assert p.read_text() == ""
+
+
+def test_failed_reopen_is_retried(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "events.tsv"
+    t = TsvExporter(p, max_bytes=30)
+    real_open = export_mod.open_output_file
+    fail = [True]
+
+    def flaky(path: Any, what: str, *, read: bool = False) -> int:
+        if fail[0]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, what, read=read)
+
+    monkeypatch.setattr(export_mod, "open_output_file", flaky)
+    t.eviction(1, 1)
+    t.eviction(2, 2)  # 40 bytes >= 30: rotate, reopen fails
+    assert t.io_errors == 1
+    assert isinstance(t.take_error(), OSError) and t.take_error() is None
+    assert not p.exists() and (tmp_path / "events.tsv.1").exists()
+    t.eviction(3, 3)  # queued while the file is missing
+    fail[0] = False
+    t.flush()
+    t.close()
+    assert rows(p) == [["3", "eviction", "3", "-", "-", "-"]]
+    assert len(rows(tmp_path / "events.tsv.1")) == 2
+    assert not (tmp_path / "events.tsv.2").exists()
+
+
+def test_exdev_rename_falls_back_to_copy(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / "events.tsv"
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if str(src) == str(p):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(export_mod.os, "rename", rename)
+    with TsvExporter(p, max_bytes=30) as t:
+        t.eviction(1, 1)
+        t.eviction(2, 2)
+        t.eviction(3, 3)
+    assert [r[0] for r in rows(tmp_path / "events.tsv.1")] == ["1", "2"]
+    assert [r[0] for r in rows(p)] == ["3"]
+    assert stat.S_IMODE((tmp_path / "events.tsv.1").stat().st_mode) == 0o600

@@ -1,0 +1,409 @@
+"""``/metrics`` rendering and the HTTP server (observer.md §9), without the native observer."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from typing import Optional
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from varta.watch.audit import Histogram
+from varta.watch.logsetup import RateLimiter
+from varta.watch.metrics import (
+    FAMILIES,
+    AgentRow,
+    IpRateLimiter,
+    MetricsServer,
+    ServeStats,
+    Snapshot,
+    VartaCollector,
+    bearer_from_request,
+    build_registry,
+    parse_hex32,
+    render,
+)
+
+# observer.md §9.2, all 65 families (name, type).
+SPEC_FAMILIES = """
+varta_beats_total c varta_stalls_total c varta_status g varta_tracker_evicted_total c
+varta_frame_auth_failures_total c varta_decode_errors_total c varta_io_errors_total c
+varta_ctrl_truncated_total c varta_tracker_capacity_exceeded_total c
+varta_tracker_eviction_scan_truncated_total c varta_tracker_capacity g
+varta_tracker_eviction_scan_window_max g varta_recovery_outcomes_total c
+varta_recovery_duration_ns_sum c varta_recovery_duration_count_total c
+varta_recovery_refused_total c varta_recovery_last_fired_evictions_total c
+varta_recovery_debounce_recycle_resets_total c varta_recovery_outstanding_recycle_resets_total c
+varta_recovery_spawn_budget_exceeded_total c varta_recovery_invariant_violations_total c
+varta_log_suppressed_total c varta_origin_conflict_total c varta_frame_namespace_mismatch_total c
+varta_frame_rejected_pid_above_max_total c varta_pid_max_current g
+varta_tracker_namespace_conflict_total c varta_tracker_pid_recycle_total c
+varta_tracker_invariant_violations_total c varta_tracker_removed_pid_drops_total c
+varta_tracker_pid_index_probe_exhausted_total c varta_recovery_outstanding_probe_exhausted_total c
+varta_recovery_reap_truncated_total c varta_recovery_audit_dropped_total c
+varta_recovery_audit_flush_budget_exceeded_total c varta_audit_fsync_seconds h
+varta_socket_bind_dir_fsync_failed_total c varta_audit_fsync_budget_exceeded_total c
+varta_audit_rotation_budget_exceeded_total c varta_audit_ring_watermark_total c
+varta_prom_ip_state_probe_exhausted_total c varta_prom_pid_row_refused_total c
+varta_frame_decrypt_failures_total c varta_secure_replay_refused_total c
+varta_truncated_datagrams_total c varta_sender_state_full_total c
+varta_secure_aead_attempts_total c varta_rate_limited_total c varta_observer_uds_rcvbuf_bytes g
+varta_observer_clock_regression_total c varta_observer_clock_jump_forward_total c
+varta_scrape_skipped_total c varta_scrape_budget_exhausted_total c
+varta_observer_iteration_seconds h varta_observer_iteration_budget_exceeded_total c
+varta_observer_serve_pending_seconds h varta_observer_scrape_budget_exceeded_total c
+varta_observer_stage_seconds h varta_prom_auth_failures_total c
+varta_prom_connections_dropped_total c varta_nonce_wrap_total c
+varta_signal_handler_install_total c varta_watch_uptime_seconds g
+varta_watch_last_poll_loop_timestamp_seconds g varta_watch_pids_tracked g
+""".split()
+
+CORE_EMPTY = """\
+# HELP varta_beats_total Total accepted beats per agent pid.
+# TYPE varta_beats_total counter
+# HELP varta_stalls_total Total observer-detected stalls per agent pid.
+# TYPE varta_stalls_total counter
+# HELP varta_status Last reported status code per agent pid (0=ok,1=degraded,2=critical,3=stall).
+# TYPE varta_status gauge
+"""
+
+TOKEN_HEX = "0123456789abcdef" * 4
+TOKEN = bytes.fromhex(TOKEN_HEX)
+
+
+def body_for(snap: Snapshot, serve: Optional[ServeStats] = None) -> str:
+    reg = build_registry(VartaCollector(lambda: snap, serve or ServeStats(), RateLimiter()))
+    return render(reg).decode()
+
+
+def families_in(body: str) -> list[tuple[str, str]]:
+    return [
+        (line.split()[2], line.split()[3])
+        for line in body.splitlines()
+        if line.startswith("# TYPE")
+    ]
+
+
+def test_all_65_families_in_spec_order() -> None:
+    spec = list(zip(SPEC_FAMILIES[::2], SPEC_FAMILIES[1::2]))
+    types = {"c": "counter", "g": "gauge", "h": "histogram"}
+    want = [(n, types[t]) for n, t in spec]
+    assert len(want) == len(FAMILIES) == 65
+    got = families_in(body_for(Snapshot()))
+    assert sorted(got) == sorted(want)
+    assert got[:3] == want[:3]
+
+
+def test_core_families_exact_without_rows() -> None:
+    assert body_for(Snapshot()).startswith(CORE_EMPTY)
+
+
+def test_core_families_exact_with_rows() -> None:
+    snap = Snapshot(
+        agents=(AgentRow(4242, 7, 1, 3), AgentRow(17, 12_345_678_901, 0, 1), AgentRow(100, 1, 0, 0))
+    )
+    body = body_for(snap)
+    assert body.startswith(
+        "# HELP varta_beats_total Total accepted beats per agent pid.\n"
+        "# TYPE varta_beats_total counter\n"
+        'varta_beats_total{pid="17"} 12345678901\n'
+        'varta_beats_total{pid="100"} 1\n'
+        'varta_beats_total{pid="4242"} 7\n'
+        "# HELP varta_stalls_total Total observer-detected stalls per agent pid.\n"
+        "# TYPE varta_stalls_total counter\n"
+        'varta_stalls_total{pid="17"} 0\n'
+        'varta_stalls_total{pid="100"} 0\n'
+        'varta_stalls_total{pid="4242"} 1\n'
+        "# HELP varta_status Last reported status code per agent pid "
+        "(0=ok,1=degraded,2=critical,3=stall).\n"
+        "# TYPE varta_status gauge\n"
+        'varta_status{pid="17"} 1\n'
+        'varta_status{pid="100"} 0\n'
+        'varta_status{pid="4242"} 3\n'
+        "# HELP varta_tracker_evicted_total "
+    )
+
+
+def test_labelled_families_zero_filled_and_values_formatted() -> None:
+    h = Histogram()
+    h.observe(0.002)
+    h.observe(3.0)
+    serve = ServeStats()
+    serve.auth_failures = 2
+    serve.dropped["rate_limit"] = 4
+    snap = Snapshot(
+        counters={
+            "decode_errors": {"bad_crc": 3},
+            "recovery_outcomes": {"spawned": 1},
+            "recovery_duration_ns_sum": 1500,
+            "tracker_capacity": 256,
+            "rate_limited": {"per_pid": 0, "global": 9},
+        },
+        histograms={"varta_audit_fsync_seconds": h},
+        uptime_seconds=12.3456,
+        last_loop_unix=1700000000.5,
+    )
+    lines = set(body_for(snap, serve).splitlines())
+    for want in [
+        'varta_decode_errors_total{kind="bad_magic"} 0',
+        'varta_decode_errors_total{kind="bad_crc"} 3',
+        'varta_recovery_outcomes_total{outcome="spawned"} 1',
+        'varta_recovery_outcomes_total{outcome="skipped_stall_unverifiable"} 0',
+        'varta_recovery_refused_total{reason="socket_mode_only"} 0',
+        'varta_log_suppressed_total{kind="audit_ring_critical"} 0',
+        'varta_audit_ring_watermark_total{level="warn"} 0',
+        'varta_audit_ring_watermark_total{level="critical"} 0',
+        'varta_rate_limited_total{reason="global"} 9',
+        'varta_prom_connections_dropped_total{reason="rate_limit"} 4',
+        'varta_prom_connections_dropped_total{reason="ip_table_full"} 0',
+        'varta_signal_handler_install_total{mode="libc"} 0',
+        "varta_prom_auth_failures_total 2",
+        "varta_recovery_duration_ns_sum 1500",
+        "varta_tracker_capacity 256",
+        "varta_watch_uptime_seconds 12.346",
+        "varta_watch_last_poll_loop_timestamp_seconds 1700000000.500",
+        'varta_audit_fsync_seconds_bucket{le="0.001"} 0',
+        'varta_audit_fsync_seconds_bucket{le="0.005"} 1',
+        'varta_audit_fsync_seconds_bucket{le="1"} 1',
+        'varta_audit_fsync_seconds_bucket{le="+Inf"} 2',
+        "varta_audit_fsync_seconds_sum 3.002000000",
+        "varta_audit_fsync_seconds_count 2",
+        'varta_observer_stage_seconds_bucket{stage="housekeeping",le="+Inf"} 0',
+        'varta_observer_stage_seconds_sum{stage="poll"} 0.000000000',
+    ]:
+        assert want in lines, want
+    les = [ln.split('le="')[1].split('"')[0] for ln in lines if "iteration_seconds_bucket" in ln]
+    assert sorted(les) == sorted(
+        ["0.001", "0.005", "0.01", "0.05", "0.1", "0.25", "0.5", "1", "+Inf"]
+    )
+
+
+def test_same_samples_as_generate_latest() -> None:
+    """The hand formatting changes only number spelling (and one counter's name)."""
+    snap = Snapshot(
+        agents=(AgentRow(5, 3, 1, 2),),
+        counters={"beats": 3, "recovery_duration_ns_sum": 7},
+        uptime_seconds=1.5,
+    )
+    reg = build_registry(VartaCollector(lambda: snap, ServeStats(), RateLimiter()))
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                name = s.name.replace(
+                    "varta_recovery_duration_ns_sum_total", "varta_recovery_duration_ns_sum"
+                )
+                out[(name, tuple(sorted(s.labels.items())))] = float(s.value)
+        return out
+
+    ours = samples(render(reg).decode())
+    theirs = samples(generate_latest(reg).decode())
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=5e-4), key
+
+
+def promtool_check(body: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    assert tool is not None, (
+        "promtool missing: scripts/test.sh installs the Debian prometheus package"
+    )
+    return subprocess.run(
+        [tool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+
+
+def assert_promtool_accepts(body: str) -> None:
+    """Parse errors exit 1; lint findings exit 3. The only lint findings allowed are
+    about varta_recovery_duration_ns_sum, whose name §9.2 fixes."""
+    res = promtool_check(body)
+    assert res.returncode in (0, 3), res.stderr + res.stdout
+    for line in (res.stdout + res.stderr).splitlines():
+        assert line.startswith("varta_recovery_duration_ns_sum "), line
+
+
+def test_promtool_accepts_the_body() -> None:
+    snap = Snapshot(agents=(AgentRow(1, 2, 3, 3),), counters={"beats": 2}, uptime_seconds=3.0)
+    assert_promtool_accepts(body_for(snap))
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+def test_parse_hex32() -> None:
+    assert parse_hex32(f"  {TOKEN_HEX.upper()}\n".encode()) == TOKEN
+    for bad in [b"", TOKEN_HEX[:-1].encode(), (TOKEN_HEX + "0").encode(), b"zz" * 32]:
+        with pytest.raises(ValueError):
+            parse_hex32(bad)
+
+
+@pytest.mark.parametrize(
+    "header,ok",
+    [
+        (f"Authorization: Bearer {TOKEN_HEX}", True),
+        (f"authorization:bearer {TOKEN_HEX}", True),
+        (f"AUTHORIZATION: \t BEARER \t{TOKEN_HEX.upper()}  ", True),
+        (f"Authorization: Bearer  {TOKEN_HEX}", True),
+        (f"Authorization: Bearer\t{TOKEN_HEX}", False),
+        (f"Authorization: Basic {TOKEN_HEX}", False),
+        (f"Authorization: Bearer {TOKEN_HEX[:-2]}", False),
+        (f"Authorization: Bearer {TOKEN_HEX}00", False),
+        (f"Authorization: Bearer {TOKEN_HEX} x", False),
+        (f"X-Authorization: Bearer {TOKEN_HEX}", False),
+    ],
+)
+def test_bearer_grammar(header: str, ok: bool) -> None:
+    req = f"GET /metrics HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode()
+    assert (bearer_from_request(req) == TOKEN) is ok
+
+
+def test_bearer_first_header_wins_and_must_be_crlf_terminated() -> None:
+    wrong = "ff" * 32
+    req = (
+        f"GET / HTTP/1.0\r\nAuthorization: Bearer {wrong}\r\n"
+        f"Authorization: Bearer {TOKEN_HEX}\r\n\r\n"
+    )
+    assert bearer_from_request(req.encode()) == bytes.fromhex(wrong)
+    unterminated = f"GET / HTTP/1.0\r\nAuthorization: Bearer {TOKEN_HEX}"
+    assert bearer_from_request(unterminated.encode()) is None
+    after_blank = f"GET / HTTP/1.0\r\n\r\nAuthorization: Bearer {TOKEN_HEX}\r\n"
+    assert bearer_from_request(after_blank.encode()) is None
+
+
+# --- per-IP limiter --------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_ip_bucket_new_ip_full_minus_one_then_refill() -> None:
+    clock, stats = Clock(), ServeStats()
+    lim = IpRateLimiter(per_sec=2, burst=3, stats=stats, clock=clock)
+    assert [lim.admit("a") for _ in range(4)] == [True, True, True, False]
+    assert lim.admit("b")  # separate bucket
+    clock.t += 0.5  # one token back
+    assert lim.admit("a") and not lim.admit("a")
+
+
+@pytest.mark.parametrize("rate,burst", [(0, 10), (5, 0)])
+def test_ip_bucket_disabled_by_zero(rate: int, burst: int) -> None:
+    lim = IpRateLimiter(rate, burst, ServeStats(), clock=Clock())
+    assert all(lim.admit("a") for _ in range(100))
+
+
+def test_ip_table_full_evicts_oldest_and_ttl_sweep() -> None:
+    clock, stats = Clock(), ServeStats()
+    lim = IpRateLimiter(1, 1, stats, clock=clock, table_size=2)
+    assert lim.admit("a") and lim.admit("b")
+    assert not lim.admit("a")  # a is now the most recent, empty
+    assert lim.admit("c")  # evicts b (least recently seen)
+    assert stats.dropped["ip_table_full"] == 1
+    clock.t += 61.0  # past the TTL; the sweep forgets everybody
+    assert lim.admit("a") and lim.admit("b") and lim.admit("c")
+
+
+# --- the HTTP server -------------------------------------------------------------------
+
+
+def request(addr: str, data: bytes) -> bytes:
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def get(addr: str, token: Optional[str] = TOKEN_HEX, path: str = "/metrics") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return request(addr, f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+
+
+@pytest.fixture
+def server() -> object:
+    stats = ServeStats()
+    renders: list[float] = []
+
+    def body() -> bytes:
+        renders.append(time.monotonic())
+        return b"# body\n"
+
+    srv = MetricsServer("127.0.0.1", 0, body, stats, token=TOKEN, rate_per_sec=0, rate_burst=0)
+    srv.start()
+    srv.renders = renders  # type: ignore[attr-defined]
+    yield srv
+    srv.stop()
+
+
+def test_server_answers(server: MetricsServer) -> None:
+    assert server.address.startswith("127.0.0.1:")
+    resp = get(server.address, path="/anything/at/all")
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.0 200 OK"
+    assert b"Content-Type: text/plain; version=0.0.4" in lines
+    assert b"Connection: close" in lines
+    assert f"Content-Length: {len(body)}".encode() in lines
+    assert body == b"# body\n"
+
+
+def test_server_401_and_405(server: MetricsServer) -> None:
+    for token in (None, "ab" * 32):
+        resp = get(server.address, token=token)
+        assert resp.startswith(b"HTTP/1.0 401 Unauthorized\r\n")
+        assert b'WWW-Authenticate: Bearer realm="varta"\r\n' in resp
+        assert b"Content-Length: 0\r\n" in resp and b"Connection: close\r\n" in resp
+    assert server.stats.auth_failures == 2
+    for req in (b"POST /metrics HTTP/1.0\r\n\r\n", b"GE", b"get / HTTP/1.0\r\n\r\n"):
+        resp = request(server.address, req)
+        assert resp.startswith(b"HTTP/1.0 405 Method Not Allowed\r\n")
+        assert b"Allow: GET\r\n" in resp and b"Content-Length: 0\r\n" in resp
+    assert server.stats.auth_failures == 2  # 405 is judged before the token
+
+
+def test_server_caches_body_for_a_second(server: MetricsServer) -> None:
+    first = get(server.address)
+    second = get(server.address)
+    assert first == second
+    assert len(server.renders) == 1  # type: ignore[attr-defined]
+    assert server.stats.scrape_skipped == 1
+
+
+def test_rate_limit_closes_without_answer() -> None:
+    stats = ServeStats()
+    srv = MetricsServer("127.0.0.1", 0, lambda: b"x\n", stats, rate_per_sec=1, rate_burst=2)
+    srv.start()
+    try:
+        answers = [get(srv.address, token=None) for _ in range(4)]
+    finally:
+        srv.stop()
+    assert [a.startswith(b"HTTP/1.0 200") for a in answers] == [True, True, False, False]
+    assert answers[2] == answers[3] == b""
+    assert stats.dropped["rate_limit"] == 2
+
+
+def test_ipv6_address_in_brackets() -> None:
+    if not socket.has_ipv6:
+        pytest.fail("IPv6 is not available on this host")
+    srv = MetricsServer("::1", 0, lambda: b"x\n", ServeStats(), rate_per_sec=0, rate_burst=0)
+    try:
+        assert srv.address.startswith("[::1]:")
+    finally:
+        srv.stop()
