@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -23,6 +26,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import varta
 from varta import BeatOrigin
+from watch_e2e import RECORDER_CODE, WATCH_CMD, Watch, audit_rows, tsv_rows
+from watch_e2e import wait_for as e2e_wait
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
@@ -339,3 +344,80 @@ def test_weaker_origin_conflicts_with_a_pinned_slot(tx: socket.socket, tmp_path:
         info = obs.agent(pid)
         assert info is not None and info.beats == 1
         assert info.origin is BeatOrigin.KERNEL_ATTESTED
+
+
+# ------------------------------------------------------------ daemon (python -m varta watch)
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+    finally:
+        s.close()
+
+
+def key_file(tmp: Path, raw: bytes, name: str = "udp.key") -> Path:
+    path = tmp / name
+    path.write_text(raw.hex() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def watch_refusal(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [*WATCH_CMD, "--socket", str(tmp / "w.sock"), "--threshold-ms", "100", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_watch_refuses_recovery_over_secure_udp_without_the_flag(tmp_path: Path) -> None:
+    key = key_file(tmp_path, KEY_A)
+    res = watch_refusal(
+        tmp_path, "--udp-port", "0", "--key-file", str(key), "--recovery-exec", "/bin/true"
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--secure-udp-i-accept-recovery-on-unauthenticated-transport" in res.stderr
+
+
+def test_watch_refuses_plaintext_udp_without_the_flag(tmp_path: Path) -> None:
+    res = watch_refusal(tmp_path, "--udp-port", "0")
+    assert res.returncode == 2, res.stderr
+    assert "--i-accept-plaintext-udp" in res.stderr
+
+
+def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
+    tmp_path: Path,
+) -> None:
+    """Sealed beats reach the daemon's observer over UDP; with the operator
+    flag the listener is operator-attested, so the stall runs recovery."""
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER_CODE)
+    out = tmp_path / "recovered.txt"
+    audit, tsv = tmp_path / "audit.log", tmp_path / "events.tsv"
+    port = free_udp_port()
+    watch = Watch(
+        tmp_path,
+        "--udp-port", str(port),
+        "--key-file", str(key_file(tmp_path, KEY_A)),
+        "--secure-udp-i-accept-recovery-on-unauthenticated-transport",
+        "--recovery-exec", f"{sys.executable} {script} {out}",
+        "--recovery-audit-file", str(audit),
+        "--export-file", str(tsv),
+    )  # fmt: skip
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1)), ("127.0.0.1", port))
+        assert e2e_wait("the recovery run", lambda: out.exists() and out.read_text()) == (
+            f"{PID}\n"
+        )
+        e2e_wait(
+            "the complete audit row",
+            lambda: [r for r in audit_rows(audit) if r[3] == "complete"],
+        )
+    finally:
+        s.close()
+        code = watch.stop()
+    assert code == 0, watch.stderr
+    beats = [r for r in tsv_rows(tsv) if r[1] == "beat" and r[2] == str(PID)]
+    assert len(beats) == 1
+    assert [r[3] for r in audit_rows(audit)][:3] == ["boot", "spawn", "complete"]
