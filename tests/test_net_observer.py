@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import varta
 from varta import BeatOrigin
+from varta.watch.config import parse_args
+from varta.watch.loop import Daemon
 from watch_e2e import RECORDER_CODE, WATCH_CMD, Watch, audit_rows, tsv_rows
 from watch_e2e import wait_for as e2e_wait
 
@@ -421,3 +424,51 @@ def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
     beats = [r for r in tsv_rows(tsv) if r[1] == "beat" and r[2] == str(PID)]
     assert len(beats) == 1
     assert [r[3] for r in audit_rows(audit)][:3] == ["boot", "spawn", "complete"]
+
+
+def test_watch_refuses_recovery_for_a_network_unverified_stall(tmp_path: Path) -> None:
+    """Defence in depth: the CLI never pairs recovery with an untrusted UDP
+    listener (startup refusal), so the daemon is run in-process with the
+    listener's trust forced back to "untrusted"; the NETWORK_UNVERIFIED
+    stall of a UDP-only agent must then be refused and audited."""
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER_CODE)
+    out = tmp_path / "recovered.txt"
+    audit = tmp_path / "audit.log"
+    port = free_udp_port()
+    cfg = parse_args([
+        "--socket", str(tmp_path / "w.sock"), "--threshold-ms", "100",
+        "--read-timeout-ms", "20",
+        "--udp-port", str(port),
+        "--key-file", str(key_file(tmp_path, KEY_A)),
+        "--secure-udp-i-accept-recovery-on-unauthenticated-transport",
+        "--recovery-exec", f"{sys.executable} {script} {out}",
+        "--recovery-audit-file", str(audit),
+    ])  # fmt: skip
+    seen: dict[str, Any] = {}
+
+    def untrusted(path: Any, threshold_ms: int, **kw: Any) -> varta.Observer:
+        seen.update(kw)
+        kw["udp_trust"] = "untrusted"
+        return varta.Observer(path, threshold_ms, **kw)
+
+    daemon = Daemon(cfg, observer_factory=untrusted)
+    daemon.start()
+    loop = threading.Thread(target=daemon.loop)
+    loop.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(seal_shared(KEY_A, os.urandom(8), 1, plain(PID, 1)), ("127.0.0.1", port))
+        refused = e2e_wait(
+            "the refused audit row",
+            lambda: [r for r in audit_rows(audit) if r[3] == "refused"],
+        )
+    finally:
+        s.close()
+        daemon.stop_requested = True
+        loop.join(30)
+        daemon.shutdown()
+    assert seen["udp_trust"] == "operator"  # what the operator flag asked for
+    assert seen["keys"] and seen["plaintext_udp"] is False
+    assert refused[0][4] == str(PID) and refused[0][5] == "unauthenticated_transport"
+    assert not out.exists()
