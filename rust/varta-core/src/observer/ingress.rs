@@ -192,7 +192,8 @@ pub enum Received<'a> {
     Decode(DecodeError),
 }
 
-/// A source of datagrams. Network listeners join as further variants.
+/// A source of datagrams: the Unix socket, or a UDP listener (plaintext or
+/// secure, [`super::udp`]).
 #[derive(Debug)]
 // Listeners are few and long-lived: their size difference does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -325,7 +326,7 @@ pub struct IngressCounters {
     pub truncated_datagrams: u64,
     pub rate_limited_per_pid: u64,
     pub rate_limited_global: u64,
-    /// Network listeners (zero until they exist).
+    /// Secure UDP listeners ([`super::udp`]; zero without one).
     pub frame_decrypt_failures: u64,
     pub secure_replay_refused: u64,
     pub sender_state_full: u64,
