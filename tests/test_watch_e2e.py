@@ -290,7 +290,7 @@ def test_demo_prints_beats_stall_and_recovery(tmp_path: Path) -> None:
             sys.executable, "-m", "varta.watch.demo",
             "--socket", str(tmp_path / "demo" / "varta.sock"),
             "--threshold-ms", "300",
-            "--seconds", "5",
+            "--duration", "5",
         ],
         capture_output=True,
         text=True,
@@ -302,4 +302,5 @@ def test_demo_prints_beats_stall_and_recovery(tmp_path: Path) -> None:
     assert "  beat   pid " in out and " ok payload " in out
     assert "  STALL  pid " in out
     assert "[recovery] recovery-would-restart-pid " in out
+    assert "  exit   pid " in out  # the agent's terminal frame, recorded before varta-watch stops
     assert out.rstrip().endswith("varta demo: stopped (varta-watch exit 0)")
