@@ -17,6 +17,7 @@ pub mod panic;
 pub mod secure;
 pub mod terminal;
 pub mod transport;
+pub mod transport_secure;
 
 pub use crc::crc32c;
 pub use frame::{DecodeError, Frame, Status, FRAME_LEN, NONCE_TERMINAL};
