@@ -14,6 +14,7 @@ pub mod fork;
 pub mod frame;
 pub mod observer;
 pub mod panic;
+pub mod panic_secure;
 pub mod secure;
 pub mod terminal;
 pub mod transport;
