@@ -101,7 +101,7 @@ def rx() -> Iterator[Rx]:
 def test_shared_frames_open_with_cryptography(rx: Rx, key: object) -> None:
     agent = Varta.connect_secure_udp(rx.addr, key)  # type: ignore[arg-type]
     for i in range(5):
-        assert agent.beat(Status.OK, i).sent
+        assert agent.beat(Status.OK, i).is_sent
     wires = rx.drain()
     assert [len(w) for w in wires] == [60] * 5
     frames = [open_shared(KEY, w) for w in wires]
@@ -113,7 +113,7 @@ def test_shared_frames_open_with_cryptography(rx: Rx, key: object) -> None:
     assert len({w[0:8] for w in wires}) == 1
 
     agent.reconnect()
-    assert agent.beat(Status.DEGRADED).sent
+    assert agent.beat(Status.DEGRADED).is_sent
     (after,) = rx.drain()
     assert after[0:8] != wires[0][0:8]  # fresh salt → fresh prefix
     assert counter(after) == 0
@@ -124,7 +124,7 @@ def test_shared_frames_open_with_cryptography(rx: Rx, key: object) -> None:
 
 def test_wrong_key_does_not_open(rx: Rx) -> None:
     agent = Varta.connect_secure_udp(rx.addr, KEY)
-    assert agent.beat().sent
+    assert agent.beat().is_sent
     (wire,) = rx.drain()
     with pytest.raises(InvalidTag):
         ChaCha20Poly1305(bytes(32)).decrypt(wire[0:12], wire[12:60], b"")
@@ -133,8 +133,8 @@ def test_wrong_key_does_not_open(rx: Rx) -> None:
 
 def test_send_terminal_is_sealed(rx: Rx) -> None:
     with Varta.connect_secure_udp(rx.addr, KEY) as agent:
-        assert agent.beat().sent
-        assert agent.send_terminal().sent
+        assert agent.beat().is_sent
+        assert agent.send_terminal().is_sent
     wires = rx.drain()
     assert [counter(w) for w in wires] == [0, 1]
     f = open_shared(KEY, wires[1])
@@ -144,7 +144,7 @@ def test_send_terminal_is_sealed(rx: Rx) -> None:
 def test_master_frames(rx: Rx) -> None:
     agent = Varta.connect_secure_udp_with_master(rx.addr, varta.Key.from_bytes(MASTER))
     for _ in range(3):
-        assert agent.beat().sent
+        assert agent.beat().is_sent
     wires = rx.drain()
     assert [len(w) for w in wires] == [64] * 3
     assert {struct.unpack("<I", w[0:4])[0] for w in wires} == {os.getpid()}
@@ -177,13 +177,67 @@ def test_bad_keys_raise(rx: Rx, connect: object) -> None:
 def test_stall_is_invalid_input_and_sends_nothing(rx: Rx) -> None:
     agent = Varta.connect_secure_udp(rx.addr, KEY)
     out = agent.beat(Status.STALL)
-    assert out.failed
+    assert out.is_failed
     assert out.error == BeatError(0, "InvalidInput")
-    assert agent.beat().sent
+    assert agent.beat().is_sent
     (wire,) = rx.drain()
     assert counter(wire) == 0  # the refused beat burned no AEAD counter
     assert open_shared(KEY, wire).nonce == 1
     agent.close()
+
+
+def beat_until_sent(agent: Varta, tries: int = 100) -> None:
+    """A freshly bound receiver may still see one stale ICMP-induced drop."""
+    outcomes = []
+    for _ in range(tries):
+        out = agent.beat()
+        if out.is_sent:
+            return
+        outcomes.append(out)
+    raise AssertionError(f"never sent: {outcomes[-3:]}")
+
+
+def test_dropped_secure_beats_burn_no_counter_and_auto_reconnect_reseals() -> None:
+    # A port nobody listens on: loopback turns the ICMP error into
+    # ECONNREFUSED on the next send (Dropped: no observer).
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    addr = probe.getsockname()
+    probe.close()
+    agent = Varta.connect_secure_udp(addr, KEY)
+    assert agent.beat().is_sent  # counter 0 committed (the datagram is lost)
+    outcomes = [agent.beat() for _ in range(3)]
+    assert any(o.is_dropped for o in outcomes), outcomes
+    rx = Rx.__new__(Rx)
+    rx.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.sock.bind(addr)
+    try:
+        rx.drain()
+        # Dropped beats committed nothing; the next sent beat reuses the slot.
+        beat_until_sent(agent)
+        wires = rx.drain()
+        assert len(wires) == 1
+        nsent = 1 + sum(o.is_sent for o in outcomes)
+        assert counter(wires[0]) == nsent
+        assert open_shared(KEY, wires[0]).nonce == nsent + 1
+        prefix = wires[0][0:8]
+
+        # Auto-reconnect: observer gone, one drop triggers a reconnect and
+        # the same plaintext is resealed under the new session.
+        rx.sock.close()
+        agent.set_reconnect_after(1)
+        agent.beat()  # may be sent (the ICMP error arrives afterwards)
+        out = agent.beat()
+        assert not out.is_failed
+        rx.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.sock.bind(addr)
+        beat_until_sent(agent)
+        (last,) = rx.drain()
+        assert last[0:8] != prefix  # reconnected: fresh salt
+        open_shared(KEY, last)
+    finally:
+        rx.sock.close()
+        agent.close()
 
 
 def test_repr_names_the_secure_transport(rx: Rx) -> None:
@@ -202,7 +256,7 @@ BATCH = 100
 def _beat_batches(agent: Varta, rx: Rx, n: int, out: list[bytes]) -> None:
     for _ in range(n // BATCH):
         for _ in range(BATCH):
-            assert agent.beat().sent
+            assert agent.beat().is_sent
         out.extend(rx.drain())
 
 
@@ -239,7 +293,7 @@ def test_forked_child_uses_a_fresh_salt(rx: Rx, master: bool) -> None:
             os.close(p2c_w)
             for _ in range(per_side // BATCH):
                 for _ in range(BATCH):
-                    if not agent.beat().sent:
+                    if not agent.beat().is_sent:
                         raise RuntimeError("child beat not sent")
                 os.write(c2p_w, b"b")
                 if _read_exact(p2c_r, 1) != b"k":
