@@ -5,6 +5,10 @@ Median ns per call, in one run, for:
 * ``ours``     — ``varta.Varta.beat`` (this package; build with ``maturin develop --release``)
 * ``floor``    — Python ``socket.send`` of a prebuilt 32-byte frame on a connected UDS
                  socket: the cost any Python caller pays for one datagram
+* ``udp``      — ``Varta.connect_udp(...).beat`` (plaintext UDP to 127.0.0.1)
+* ``secure``   — ``Varta.connect_secure_udp(...).beat`` (60-byte ChaCha20-Poly1305 frames)
+* ``master``   — ``Varta.connect_secure_udp_with_master(...).beat`` (64-byte frames)
+* ``udp_floor``— Python ``socket.send`` of a prebuilt 32-byte frame on a connected UDP socket
 * ``pure``     — a pure-Python agent: ``struct`` + table CRC-32C encode, then ``send``
 * ``upstream`` — upstream ``varta`` 0.2.0's ``Varta.beat``, run in a side venv
                  (``/tmp/upstream-venv``, created with ``pip install varta==0.2.0`` if missing)
@@ -67,6 +71,30 @@ class Receiver:
         try:
             while True:
                 if recv_into(self.buf) != 32:
+                    raise SystemExit("unexpected datagram length")
+                n += 1
+        except BlockingIOError:
+            return n
+
+
+class UdpReceiver(Receiver):
+    """The same, over UDP on 127.0.0.1, for frames of one expected length."""
+
+    def __init__(self, expect: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.buf = bytearray(128)
+        self.expect = expect
+        self.addr = self.sock.getsockname()
+
+    def drain(self) -> int:
+        n = 0
+        recv_into = self.sock.recv_into
+        try:
+            while True:
+                if recv_into(self.buf) != self.expect:
                     raise SystemExit("unexpected datagram length")
                 n += 1
         except BlockingIOError:
@@ -294,10 +322,28 @@ def main(argv: list[str] | None = None) -> int:
         pure.beat(0)
         assert varta.decode(rx.sock.recv(64)).nonce == 1, "pure-Python encoder is wrong"
 
+        udp_rx, sec_rx, mas_rx = UdpReceiver(32), UdpReceiver(60), UdpReceiver(64)
+        udp_agent = varta.Varta.connect_udp(udp_rx.addr)
+        sec_agent = varta.Varta.connect_secure_udp(sec_rx.addr, varta.Key.generate())
+        mas_agent = varta.Varta.connect_secure_udp_with_master(mas_rx.addr, varta.Key.generate())
+        udp_floor = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp_floor.setblocking(False)
+        udp_floor.connect(udp_rx.addr)
+
         variants: dict[str, Callable[[], Any]] = {
             "ours": functools.partial(agent.beat, varta.Status.OK),
             "floor": functools.partial(floor_sock.send, frame),
             "pure": functools.partial(pure.beat, 0),
+            "udp": functools.partial(udp_agent.beat, varta.Status.OK),
+            "secure": functools.partial(sec_agent.beat, varta.Status.OK),
+            "master": functools.partial(mas_agent.beat, varta.Status.OK),
+            "udp_floor": functools.partial(udp_floor.send, frame),
+        }
+        receivers: dict[str, Receiver] = {
+            "udp": udp_rx,
+            "secure": sec_rx,
+            "master": mas_rx,
+            "udp_floor": udp_rx,
         }
         upy = None if args.no_upstream else ensure_upstream_venv()
         interop = check_upstream_interop(upy, tmp) if upy else "upstream: skipped"
@@ -306,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         empties: dict[str, list[int]] = {k: [] for k in samples}
         for _ in range(args.passes):
             for name, call in variants.items():
-                empties[name] += timed_bursts(None, args.rounds, args.burst, rx)
-                samples[name] += timed_bursts(call, args.rounds, args.burst, rx)
+                vrx = receivers.get(name, rx)
+                empties[name] += timed_bursts(None, args.rounds, args.burst, vrx)
+                samples[name] += timed_bursts(call, args.rounds, args.burst, vrx)
             if upy:
                 res = subprocess.run(
                     [
@@ -326,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 samples["upstream"] += data["samples"]
                 empties["upstream"] += data["empty"]
         agent.close()
+        for a in (udp_agent, sec_agent, mas_agent):
+            a.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -341,11 +390,18 @@ def main(argv: list[str] | None = None) -> int:
         "floor": "socket.send of a prebuilt frame",
         "pure": "pure-Python encode + send",
         "upstream": "upstream varta 0.2.0 beat",
+        "udp": "Varta.beat over UDP",
+        "secure": "Varta.beat over secure UDP (shared)",
+        "master": "Varta.beat over secure UDP (master)",
+        "udp_floor": "socket.send on a connected UDP socket",
     }
     for k, v in ns.items():
         print(f"  {labels[k]:<34} {v:8.0f} ns/call")
     print(f"  ratio ours/floor      {ns['ours'] / ns['floor']:6.2f}  (target <= 1.10)")
     print(f"  ratio pure/ours       {ns['pure'] / ns['ours']:6.2f}")
+    print(f"  ratio udp/udp_floor   {ns['udp'] / ns['udp_floor']:6.2f}")
+    print(f"  ratio secure/udp      {ns['secure'] / ns['udp']:6.2f}  (target <= 1.3)")
+    print(f"  ratio master/udp      {ns['master'] / ns['udp']:6.2f}")
     if "upstream" in ns:
         print(f"  ratio upstream/ours   {ns['upstream'] / ns['ours']:6.2f}  (target >= 4)")
     print(f"  {interop}")

@@ -84,6 +84,8 @@ __all__ = [
     "fire",
     "guard",
     "install_asyncio_handler",
+    "install_excepthook_secure_udp",
+    "install_excepthook_secure_udp_master",
     "install_excepthook_udp",
     "install_excepthook_uds",
     "is_installed",
@@ -94,6 +96,9 @@ Address = Tuple[str, int]
 """A UDP target: ``(host, port)``. The host is resolved at install time."""
 
 ExitSignals = Union[bool, Iterable[int]]
+
+KeyLike = Union["_varta.Key", bytes, bytearray]
+"""A :class:`varta.Key` or 32 raw bytes."""
 
 FATAL_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGSEGV,
@@ -355,6 +360,73 @@ def install_excepthook_udp(
     host, port = addr
     _install(
         lambda: _varta._panic_connect_udp(host, port),
+        faulthandler_signals=faulthandler_signals,
+        fatal_signals=fatal_signals,
+        exit_signals=exit_signals,
+    )
+
+
+def _secure_connect(
+    host: str, port: int, key: KeyLike, master: bool
+) -> Callable[[], _varta._PanicEmitter]:
+    def connect() -> _varta._PanicEmitter:
+        try:
+            if master:
+                return _varta._panic_connect_secure_udp_master(host, port, key)
+            return _varta._panic_connect_secure_udp(host, port, key)
+        except RuntimeError as exc:
+            raise EntropyUnavailable(str(exc)) from exc
+
+    return connect
+
+
+def install_excepthook_secure_udp(
+    addr: Address,
+    key: KeyLike,
+    *,
+    faulthandler_signals: bool = False,
+    fatal_signals: bool = True,
+    exit_signals: ExitSignals = False,
+) -> None:
+    """As :func:`install_excepthook_udp`, with 60-byte ChaCha20-Poly1305 frames.
+
+    ``key`` is a :class:`varta.Key` or 32 raw bytes (wrong length:
+    ``ValueError``; wrong type: ``TypeError``). At install a 16-byte fork salt
+    is read from OS entropy (failure: :class:`EntropyUnavailable`) and the
+    socket is connected (failure: :class:`SocketBind`); either way the
+    previous hooks and target stay in place. Each crash claims the next value
+    of a per-install counter (starting at 0) and derives its IV prefix from
+    the salt, pid, terminal timestamp and counter, so no AEAD nonce repeats —
+    also not in forked children. The crash path reads no entropy and
+    allocates nothing.
+    """
+    host, port = addr
+    _install(
+        _secure_connect(host, port, key, False),
+        faulthandler_signals=faulthandler_signals,
+        fatal_signals=fatal_signals,
+        exit_signals=exit_signals,
+    )
+
+
+def install_excepthook_secure_udp_master(
+    addr: Address,
+    master_key: KeyLike,
+    *,
+    faulthandler_signals: bool = False,
+    fatal_signals: bool = True,
+    exit_signals: ExitSignals = False,
+) -> None:
+    """As :func:`install_excepthook_secure_udp`, with the master key.
+
+    Frames are 64 bytes: the pid in clear (also the AAD), sealed with
+    ``K_agent = HKDF(master_key, pid)``. ``K_agent`` is derived now for this
+    pid and cached; a forked child derives its own when it crashes (pure
+    computation, no allocation).
+    """
+    host, port = addr
+    _install(
+        _secure_connect(host, port, master_key, True),
         faulthandler_signals=faulthandler_signals,
         fatal_signals=fatal_signals,
         exit_signals=exit_signals,

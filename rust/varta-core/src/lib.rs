@@ -14,9 +14,11 @@ pub mod fork;
 pub mod frame;
 pub mod observer;
 pub mod panic;
+pub mod panic_secure;
 pub mod secure;
 pub mod terminal;
 pub mod transport;
+pub mod transport_secure;
 
 pub use crc::crc32c;
 pub use frame::{DecodeError, Frame, Status, FRAME_LEN, NONCE_TERMINAL};

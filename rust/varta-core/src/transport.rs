@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`DgramTransport`] over [`Endpoint::Unix`] | 32 B on an unbound, connected `AF_UNIX/SOCK_DGRAM` socket | here |
 //! | [`DgramTransport`] over [`Endpoint::Udp`] | 32 B on a wildcard-bound, connected UDP socket | here |
-//! | secure UDP (shared / master key) | 60 / 64 B AEAD-sealed | [`crate::secure`] implements [`Transport`] |
+//! | [`crate::transport_secure::SecureUdpTransport`] (shared / master key) | 60 / 64 B AEAD-sealed on the same UDP socket | [`crate::transport_secure`] |
 //!
 //! Every socket is non-blocking and close-on-exec. Sending never allocates.
 

@@ -11,6 +11,7 @@
 //! singletons; only `Failed` builds new objects.
 
 use crate::pytypes::{agent_types, extract_status};
+use crate::secure::extract_key;
 use pyo3::exceptions::{PyBlockingIOError, PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -21,7 +22,9 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use varta_core::agent::{Agent, BeatOutcome, FailKind, ForkSafeGuard, ForkSafeMutex};
 use varta_core::frame::{Status, FRAME_LEN};
+use varta_core::secure::{Key, SessionMode};
 use varta_core::transport::{DgramTransport, Endpoint, Transport};
+use varta_core::transport_secure::{SecurePending, SecureUdpTransport};
 
 // ---------------------------------------------------------------------------
 // Transports the binding can drive
@@ -31,11 +34,13 @@ use varta_core::transport::{DgramTransport, Endpoint, Transport};
 /// transport as one more variant.)
 enum Tx {
     Dgram(DgramTransport),
+    Secure(SecureUdpTransport),
     Py(PyTransport),
 }
 
 enum TxPending {
     Dgram(OwnedFd),
+    Secure(SecurePending),
     Py,
 }
 
@@ -46,6 +51,7 @@ impl Transport for Tx {
     fn send(&mut self, frame: &[u8; FRAME_LEN]) -> io::Result<usize> {
         match self {
             Tx::Dgram(t) => t.send(frame),
+            Tx::Secure(t) => t.send(frame),
             Tx::Py(t) => t.send(frame),
         }
     }
@@ -54,6 +60,7 @@ impl Transport for Tx {
     fn expected_send_len(&self) -> usize {
         match self {
             Tx::Dgram(t) => t.expected_send_len(),
+            Tx::Secure(t) => t.expected_send_len(),
             Tx::Py(t) => t.expected,
         }
     }
@@ -61,6 +68,7 @@ impl Transport for Tx {
     fn prepare_reconnect(&self) -> io::Result<TxPending> {
         match self {
             Tx::Dgram(t) => t.prepare_reconnect().map(TxPending::Dgram),
+            Tx::Secure(t) => t.prepare_reconnect().map(TxPending::Secure),
             // A Python transport's reconnect() is itself transactional
             // (upstream's BeatTransport contract); it runs here.
             Tx::Py(t) => t.reconnect_now().map(|()| TxPending::Py),
@@ -70,6 +78,7 @@ impl Transport for Tx {
     fn commit_reconnect(&mut self, pending: TxPending) {
         match (self, pending) {
             (Tx::Dgram(t), TxPending::Dgram(fd)) => t.commit_reconnect(fd),
+            (Tx::Secure(t), TxPending::Secure(p)) => t.commit_reconnect(p),
             (Tx::Py(_), TxPending::Py) => {}
             _ => unreachable!("pending state from another transport kind"),
         }
@@ -79,6 +88,7 @@ impl Transport for Tx {
     fn commit_sent(&mut self) {
         match self {
             Tx::Dgram(t) => t.commit_sent(),
+            Tx::Secure(t) => t.commit_sent(),
             Tx::Py(_) => {}
         }
     }
@@ -91,6 +101,13 @@ impl Tx {
                 Endpoint::Unix(u) => format!("uds={:?}", u.path().to_string_lossy()),
                 Endpoint::Udp(a) => format!("udp={a}"),
             },
+            Tx::Secure(t) => {
+                let mode = match t.mode() {
+                    SessionMode::Shared => "shared",
+                    SessionMode::Master => "master",
+                };
+                format!("secure_udp={} key={mode}", t.endpoint())
+            }
             Tx::Py(t) => Python::attach(|py| {
                 let obj = t.obj.bind(py);
                 match obj.get_type().name() {
@@ -105,7 +122,7 @@ impl Tx {
     fn take_py_error(&mut self) -> Option<PyErr> {
         match self {
             Tx::Py(t) => t.error.take(),
-            Tx::Dgram(_) => None,
+            Tx::Dgram(_) | Tx::Secure(_) => None,
         }
     }
 }
@@ -305,6 +322,28 @@ impl PyVarta {
         })
     }
 
+    fn connect_secure(
+        py: Python<'_>,
+        addr: &Bound<'_, PyTuple>,
+        key: Key,
+        mode: SessionMode,
+    ) -> PyResult<Self> {
+        let (host, port): (String, u16) = addr.extract()?;
+        let target = format!("{host}:{port}");
+        py.detach(|| {
+            varta_core::fork::register()?;
+            let Endpoint::Udp(sa) = Endpoint::udp(&host, port)? else {
+                unreachable!("Endpoint::udp returns a UDP endpoint")
+            };
+            let t = match mode {
+                SessionMode::Shared => SecureUdpTransport::connect_shared(sa, key)?,
+                SessionMode::Master => SecureUdpTransport::connect_master(sa, key)?,
+            };
+            PyVarta::from_tx(Tx::Secure(t))
+        })
+        .map_err(|e| os_error(py, &e, &target))
+    }
+
     /// Take the agent lock without blocking while attached to the
     /// interpreter (the holder may need the GIL to finish).
     #[inline]
@@ -392,6 +431,32 @@ impl PyVarta {
                 .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
         })
         .map_err(|e| os_error(py, &e, &target))
+    }
+
+    /// Secure UDP with a shared key (`varta.Key` or 32 bytes): 60-byte
+    /// ChaCha20-Poly1305 frames; fresh session salt from OS entropy.
+    #[classmethod]
+    fn connect_secure_udp(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        addr: &Bound<'_, PyTuple>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let key = extract_key(key)?;
+        PyVarta::connect_secure(py, addr, key, SessionMode::Shared)
+    }
+
+    /// Secure UDP with a master key: 64-byte frames sealed with
+    /// `K_agent = HKDF(master, pid)`, re-derived on reconnect and fork.
+    #[classmethod]
+    fn connect_secure_udp_with_master(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        addr: &Bound<'_, PyTuple>,
+        master_key: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let key = extract_key(master_key)?;
+        PyVarta::connect_secure(py, addr, key, SessionMode::Master)
     }
 
     /// Emit one frame and return its `BeatOutcome`. Raises only for a bad

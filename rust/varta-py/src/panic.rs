@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use varta_core::panic::{self as core_panic, Emitter, Fire};
+use varta_core::panic::{self as core_panic, udp_connected_resolve, Emitter, Fire, Wire};
+use varta_core::panic_secure::{MasterPanicSealer, SharedPanicSealer};
 
 /// A connected, not yet active crash emitter. `activate()` makes it the
 /// process's active emitter (once); dropping it unused closes its socket.
@@ -93,6 +94,54 @@ fn _panic_connect_udp(py: Python<'_>, host: String, port: u16) -> PyResult<PyPan
     Ok(PyPanicEmitter::wrap(e))
 }
 
+/// Build a secure UDP crash emitter: fork salt first (failure →
+/// `RuntimeError` starting with "entropy unavailable", which `varta.panic`
+/// turns into `EntropyUnavailable`), then resolve and connect (`OSError`).
+fn connect_secure(
+    py: Python<'_>,
+    host: String,
+    port: u16,
+    key: &Bound<'_, PyAny>,
+    master: bool,
+) -> PyResult<PyPanicEmitter> {
+    let key = crate::secure::extract_key(key)?;
+    let wire = py
+        .detach(|| -> io::Result<Wire> {
+            Ok(if master {
+                Wire::Sealed(Box::new(MasterPanicSealer::new(&key)?))
+            } else {
+                Wire::Sealed(Box::new(SharedPanicSealer::new(&key)?))
+            })
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("entropy unavailable: {e}")))?;
+    let e = py
+        .detach(|| Emitter::new(udp_connected_resolve((host.as_str(), port))?.into(), wire))
+        .map_err(|e| os_error(&e, &format!("{host}:{port}")))?;
+    Ok(PyPanicEmitter::wrap(e))
+}
+
+/// Secure UDP crash emitter, shared key (60-byte frames).
+#[pyfunction]
+fn _panic_connect_secure_udp(
+    py: Python<'_>,
+    host: String,
+    port: u16,
+    key: &Bound<'_, PyAny>,
+) -> PyResult<PyPanicEmitter> {
+    connect_secure(py, host, port, key, false)
+}
+
+/// Secure UDP crash emitter, master key (64-byte frames, `K_agent` per pid).
+#[pyfunction]
+fn _panic_connect_secure_udp_master(
+    py: Python<'_>,
+    host: String,
+    port: u16,
+    master_key: &Bound<'_, PyAny>,
+) -> PyResult<PyPanicEmitter> {
+    connect_secure(py, host, port, master_key, true)
+}
+
 /// Fire the active emitter once. True if a datagram went out.
 #[pyfunction]
 fn _panic_fire() -> bool {
@@ -115,6 +164,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPanicEmitter>()?;
     m.add_function(wrap_pyfunction!(_panic_connect_uds, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_connect_udp, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_connect_secure_udp, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_connect_secure_udp_master, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_fire, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_active, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_fatal_signals_installed, m)?)?;
