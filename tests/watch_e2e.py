@@ -30,11 +30,10 @@ TOKEN_HEX = "5a" * 32
 
 # An agent: beats every argv[2] ms into argv[1] until killed.
 AGENT_CODE = """
-import sys, time
-from varta.watch.demo import open_sender
-send = open_sender(sys.argv[1])
+import sys, time, varta
+agent = varta.Varta.connect(sys.argv[1])
 while True:
-    send("ok", 7)
+    agent.beat("ok", 7)
     time.sleep(int(sys.argv[2]) / 1000)
 """
 
