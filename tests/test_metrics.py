@@ -27,6 +27,7 @@ from varta.watch.metrics import (
     parse_hex32,
     render,
 )
+from watch_e2e import http_get, http_request
 
 # observer.md §9.2, all 65 families (name, type).
 SPEC_FAMILIES = """
@@ -315,25 +316,11 @@ def test_ip_table_full_evicts_oldest_and_ttl_sweep() -> None:
 # --- the HTTP server -------------------------------------------------------------------
 
 
-def request(addr: str, data: bytes) -> bytes:
-    host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+request = http_request
 
 
 def get(addr: str, token: Optional[str] = TOKEN_HEX, path: str = "/metrics") -> bytes:
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return request(addr, f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+    return http_get(addr, token, path)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from varta.watch import logsetup, notify
 from varta.watch.audit import verify
 from varta.watch.config import parse_args
 from varta.watch.loop import Daemon, HwWatchdog, LoopState, StartupError, write_heartbeat
-from watch_fakes import AgentInfo, Beat, FakeObserver, NamespaceConflict, Stall, factory
+from watch_fakes import FakeObserver, beat, factory, namespace_conflict, stall
 
 TOKEN_HEX = "ab" * 32
 
@@ -101,8 +101,8 @@ def test_stall_exports_spawns_recovery_and_audits(
         ["--recovery-exec", f"{sys.executable} {script} {out}", "--export-file", str(tsv),
          "--recovery-audit-file", str(audit)],
     )  # fmt: skip
-    obs.batches.append([Beat(4242, Status.DEGRADED, payload=9, nonce=3, observer_ns=5)])
-    obs.batches.append([Stall(4242, last_nonce=3, last_ns=5, observer_ns=200_000_000)])
+    obs.batches.append([beat(4242, Status.DEGRADED, payload=9, nonce=3, observer_ns=5)])
+    obs.batches.append([stall(4242, last_nonce=3, last_ns=5, observer_ns=200_000_000)])
 
     def done() -> bool:
         return daemon.recovery is not None and daemon.recovery.outcomes["reaped_zero"] == 1
@@ -125,8 +125,8 @@ def test_pid_placeholder_and_debounce(tmp_path: Path, recorder: tuple[Path, Path
     daemon, obs = make_daemon(
         tmp_path, ["--recovery-exec", f"{sys.executable} {script} {out} --pid={{pid}} now"]
     )
-    obs.batches.append([Stall(77)])
-    obs.batches.append([Stall(77)])  # within the 1 s debounce
+    obs.batches.append([stall(77)])
+    obs.batches.append([stall(77)])  # within the 1 s debounce
     run_until(
         daemon,
         obs,
@@ -141,7 +141,7 @@ def test_pid_placeholder_and_debounce(tmp_path: Path, recorder: tuple[Path, Path
 
 def test_over_budget_stalls_are_deferred_then_fired(tmp_path: Path) -> None:
     daemon, obs = make_daemon(tmp_path, ["--recovery-exec", "true"])
-    obs.batches.append([Stall(1000 + i, last_ns=7) for i in range(20)])
+    obs.batches.append([stall(1000 + i, last_ns=7) for i in range(20)])
     run_until(
         daemon,
         obs,
@@ -154,10 +154,10 @@ def test_over_budget_stalls_are_deferred_then_fired(tmp_path: Path) -> None:
 
 def test_deferred_stall_of_a_resumed_agent_is_skipped(tmp_path: Path) -> None:
     daemon, obs = make_daemon(tmp_path, ["--recovery-exec", "true"])
-    stalls = [Stall(1000 + i, last_ns=7) for i in range(17)]
+    stalls = [stall(1000 + i, last_ns=7) for i in range(17)]
     obs.batches.append(stalls)
     # Before the deferred 17th stall fires, its agent beats again.
-    obs.batches.append([Beat(1016, observer_ns=9)])
+    obs.batches.append([beat(1016, observer_ns=9)])
     run_until(
         daemon,
         obs,
@@ -171,12 +171,12 @@ def test_deferred_stall_of_a_resumed_agent_is_skipped(tmp_path: Path) -> None:
 def test_removed_pids_become_eviction_rows_unless_tracked_again(tmp_path: Path) -> None:
     tsv = tmp_path / "e.tsv"
     daemon, obs = make_daemon(tmp_path, ["--export-file", str(tsv)])
-    obs.batches.append([Beat(10), Beat(11)])
+    obs.batches.append([beat(10), beat(11)])
 
     def remove(o: FakeObserver) -> None:
         if len(o.timeouts) == 3:
             o.remove([10, 11])
-            o.batches.append([Beat(11, nonce=2)])  # 11 is tracked again at once
+            o.batches.append([beat(11, nonce=2)])  # 11 is tracked again at once
 
     def done(o: FakeObserver) -> None:
         remove(o)
@@ -196,10 +196,8 @@ def test_snapshot_rows_and_counters(tmp_path: Path) -> None:
         tmp_path, ["--recovery-exec", "true", "--signal-handler-mode", "libc"]
     )
     daemon.start()
-    obs.tracked = {
-        9: AgentInfo(9, Status.CRITICAL, beats=4),
-        3: AgentInfo(3, Status.OK, beats=2, stalls=1, stalled=True),
-    }
+    obs.track(9, status=Status.CRITICAL, beats=4)
+    obs.track(3, status=Status.OK, beats=2, stalls=1, stalled=True)
     snap = daemon.snapshot()
     daemon.shutdown()
     assert sorted((r.pid, r.beats, r.stalls, r.status) for r in snap.agents) == [
@@ -214,7 +212,7 @@ def test_snapshot_rows_and_counters(tmp_path: Path) -> None:
 
 def test_strict_namespace_check_exits_1(tmp_path: Path) -> None:
     daemon, obs = make_daemon(tmp_path, ["--strict-namespace-check"])
-    obs.batches.append([NamespaceConflict(5)])
+    obs.batches.append([namespace_conflict(5)])
     daemon.start()
     daemon.loop()
     daemon.shutdown()
@@ -223,7 +221,7 @@ def test_strict_namespace_check_exits_1(tmp_path: Path) -> None:
 
 def test_namespace_conflict_is_only_logged_by_default(tmp_path: Path) -> None:
     daemon, obs = make_daemon(tmp_path, [])
-    obs.batches.append([NamespaceConflict(5)])
+    obs.batches.append([namespace_conflict(5)])
     run_until(daemon, obs, lambda: len(obs.timeouts) > 3)
     assert daemon.exit_code == 0
 
@@ -271,7 +269,7 @@ def test_queued_stalls_are_written_at_shutdown(tmp_path: Path) -> None:
     daemon, obs = make_daemon(tmp_path, ["--export-file", str(tsv)])
     daemon.start()
     daemon.stop_requested = True
-    obs.batches.append([Stall(31, last_nonce=4, observer_ns=99)])
+    obs.batches.append([stall(31, last_nonce=4, observer_ns=99)])
     daemon.loop()
     daemon.shutdown()
     assert tsv_rows(tsv) == [["99", "stall", "31", "4", "stall", "-"]]
@@ -421,7 +419,7 @@ def test_hw_watchdog_must_be_a_watchdog(tmp_path: Path) -> None:
 def test_metrics_served_from_loop_snapshots(tmp_path: Path) -> None:
     out = io.StringIO()
     daemon, obs = make_daemon(tmp_path, ["--prom-addr", "127.0.0.1:0"], stdout=out)
-    obs.batches.append([Beat(4242, Status.CRITICAL)])
+    obs.batches.append([beat(4242, Status.CRITICAL)])
     bodies: list[bytes] = []
 
     def scrape() -> None:

@@ -30,11 +30,10 @@ TOKEN_HEX = "5a" * 32
 
 # An agent: beats every argv[2] ms into argv[1] until killed.
 AGENT_CODE = """
-import sys, time
-from varta.watch.demo import open_sender
-send = open_sender(sys.argv[1])
+import sys, time, varta
+agent = varta.Varta.connect(sys.argv[1])
 while True:
-    send("ok", 7)
+    agent.beat("ok", 7)
     time.sleep(int(sys.argv[2]) / 1000)
 """
 
@@ -174,11 +173,11 @@ def token_file(tmp: Path, text: str = TOKEN_HEX) -> Path:
     return path
 
 
-def http_get(addr: str, token: Optional[str] = TOKEN_HEX, timeout: float = 5.0) -> bytes:
+def http_request(addr: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send *data* to ``IP:PORT`` / ``[IPv6]:PORT``; everything read until EOF or reset."""
     host, port = addr.rsplit(":", 1)
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
-        s.sendall(f"GET /metrics HTTP/1.1\r\nHost: varta\r\n{auth}\r\n".encode())
+        s.sendall(data)
         chunks = []
         while True:
             try:
@@ -189,6 +188,11 @@ def http_get(addr: str, token: Optional[str] = TOKEN_HEX, timeout: float = 5.0) 
                 break
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def http_get(addr: str, token: Optional[str] = TOKEN_HEX, path: str = "/metrics") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return http_request(addr, f"GET {path} HTTP/1.1\r\nHost: varta\r\n{auth}\r\n".encode())
 
 
 def audit_rows(path: Path) -> list[list[str]]:

@@ -1,8 +1,9 @@
-"""A scripted stand-in for ``varta.Observer`` (the INTERFACES.md API) for loop unit tests.
+"""A scripted stand-in for ``varta.Observer`` for the daemon's loop unit tests.
 
-Tests queue batches of events; ``poll()`` hands out one batch per call and
-records the timeout it was given. Event classes carry the native class names
-(``Beat``, ``Stall``, …) because the daemon dispatches on the class name.
+Tests queue batches of real ``varta`` event objects (built with the helpers
+below, which fill in defaults); ``poll()`` hands out one batch per call,
+records the timeout it was given and keeps per-pid ``AgentInfo`` the way the
+tracker would. An idle poll sleeps its timeout, like the native wait.
 """
 
 from __future__ import annotations
@@ -10,73 +11,56 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import varta
 from varta import BeatOrigin, Status
 
-
-@dataclass(frozen=True)
-class Beat:
-    pid: int
-    status: Status = Status.OK
-    payload: int = 0
-    nonce: int = 1
-    origin: BeatOrigin = BeatOrigin.KERNEL_ATTESTED
-    pid_ns_inode: Optional[int] = None
-    observer_ns: int = 0
+KERNEL = BeatOrigin.KERNEL_ATTESTED
 
 
-@dataclass(frozen=True)
-class Stall:
-    pid: int
-    last_nonce: int = 1
-    last_ns: int = 0
-    origin: BeatOrigin = BeatOrigin.KERNEL_ATTESTED
-    pid_ns_inode: Optional[int] = None
-    generation: Optional[int] = None
-    observer_ns: int = 0
+def beat(
+    pid: int,
+    status: Status = Status.OK,
+    payload: int = 0,
+    nonce: int = 1,
+    observer_ns: int = 0,
+) -> varta.Beat:
+    return varta.Beat(pid, status, payload, nonce, KERNEL, None, observer_ns)
 
 
-@dataclass(frozen=True)
-class Decode:
-    error: Any
-    observer_ns: int = 0
+def stall(
+    pid: int,
+    last_nonce: int = 1,
+    last_ns: int = 0,
+    observer_ns: int = 0,
+    generation: Optional[int] = None,
+) -> varta.Stall:
+    return varta.Stall(pid, last_nonce, last_ns, KERNEL, None, generation, observer_ns)
 
 
-@dataclass(frozen=True)
-class AuthFailure:
-    claimed_pid: int
-    observer_ns: int = 0
+def namespace_conflict(pid: int) -> varta.NamespaceConflict:
+    return varta.NamespaceConflict(pid, 1, 2, 0)
 
 
-@dataclass(frozen=True)
-class NamespaceConflict:
-    claimed_pid: int
-    observed_ns_inode: int = 1
-    observer_ns_inode: int = 2
-    observer_ns: int = 0
-
-
-@dataclass(frozen=True)
-class Io:
-    error: str
-    errno: Optional[int] = None
-    observer_ns: int = 0
+def agent_info(
+    pid: int,
+    status: Status = Status.OK,
+    beats: int = 0,
+    stalls: int = 0,
+    last_ns: int = 0,
+    stalled: bool = False,
+) -> varta.AgentInfo:
+    return varta.AgentInfo(pid, status, KERNEL, beats, stalls, 0, last_ns, 0, stalled, None, None)
 
 
 @dataclass
-class AgentInfo:
-    pid: int
+class _Slot:
     status: Status = Status.OK
-    origin: BeatOrigin = BeatOrigin.KERNEL_ATTESTED
     beats: int = 0
     stalls: int = 0
-    last_nonce: int = 0
     last_ns: int = 0
-    age_ns: int = 0
     stalled: bool = False
-    pid_ns_inode: Optional[int] = None
-    generation: Optional[int] = None
 
 
 @dataclass
@@ -86,11 +70,11 @@ class FakeObserver:
     kwargs: dict[str, Any] = field(default_factory=dict)
     batches: deque[list[Any]] = field(default_factory=deque)
     timeouts: list[Optional[float]] = field(default_factory=list)
-    tracked: dict[int, AgentInfo] = field(default_factory=dict)
+    slots: dict[int, _Slot] = field(default_factory=dict)
     removed: list[int] = field(default_factory=list)
     clock_ns: int = 1_000_000_000
     closed: bool = False
-    on_poll: Any = None
+    on_poll: Optional[Callable[[FakeObserver], None]] = None
 
     def poll(self, timeout: Optional[float] = None) -> list[Any]:
         self.timeouts.append(timeout)
@@ -107,36 +91,43 @@ class FakeObserver:
         return []
 
     def _track(self, ev: Any) -> None:
-        name = type(ev).__name__
-        if name == "Beat":
-            a = self.tracked.setdefault(ev.pid, AgentInfo(ev.pid))
-            a.beats += 1
-            a.status = ev.status
-            a.stalled = False
-            a.last_ns = ev.observer_ns
-        elif name == "Stall":
-            a = self.tracked.setdefault(ev.pid, AgentInfo(ev.pid, last_ns=ev.last_ns))
-            a.stalls += 1
-            a.stalled = True
+        if isinstance(ev, varta.Beat):
+            s = self.slots.setdefault(ev.pid, _Slot())
+            s.beats += 1
+            s.status = ev.status
+            s.stalled = False
+            s.last_ns = ev.observer_ns
+        elif isinstance(ev, varta.Stall):
+            s = self.slots.setdefault(ev.pid, _Slot(last_ns=ev.last_ns))
+            s.stalls += 1
+            s.stalled = True
 
-    def agents(self) -> list[AgentInfo]:
-        return list(self.tracked.values())
+    def track(self, pid: int, **state: Any) -> None:
+        """Set a tracked pid's state directly."""
+        self.slots[pid] = _Slot(**state)
 
-    def agent(self, pid: int) -> Optional[AgentInfo]:
-        return self.tracked.get(pid)
+    def agents(self) -> list[varta.AgentInfo]:
+        return [self._info(pid) for pid in self.slots]
+
+    def agent(self, pid: int) -> Optional[varta.AgentInfo]:
+        return self._info(pid) if pid in self.slots else None
+
+    def _info(self, pid: int) -> varta.AgentInfo:
+        s = self.slots[pid]
+        return agent_info(pid, s.status, s.beats, s.stalls, s.last_ns, s.stalled)
 
     def counters(self) -> dict[str, Any]:
         return {
-            "beats": sum(a.beats for a in self.tracked.values()),
+            "beats": sum(s.beats for s in self.slots.values()),
             "tracker_capacity": 256,
-            "watch_pids_tracked": len(self.tracked),
+            "watch_pids_tracked": len(self.slots),
             "decode_errors": {"bad_crc": 1},
         }
 
     def remove(self, pids: list[int]) -> None:
         """The tracker drops *pids* (eviction / recycle retirement)."""
         for pid in pids:
-            self.tracked.pop(pid, None)
+            self.slots.pop(pid, None)
         self.removed += pids
 
     def take_removed(self) -> list[int]:

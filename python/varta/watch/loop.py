@@ -36,6 +36,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Protocol, TypeVar
 
+import varta
+
 from . import notify
 from .audit import AuditLog, Histogram
 from .config import WatchConfig, self_watchdog_secs, systemd_watchdog_usec
@@ -100,9 +102,7 @@ ObserverFactory = Callable[..., ObserverLike]
 
 
 def native_observer_factory() -> ObserverFactory:
-    from varta import Observer
-
-    return Observer
+    return varta.Observer
 
 
 def _reason(exc: BaseException) -> str:
@@ -378,14 +378,14 @@ class Daemon:
         self._stage_hists: dict[str, Histogram] = {s: new_histogram() for s in STAGES}
         self._iteration_budget_exceeded = 0
         self._watermarks_seen = {"warn": 0, "critical": 0}
-        self._event_handlers: dict[str, Callable[[Any], None]] = {
-            "Stall": self._on_stall,
-            "Decode": self._on_decode,
-            "AuthFailure": self._on_auth_failure,
-            "OriginConflict": self._on_origin_conflict,
-            "NamespaceConflict": self._on_namespace_conflict,
-            "Io": self._on_io,
-            "CtrlTruncated": self._on_ctrunc,
+        self._event_handlers: dict[type, Callable[[Any], None]] = {
+            varta.Stall: self._on_stall,
+            varta.Decode: self._on_decode,
+            varta.AuthFailure: self._on_auth_failure,
+            varta.OriginConflict: self._on_origin_conflict,
+            varta.NamespaceConflict: self._on_namespace_conflict,
+            varta.Io: self._on_io,
+            varta.CtrlTruncated: self._on_ctrunc,
         }
 
     # --- entry point -------------------------------------------------------------
@@ -641,7 +641,7 @@ class Daemon:
     def _handle(self, ev: Any) -> None:
         if self.exporter is not None:
             self.exporter.event(ev)
-        handler = self._event_handlers.get(type(ev).__name__)
+        handler = self._event_handlers.get(type(ev))
         if handler is not None:
             handler(ev)
 

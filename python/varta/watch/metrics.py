@@ -353,9 +353,7 @@ def _scalar_family(
 
 
 def _scalar(raw: object) -> float:
-    if isinstance(raw, Mapping):  # a labelled source for an unlabelled family: sum it
-        return sum(int(v) for v in raw.values())
-    assert isinstance(raw, (int, float))
+    assert isinstance(raw, (int, float)), raw
     return raw
 
 
