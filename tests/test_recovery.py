@@ -645,8 +645,10 @@ def test_per_tick_budget(
     assert runner.spawn_budget_exceeded == 1  # once per tick
     runner.begin_tick()
     assert runner.has_budget()
+    # Wait for every child before reaping: one reap() collects all that exited.
     for cp in kids:
-        reap_exited(runner, cp, T0)
+        wait_exit(cp)
+    assert sorted(c.child_pid for c in runner.reap(T0)) == sorted(kids)
 
 
 def test_fire_time_verdicts() -> None:
