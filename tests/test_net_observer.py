@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import varta
+from observer_helpers import poll_until
 from varta import BeatOrigin
 from varta.watch.config import parse_args
 from varta.watch.loop import Daemon
@@ -83,19 +84,6 @@ def make(**kw: Any) -> varta.Observer:
     kw.setdefault("max_beat_rate", 0)
     threshold = kw.pop("threshold_ms", 10_000)
     return varta.Observer(None, threshold, udp_port=0, **kw)
-
-
-def poll_until(
-    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 5.0
-) -> list[Any]:
-    end = time.monotonic() + within
-    seen: list[Any] = []
-    while time.monotonic() < end:
-        batch = list(obs.poll(timeout=0.2))
-        seen.extend(batch)
-        if any(pred(e) for e in batch):
-            return seen
-    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
 
 
 def wait_counter(obs: varta.Observer, name: str, value: int, *, within: float = 5.0) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import pytest
 
 import varta
+from observer_helpers import poll_until
 from varta import BeatOrigin, DecodeError, Status
 
 U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
@@ -56,20 +57,6 @@ def send_fds_to(tx: socket.socket, data: bytes, fds: list[int], path: str) -> No
     # socket.send_fds ignores its address argument on some Python versions.
     rights = array.array("i", fds)
     tx.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], 0, path)
-
-
-def poll_until(
-    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 5.0
-) -> list[Any]:
-    """Poll until an event satisfies ``pred``; return every event seen."""
-    end = time.monotonic() + within
-    seen: list[Any] = []
-    while time.monotonic() < end:
-        batch = list(obs.poll(timeout=0.2))
-        seen.extend(batch)
-        if any(pred(e) for e in batch):
-            return seen
-    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
 
 
 def wait_for(cond: Callable[[], bool], obs: varta.Observer, *, within: float = 5.0) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import pytest
 
 import varta
+from observer_helpers import poll_until
 from varta import BeatOrigin
 
 # A minimal agent: a plain socket and varta.encode, one beat every 20 ms
@@ -48,19 +49,6 @@ def sock_path() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def poll_until(
-    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 10.0
-) -> list[Any]:
-    end = time.monotonic() + within
-    seen: list[Any] = []
-    while time.monotonic() < end:
-        batch = list(obs.poll(timeout=0.2))
-        seen.extend(batch)
-        if any(pred(e) for e in batch):
-            return seen
-    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
-
-
 def drain_for(obs: varta.Observer, seconds: float) -> list[Any]:
     """Every event of the next ``seconds`` (bounded poll timeouts)."""
     end = time.monotonic() + seconds
@@ -81,7 +69,7 @@ def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:
     victim = os.getpid()
     with varta.Observer(sock_path, 10_000) as obs:
         subprocess.run([sys.executable, "-c", liar, sock_path, str(victim)], check=True)
-        events = poll_until(obs, lambda e: isinstance(e, varta.AuthFailure))
+        events = poll_until(obs, lambda e: isinstance(e, varta.AuthFailure), within=10.0)
         assert [type(e) for e in events] == [varta.AuthFailure]
         assert events[0].claimed_pid == victim
         assert obs.agents() == []
@@ -105,10 +93,10 @@ def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
         agent = subprocess.Popen([sys.executable, "-c", AGENT, sock_path])
         try:
             pid = agent.pid
-            poll_until(obs, is_beat(pid))
+            poll_until(obs, is_beat(pid), within=10.0)
 
             agent.send_signal(signal.SIGSTOP)
-            events = poll_until(obs, is_stall(pid))
+            events = poll_until(obs, is_stall(pid), within=10.0)
             stalls = [e for e in events if isinstance(e, varta.Stall)]
             assert len(stalls) == 1
             (s,) = stalls
@@ -123,13 +111,13 @@ def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
             assert not any(is_stall(pid)(e) for e in later), later
 
             agent.send_signal(signal.SIGCONT)
-            events = poll_until(obs, is_beat(pid))
+            events = poll_until(obs, is_beat(pid), within=10.0)
             info = obs.agent(pid)
             assert info is not None and not info.stalled
             assert obs.next_deadline_ns() is not None
 
             agent.send_signal(signal.SIGSTOP)
-            events = poll_until(obs, is_stall(pid))
+            events = poll_until(obs, is_stall(pid), within=10.0)
             assert len([e for e in events if is_stall(pid)(e)]) == 1
             info = obs.agent(pid)
             assert info is not None and info.stalls == 2
@@ -200,5 +188,5 @@ def test_forked_child_closing_its_copy_keeps_the_socket_file(sock_path: str) -> 
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         s.sendto(varta.encode(0, os.getpid(), 1, 1), sock_path)
         s.close()
-        poll_until(obs, lambda e: isinstance(e, varta.Beat))
+        poll_until(obs, lambda e: isinstance(e, varta.Beat), within=10.0)
     assert not os.path.exists(sock_path)

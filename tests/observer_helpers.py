@@ -1,0 +1,22 @@
+"""Helpers shared by the observer test modules (imported like watch_e2e)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import varta
+
+
+def poll_until(
+    obs: varta.Observer, pred: Callable[[Any], bool], *, within: float = 5.0
+) -> list[Any]:
+    """Poll until an event satisfies ``pred``; return every event seen."""
+    end = time.monotonic() + within
+    seen: list[Any] = []
+    while time.monotonic() < end:
+        batch = list(obs.poll(timeout=0.2))
+        seen.extend(batch)
+        if any(pred(e) for e in batch):
+            return seen
+    raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
