@@ -3,7 +3,7 @@
 # into it, every event printed as a line (python -m varta demo). Self-sufficient
 # on a fresh machine: creates .venv, installs the build tool, builds the
 # extension, runs the demo. Ctrl-C stops it.
-#   bash scripts/demo.sh [--socket PATH] [--threshold-ms MS] [--seconds N]
+#   bash scripts/demo.sh [--socket PATH] [--threshold-ms MS] [--interval S] [--duration S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VARTA_VENV:-$PWD/.venv}

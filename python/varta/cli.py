@@ -10,7 +10,7 @@ USAGE = """usage: python -m varta <command> [args]
 
 commands:
   watch ...          run the varta-watch observer daemon (same flags as varta-watch)
-  demo [--socket P]  run varta-watch with a demo agent beating into it
+  demo [--socket P]  varta-watch plus a demo agent beating into it (the main job)
   audit verify FILE  verify a recovery audit log's hash chain
   keygen FILE        write a new 32-byte key file (mode 0600)
 """
