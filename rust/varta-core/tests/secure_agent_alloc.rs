@@ -3,8 +3,6 @@
 //! secure crash emitter (shared, master, and the master path of a pid other
 //! than the installing one, i.e. a forked child's first crash).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::UdpSocket;
 use varta_core::agent::{Agent, BeatOutcome};
 use varta_core::frame::{Frame, NONCE_TERMINAL};
@@ -13,41 +11,12 @@ use varta_core::panic_secure::MasterPanicSealer;
 use varta_core::secure::Key;
 use varta_core::Status;
 
-struct Counting;
+mod common;
 
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn bump() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards to the system allocator, only counting on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+use common::allocs;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> usize {
-    ALLOCS.with(Cell::get)
-}
+static GLOBAL: common::Counting = common::Counting;
 
 fn rx(len: usize) -> (UdpSocket, impl FnMut() -> u32) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

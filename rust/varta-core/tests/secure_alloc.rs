@@ -12,9 +12,6 @@
 //! operations (crossing a prefix rotation, a full table and sweeps) already
 //! covers every branch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use varta_core::frame::{Frame, Status};
 use varta_core::secure::{
     derive_agent_key, derive_epoch_key, derive_iv_prefix, derive_panic_iv_prefix, open_master,
@@ -22,42 +19,12 @@ use varta_core::secure::{
     SecureReceiver, SecureSession, EVICTION_TTL_NS, MAX_SENDER_STATES,
 };
 
-struct Counting;
+mod common;
 
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn bump() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc(l)
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc_zeroed(l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        bump();
-        System.realloc(p, l, n)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-}
+use common::count_allocs;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations_during(f: impl FnOnce()) -> u64 {
-    let before = ALLOCS.with(Cell::get);
-    f();
-    ALLOCS.with(Cell::get) - before
-}
+static GLOBAL: common::Counting = common::Counting;
 
 fn frame(pid: u32, nonce: u64) -> Frame {
     Frame {
@@ -71,7 +38,7 @@ fn frame(pid: u32, nonce: u64) -> Frame {
 
 #[test]
 fn the_counter_works() {
-    assert!(allocations_during(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
+    assert!(count_allocs(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
 }
 
 #[test]
@@ -79,7 +46,7 @@ fn seal_open_and_kdf_do_not_allocate() {
     let k = Key::from_bytes([1; 32]);
     let salt = [2u8; 16];
     let pt = frame(5, 1).encode();
-    let n = allocations_during(|| {
+    let n = count_allocs(|| {
         for i in 0..1_000u32 {
             let iv = derive_iv_prefix(&salt, i);
             let mut w = [0u8; 60];
@@ -106,7 +73,7 @@ fn session_beats_do_not_allocate() {
     shared.set_position_for_test(0, u32::MAX - 1_000);
     let mut master = SecureSession::new_master(Key::from_bytes([5; 32]), 77).unwrap();
     let mut out = [0u8; 64];
-    let n = allocations_during(|| {
+    let n = count_allocs(|| {
         for i in 0..3_000u64 {
             shared
                 .next_wire(&frame(77, i + 1).encode(), &mut out)
@@ -168,7 +135,7 @@ fn receiver_open_does_not_allocate() {
     tampered[20] ^= 1;
 
     let mut accepted = 0;
-    let n = allocations_during(|| {
+    let n = count_allocs(|| {
         for (i, w) in wires.iter().enumerate() {
             // New senders until the table is full, then fail-closed refusals
             // (each forcing a sweep).
