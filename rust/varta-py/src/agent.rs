@@ -225,15 +225,10 @@ impl StatusArg {
 impl<'a, 'py> FromPyObject<'a, 'py> for StatusArg {
     type Error = PyErr;
 
-    /// Same acceptance as `pytypes::extract_status`, but a name never goes
-    /// through a failed int conversion (an exception object per call).
+    /// `pytypes::extract_status`, with a bad status kept as `None` (it is a
+    /// `Failed(InvalidInput)` outcome, not an exception).
     #[inline]
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        if let Ok(name) = obj.cast::<PyString>() {
-            return Ok(StatusArg(
-                name.to_cow().ok().and_then(|n| Status::from_name(n.trim())),
-            ));
-        }
         Ok(StatusArg(extract_status(&obj).ok()))
     }
 }
