@@ -1,10 +1,11 @@
 //! Tracker transitions (`observer.md` §4) driven by a fake clock: no sleeps.
 
 use varta_core::frame::{Frame, Status, NONCE_TERMINAL};
+use varta_core::observer::bench::{bench_tracker, bench_tracker_scaling};
 use varta_core::observer::clock::{Clock, FakeClock};
 use varta_core::observer::tracker::{
-    bench_tracker, BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallVerdict, Tracker,
-    TrackerConfig, TrackerConfigError, MAX_CAPACITY, NONCE_WRAP_THRESHOLD,
+    BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallVerdict, Tracker, TrackerConfig,
+    TrackerConfigError, MAX_CAPACITY, NONCE_WRAP_THRESHOLD,
 };
 
 const T: u64 = 1_000_000; // 1 ms threshold
@@ -883,13 +884,17 @@ fn a_million_agents_construct_and_fit_the_memory_budget() {
     assert!(bytes <= 200, "{bytes} bytes per agent");
     let (slot, entry, deadline) = Tracker::layout_sizes();
     assert_eq!(slot, 64);
-    assert_eq!(entry, 8);
+    assert_eq!(entry, 4);
     assert_eq!(deadline, 16);
 }
 
 #[test]
-fn bench_helper_runs() {
+fn bench_helpers_run() {
     let (ns, bytes) = bench_tracker(100, 10_000);
     assert!(ns > 0.0);
     assert!(bytes <= 200);
+    let rows = bench_tracker_scaling(&[10, 1000], 500, 3);
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].agents, rows[1].agents), (10, 1000));
+    assert!(rows.iter().all(|r| r.chunk_ns_per_beat.len() == 3));
 }

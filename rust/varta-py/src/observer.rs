@@ -1025,11 +1025,22 @@ impl PyObserver {
 
 // ------------------------------------------------------------ benchmarks
 
-/// Benchmark helper: simulated pids through the Rust tracker; returns
-/// (ns per beat, bytes per agent).
+/// Benchmark helper: simulated pids through the Rust tracker, one tracker
+/// per size, run in interleaved chunks; returns per size (agents, bytes per
+/// agent, ns per beat of each chunk).
 #[pyfunction]
-fn _bench_tracker(py: Python<'_>, agents: u32, beats: u64) -> (f64, usize) {
-    py.detach(move || varta_core::observer::tracker::bench_tracker(agents, beats))
+fn _bench_tracker_scaling(
+    py: Python<'_>,
+    sizes: Vec<u32>,
+    beats_per_chunk: u64,
+    chunks: usize,
+) -> Vec<(u32, usize, Vec<f64>)> {
+    py.detach(move || {
+        varta_core::observer::bench::bench_tracker_scaling(&sizes, beats_per_chunk, chunks)
+            .into_iter()
+            .map(|r| (r.agents, r.bytes_per_agent, r.chunk_ns_per_beat))
+            .collect()
+    })
 }
 
 /// Benchmark floor: a bare blocking `recvmsg` loop with credentials on a
@@ -1069,7 +1080,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIo>()?;
     m.add_class::<PyCtrlTruncated>()?;
     m.add_class::<PyAgentInfo>()?;
-    m.add_function(wrap_pyfunction!(_bench_tracker, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_tracker_scaling, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_recv_floor, m)?)?;
     m.add_function(wrap_pyfunction!(_thread_cpu_ns, m)?)?;
     Ok(())

@@ -11,7 +11,9 @@
 //! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
+//! | [`bench`] | tracker benchmark driver (for `bench/` and examples) |
 
+pub mod bench;
 pub mod clock;
 pub mod counters;
 pub mod deadline;

@@ -22,15 +22,16 @@
 //! * `slots`: `Vec<Slot>` of the configured capacity, allocated at
 //!   construction; free slots on a free stack.
 //! * pid index: open addressing, Murmur3 finalizer, `next_pow2(2 × cap)`
-//!   entries of `(pid, slot)` (load ≤ 0.5), linear probing capped at
+//!   4-byte entries of slot number + hash tag, the pid confirmed in the
+//!   slot (load ≤ 0.5), linear probing capped at
 //!   [`MAX_PROBE`], tombstones on removal (exhaustion → miss /
 //!   CapacityExceeded, counted).
 //! * deadlines: [`DeadlineList`] — armed slots ordered by `last_ns +
 //!   threshold`; a beat re-arms in O(1), expiry pops only due entries.
 //!   A stalled (latched) slot is disarmed until its next accepted beat.
 //!
-//! Memory per agent: slot 64 B + index 16–32 B (8 B entries, 2–4 per slot)
-//! + deadline link 16 B + free stack 4 B + removed list 4 B ≈ 105–120 B.
+//! Memory per agent: slot 64 B + index 8–16 B (4 B entries, 2–4 per slot)
+//! + deadline link 16 B + free stack 4 B + removed list 4 B ≈ 96–104 B.
 //!
 //! # Choices where the spec leaves room
 //! * Per-pid `beats` / `stalls` survive in-place resets (generation or
@@ -402,21 +403,45 @@ impl Slot {
 // ---------------------------------------------------------------------------
 // Pid index
 
+/// Index entries are 4 bytes: the slot number in the low [`SLOT_BITS`] and
+/// a tag (the pid hash's top bits) above. Half the size of a `(pid, slot)`
+/// pair, so at 100,000 pids the whole index (1 MiB) stays in L2; a tag
+/// match is confirmed against the slot's pid, and a false match (1 in 4,096
+/// per occupied entry passed) only costs one extra slot read.
+const SLOT_BITS: u32 = 20;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 /// `slot` sentinel: never used (ends a probe chain).
-const IDX_EMPTY: u32 = u32::MAX;
+const IDX_EMPTY: u32 = SLOT_MASK;
 /// `slot` sentinel: removed (probe chains continue past it).
-const IDX_TOMB: u32 = u32::MAX - 1;
+const IDX_TOMB: u32 = SLOT_MASK - 1;
+const _: () = assert!(
+    MAX_CAPACITY <= IDX_TOMB as usize,
+    "slot numbers must fit below the sentinels"
+);
 
-#[derive(Clone, Copy, Debug)]
-struct IndexEntry {
-    pid: u32,
-    slot: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexEntry(u32);
+
+impl IndexEntry {
+    const EMPTY: IndexEntry = IndexEntry(u32::MAX);
+    const TOMB: IndexEntry = IndexEntry(IDX_TOMB);
+
+    #[inline]
+    fn new(hash: u32, slot: u32) -> IndexEntry {
+        IndexEntry((hash & !SLOT_MASK) | slot)
+    }
+
+    #[inline]
+    fn slot(self) -> u32 {
+        self.0 & SLOT_MASK
+    }
+
+    /// The entry holds a slot whose pid hashes to `hash`'s tag.
+    #[inline]
+    fn tag_matches(self, hash: u32) -> bool {
+        (self.0 ^ hash) & !SLOT_MASK == 0
+    }
 }
-
-const EMPTY_ENTRY: IndexEntry = IndexEntry {
-    pid: 0,
-    slot: IDX_EMPTY,
-};
 
 enum Probe {
     Found { entry: usize, slot: u32 },
@@ -424,7 +449,8 @@ enum Probe {
     Exhausted,
 }
 
-/// Murmur3 32-bit finalizer.
+/// Murmur3 32-bit finalizer. Its low bits pick the home entry, its top
+/// bits are the tag.
 #[inline]
 fn mix(pid: u32) -> u32 {
     let mut x = pid;
@@ -444,34 +470,37 @@ impl PidIndex {
     fn new(capacity: usize) -> PidIndex {
         let size = capacity.saturating_mul(2).max(2).next_power_of_two();
         PidIndex {
-            table: vec![EMPTY_ENTRY; size],
+            table: vec![IndexEntry::EMPTY; size],
             mask: size - 1,
         }
     }
 
-    /// Find `pid`, or the place to insert it (the first tombstone or empty
-    /// entry on its chain). A pid is never stored more than `MAX_PROBE`
-    /// steps from its home, so 64 steps without a match prove absence.
+    /// Find `pid` (confirmed against `slots`), or the place to insert it
+    /// (the first tombstone or empty entry on its chain). A pid is never
+    /// stored more than `MAX_PROBE` steps from its home, so 64 steps
+    /// without a match prove absence.
     #[inline]
-    fn probe(&self, pid: u32) -> Probe {
-        let mut i = mix(pid) as usize & self.mask;
+    fn probe(&self, pid: u32, slots: &[Slot]) -> Probe {
+        let hash = mix(pid);
+        let mut i = hash as usize & self.mask;
         let mut first_free: Option<usize> = None;
         for _ in 0..MAX_PROBE {
             let e = self.table[i];
-            if e.slot == IDX_EMPTY {
-                return Probe::Vacant {
-                    entry: first_free.unwrap_or(i),
-                };
-            }
-            if e.slot == IDX_TOMB {
-                if first_free.is_none() {
-                    first_free = Some(i);
+            match e.slot() {
+                IDX_EMPTY => {
+                    return Probe::Vacant {
+                        entry: first_free.unwrap_or(i),
+                    }
                 }
-            } else if e.pid == pid {
-                return Probe::Found {
-                    entry: i,
-                    slot: e.slot,
-                };
+                IDX_TOMB => {
+                    first_free = first_free.or(Some(i));
+                }
+                slot if e.tag_matches(hash)
+                    && slots.get(slot as usize).is_some_and(|s| s.pid == pid) =>
+                {
+                    return Probe::Found { entry: i, slot };
+                }
+                _ => {}
             }
             i = (i + 1) & self.mask;
         }
@@ -481,25 +510,34 @@ impl PidIndex {
         }
     }
 
+    fn insert_at(&mut self, entry: usize, pid: u32, slot: u32) {
+        self.table[entry] = IndexEntry::new(mix(pid), slot);
+    }
+
     /// Tombstone `entry`; then turn the run of tombstones ending at it into
     /// empties if the next entry is empty (no chain can pass through them),
     /// so churn does not silt the table up.
     fn remove_at(&mut self, entry: usize) {
-        self.table[entry] = IndexEntry {
-            pid: 0,
-            slot: IDX_TOMB,
-        };
-        if self.table[(entry + 1) & self.mask].slot != IDX_EMPTY {
+        self.table[entry] = IndexEntry::TOMB;
+        if self.table[(entry + 1) & self.mask].slot() != IDX_EMPTY {
             return;
         }
         let mut i = entry;
         for _ in 0..self.table.len() {
-            if self.table[i].slot != IDX_TOMB {
+            if self.table[i].slot() != IDX_TOMB {
                 break;
             }
-            self.table[i].slot = IDX_EMPTY;
+            self.table[i] = IndexEntry::EMPTY;
             i = i.wrapping_sub(1) & self.mask;
         }
+    }
+
+    /// Entries that hold a slot.
+    fn occupied(&self) -> usize {
+        self.table
+            .iter()
+            .filter(|e| !matches!(e.slot(), IDX_EMPTY | IDX_TOMB))
+            .count()
     }
 }
 
@@ -614,18 +652,9 @@ impl Tracker {
         now_ns: u64,
     ) -> RecordOutcome {
         let now = self.clamp_now(now_ns);
-        match self.index.probe(frame.pid) {
-            Probe::Found { entry, slot } => {
-                if (slot as usize) < self.slots.len() && self.slots[slot as usize].pid == frame.pid
-                {
-                    self.record_existing(slot, frame, origin, ns_inode, generation, now)
-                } else {
-                    // Index points at a slot that is not this pid: drop the
-                    // stale entry and treat the frame as a new pid.
-                    bump(&mut self.counters.invariant_violations);
-                    self.index.remove_at(entry);
-                    self.record_new(frame, origin, ns_inode, generation, now)
-                }
+        match self.index.probe(frame.pid, &self.slots) {
+            Probe::Found { slot, .. } => {
+                self.record_existing(slot, frame, origin, ns_inode, generation, now)
             }
             Probe::Vacant { .. } => self.record_new(frame, origin, ns_inode, generation, now),
             Probe::Exhausted => {
@@ -791,7 +820,7 @@ impl Tracker {
             bump(&mut self.counters.tracker_evicted);
         }
         // Probe again: a removal above may have reshaped this pid's chain.
-        let entry = match self.index.probe(frame.pid) {
+        let entry = match self.index.probe(frame.pid, &self.slots) {
             Probe::Vacant { entry } => entry,
             Probe::Found { .. } | Probe::Exhausted => {
                 bump(&mut self.counters.invariant_violations);
@@ -804,10 +833,7 @@ impl Tracker {
             bump(&mut self.counters.capacity_exceeded);
             return RecordOutcome::CapacityExceeded;
         };
-        self.index.table[entry] = IndexEntry {
-            pid: frame.pid,
-            slot: idx,
-        };
+        self.index.insert_at(entry, frame.pid, idx);
         self.slots[idx as usize] = Slot::fresh(frame, origin, ns_inode, generation, now, 1, 0);
         self.len += 1;
         bump(&mut self.counters.beats);
@@ -861,7 +887,7 @@ impl Tracker {
     /// free stack, removed list.
     fn release(&mut self, idx: u32) {
         let s = self.slots[idx as usize];
-        match self.index.probe(s.pid) {
+        match self.index.probe(s.pid, &self.slots) {
             Probe::Found { entry, slot } if slot == idx => self.index.remove_at(entry),
             _ => bump(&mut self.counters.invariant_violations),
         }
@@ -939,7 +965,7 @@ impl Tracker {
     }
 
     pub fn get(&self, pid: u32) -> Option<AgentView> {
-        match self.index.probe(pid) {
+        match self.index.probe(pid, &self.slots) {
             Probe::Found { slot, .. } => self
                 .slots
                 .get(slot as usize)
@@ -957,7 +983,7 @@ impl Tracker {
     /// Remove `pid` (§4.5 KernelAttested generation mismatch): no stall,
     /// `pid_recycle++`, pid goes to the removed list. False if not tracked.
     pub fn retire(&mut self, pid: u32) -> bool {
-        match self.index.probe(pid) {
+        match self.index.probe(pid, &self.slots) {
             Probe::Found { slot, .. }
                 if self
                     .slots
@@ -1053,17 +1079,12 @@ impl Tracker {
                 }
                 _ => {}
             }
-            match self.index.probe(s.pid) {
+            match self.index.probe(s.pid, &self.slots) {
                 Probe::Found { slot, .. } if slot as usize == i => {}
                 _ => return Err(format!("pid {} not indexed to slot {i}", s.pid)),
             }
         }
-        let indexed = self
-            .index
-            .table
-            .iter()
-            .filter(|e| e.slot != IDX_EMPTY && e.slot != IDX_TOMB)
-            .count();
+        let indexed = self.index.occupied();
         if indexed != self.len {
             return Err(format!("index holds {indexed}, len {}", self.len));
         }
@@ -1071,95 +1092,63 @@ impl Tracker {
     }
 }
 
-/// CPU time of the calling thread (ns): the bench measures CPU, not wall
-/// time, so a busy machine does not inflate the figures.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID exists on every
-    // supported platform.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Frames per batch in [`bench_tracker`], like one `recvmmsg` drain.
-pub const BENCH_BATCH: usize = 32;
-
-/// Drive a tracker with `agents` simulated pids round-robin for `beats`
-/// accepted beats, after one warm-up beat each: batches of [`BENCH_BATCH`]
-/// frames, each batch [`Tracker::prefetch`]ed and then recorded (as the
-/// ingress drains a `recvmmsg` batch), an expiry pass per batch, 1 µs of
-/// observer time per beat, no stall due. Returns (thread-CPU ns per beat,
-/// bytes per agent). For benchmarks.
-#[doc(hidden)]
-pub fn bench_tracker(agents: u32, beats: u64) -> (f64, usize) {
-    bench_tracker_batched(agents, beats, BENCH_BATCH)
-}
-
-/// [`bench_tracker`] with a chosen batch size; `batch == 1` records frame
-/// by frame without prefetching.
-#[doc(hidden)]
-pub fn bench_tracker_batched(agents: u32, beats: u64, batch: usize) -> (f64, usize) {
-    let agents = (agents.max(1) as usize).min(MAX_CAPACITY) as u32;
-    let batch = batch.max(1);
-    let cfg = TrackerConfig {
-        capacity: agents as usize,
-        threshold_ns: 3_600_000_000_000,
-        ..TrackerConfig::new(1)
-    };
-    let mut t = Tracker::new(cfg).expect("valid bench config");
-    let blank = Frame {
-        status: Status::Ok,
-        pid: 0,
-        timestamp: 1,
-        nonce: 1,
-        payload: 0,
-    };
-    let mut now = 0u64;
-    for i in 0..agents {
-        now += 1_000;
-        let f = Frame {
-            pid: 100 + i,
-            ..blank
-        };
-        t.record(&f, BeatOrigin::KernelAttested, Some(1), Some(1), now);
+    fn beat(pid: u32, nonce: u64) -> Frame {
+        Frame {
+            status: Status::Ok,
+            pid,
+            timestamp: nonce,
+            nonce,
+            payload: 0,
+        }
     }
-    let mut frames = vec![blank; batch];
-    let mut accepted = 0u64;
-    let mut sink = |_: StallInfo| {};
-    let mut i = 0u32;
-    let mut nonce = 2u64;
-    let mut left = beats;
-    let start = thread_cpu_ns();
-    while left > 0 {
-        let n = (batch as u64).min(left) as usize;
-        left -= n as u64;
-        for f in &mut frames[..n] {
-            f.pid = 100 + i;
-            f.nonce = nonce;
-            f.timestamp = nonce;
-            i += 1;
-            if i == agents {
-                i = 0;
-                nonce += 1;
-            }
-        }
-        let frames = core::hint::black_box(&frames[..n]);
-        if batch > 1 {
-            for f in frames {
-                t.prefetch(f.pid);
-            }
-        }
-        for f in frames {
-            now += 1_000;
-            let out = t.record(f, BeatOrigin::KernelAttested, Some(1), Some(1), now);
-            accepted += u64::from(out.is_accepted());
-        }
-        t.expire(now, &mut sink);
+
+    /// Two pids whose index entries carry the same tag and share a home:
+    /// only the pid stored in the slot tells them apart.
+    #[test]
+    fn a_tag_collision_is_resolved_by_the_slot_pid() {
+        let mut t = Tracker::new(TrackerConfig {
+            capacity: 4,
+            ..TrackerConfig::new(1_000)
+        })
+        .unwrap();
+        let mask = t.index.mask as u32;
+        let key = |pid: u32| (mix(pid) & !SLOT_MASK, mix(pid) & mask);
+        let a = 1000;
+        let b = (a + 1..u32::MAX).find(|&p| key(p) == key(a)).unwrap();
+        let ka = BeatOrigin::KernelAttested;
+        assert_eq!(
+            t.record(&beat(a, 1), ka, None, None, 1),
+            RecordOutcome::Inserted
+        );
+        assert!(t.get(b).is_none(), "b must not match a's entry");
+        assert_eq!(
+            t.record(&beat(b, 1), ka, None, None, 2),
+            RecordOutcome::Inserted
+        );
+        assert_eq!(
+            t.record(&beat(b, 2), ka, None, None, 3),
+            RecordOutcome::Refreshed
+        );
+        assert_eq!(t.get(a).unwrap().beats, 1);
+        assert_eq!(t.get(b).unwrap().beats, 2);
+        assert!(t.retire(a));
+        assert!(t.get(a).is_none());
+        assert_eq!(t.get(b).unwrap().pid, b);
+        t.check_invariants().unwrap();
     }
-    let elapsed = thread_cpu_ns().saturating_sub(start);
-    assert_eq!(accepted, beats, "bench beats must all be accepted");
-    (elapsed as f64 / beats.max(1) as f64, t.bytes_per_agent())
+
+    #[test]
+    fn index_entries_pack_slot_and_tag() {
+        assert_eq!(core::mem::size_of::<IndexEntry>(), 4);
+        let e = IndexEntry::new(0xABCD_E123, 77);
+        assert_eq!(e.slot(), 77);
+        assert!(e.tag_matches(0xABC0_0000 | 0x5_5555));
+        assert!(!e.tag_matches(0xABB0_0000));
+        assert_eq!(IndexEntry::EMPTY.slot(), IDX_EMPTY);
+        assert_eq!(IndexEntry::TOMB.slot(), IDX_TOMB);
+    }
 }

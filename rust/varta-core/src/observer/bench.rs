@@ -1,0 +1,175 @@
+//! Tracker benchmark driver (used by `bench/observer.py` through the
+//! binding and by `examples/tracker_scaling.rs`; not part of the observer).
+//!
+//! Simulated pids beat round-robin, as agents with one period do: slots are
+//! handed out in first-beat order, so beats visit slots in order while the
+//! pid index is hit at hashed (random) places. Frames arrive in batches of
+//! [`BENCH_BATCH`], each batch [`Tracker::prefetch`]ed and then recorded, as
+//! the ingress drains a `recvmmsg` batch, with an expiry pass per batch, 1 µs
+//! of observer time per beat and no stall ever due.
+//!
+//! Cost is thread CPU time, so a busy machine's other work is not counted.
+//! [`bench_tracker_scaling`] runs several table sizes in interleaved chunks:
+//! on a shared 2-vCPU machine the speed drifts by 1.5× over seconds, and
+//! interleaving makes every size see the same drift, so the ratios hold.
+
+use super::listener::thread_cpu_ns;
+use super::tracker::{BeatOrigin, StallInfo, Tracker, TrackerConfig, MAX_CAPACITY};
+use crate::frame::{Frame, Status};
+
+/// Frames per batch: one full `recvmmsg` drain of the UDS listener.
+pub const BENCH_BATCH: usize = super::listener::RECV_BATCH;
+
+/// One warmed-up tracker with `agents` simulated pids, ready to take beats.
+pub struct TrackerBench {
+    tracker: Tracker,
+    frames: Vec<Frame>,
+    agents: u32,
+    batch: usize,
+    next_pid: u32,
+    nonce: u64,
+    now: u64,
+}
+
+const FIRST_PID: u32 = 100;
+const BLANK: Frame = Frame {
+    status: Status::Ok,
+    pid: 0,
+    timestamp: 1,
+    nonce: 1,
+    payload: 0,
+};
+
+impl TrackerBench {
+    /// A tracker of capacity `agents` holding every simulated pid (one
+    /// warm-up beat each). `batch == 1` records frame by frame, unprefetched.
+    pub fn new(agents: u32, batch: usize) -> TrackerBench {
+        let agents = (agents.max(1) as usize).min(MAX_CAPACITY) as u32;
+        let cfg = TrackerConfig {
+            capacity: agents as usize,
+            threshold_ns: 3_600_000_000_000,
+            ..TrackerConfig::new(1)
+        };
+        let mut tracker = Tracker::new(cfg).expect("valid bench config");
+        let mut now = 0u64;
+        for i in 0..agents {
+            now += 1_000;
+            let f = Frame {
+                pid: FIRST_PID + i,
+                ..BLANK
+            };
+            tracker.record(&f, BeatOrigin::KernelAttested, Some(1), Some(1), now);
+        }
+        TrackerBench {
+            tracker,
+            frames: vec![BLANK; batch.max(1)],
+            agents,
+            batch: batch.max(1),
+            next_pid: 0,
+            nonce: 2,
+            now,
+        }
+    }
+
+    /// Record `beats` more beats; returns the thread CPU ns they took.
+    /// Panics if any beat is not accepted (the bench would be measuring
+    /// the wrong path).
+    pub fn run(&mut self, beats: u64) -> u64 {
+        let mut accepted = 0u64;
+        let mut sink = |_: StallInfo| {};
+        let mut left = beats;
+        let start = thread_cpu_ns();
+        while left > 0 {
+            let n = (self.batch as u64).min(left) as usize;
+            left -= n as u64;
+            for f in &mut self.frames[..n] {
+                f.pid = FIRST_PID + self.next_pid;
+                f.nonce = self.nonce;
+                f.timestamp = self.nonce;
+                self.next_pid += 1;
+                if self.next_pid == self.agents {
+                    self.next_pid = 0;
+                    self.nonce += 1;
+                }
+            }
+            let frames = core::hint::black_box(&self.frames[..n]);
+            if self.batch > 1 {
+                for f in frames {
+                    self.tracker.prefetch(f.pid);
+                }
+            }
+            for f in frames {
+                self.now += 1_000;
+                let out =
+                    self.tracker
+                        .record(f, BeatOrigin::KernelAttested, Some(1), Some(1), self.now);
+                accepted += u64::from(out.is_accepted());
+            }
+            self.tracker.expire(self.now, &mut sink);
+        }
+        let elapsed = thread_cpu_ns().saturating_sub(start);
+        assert_eq!(accepted, beats, "bench beats must all be accepted");
+        elapsed
+    }
+
+    /// [`Tracker::bytes_per_agent`] of the bench's tracker.
+    pub fn bytes_per_agent(&self) -> usize {
+        self.tracker.bytes_per_agent()
+    }
+}
+
+/// `beats` beats through a fresh tracker of `agents` pids: (thread-CPU ns
+/// per beat, bytes per agent).
+pub fn bench_tracker(agents: u32, beats: u64) -> (f64, usize) {
+    bench_tracker_batched(agents, beats, BENCH_BATCH)
+}
+
+/// [`bench_tracker`] with a chosen batch size (`1` = frame by frame).
+pub fn bench_tracker_batched(agents: u32, beats: u64, batch: usize) -> (f64, usize) {
+    let mut b = TrackerBench::new(agents, batch);
+    let ns = b.run(beats);
+    (ns as f64 / beats.max(1) as f64, b.bytes_per_agent())
+}
+
+/// One table size's result from [`bench_tracker_scaling`].
+#[derive(Clone, Debug)]
+pub struct ScalingRow {
+    pub agents: u32,
+    pub bytes_per_agent: usize,
+    /// Thread-CPU ns per beat of each chunk, in run order.
+    pub chunk_ns_per_beat: Vec<f64>,
+}
+
+/// Build one tracker per size, then run `chunks` rounds, each giving every
+/// tracker `beats_per_chunk` beats in turn (the order rotates per round).
+pub fn bench_tracker_scaling(
+    sizes: &[u32],
+    beats_per_chunk: u64,
+    chunks: usize,
+) -> Vec<ScalingRow> {
+    let mut benches: Vec<TrackerBench> = sizes
+        .iter()
+        .map(|&n| TrackerBench::new(n, BENCH_BATCH))
+        .collect();
+    // One untimed pass so every table is faulted in and warm.
+    for b in &mut benches {
+        b.run(u64::from(b.agents).max(beats_per_chunk));
+    }
+    let mut rows: Vec<ScalingRow> = benches
+        .iter()
+        .map(|b| ScalingRow {
+            agents: b.agents,
+            bytes_per_agent: b.bytes_per_agent(),
+            chunk_ns_per_beat: Vec::with_capacity(chunks),
+        })
+        .collect();
+    let beats = beats_per_chunk.max(1);
+    for round in 0..chunks {
+        for k in 0..benches.len() {
+            let i = (k + round) % benches.len();
+            let ns = benches[i].run(beats);
+            rows[i].chunk_ns_per_beat.push(ns as f64 / beats as f64);
+        }
+    }
+    rows
+}
