@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from varta import PidRows
 from varta.watch.audit import Histogram
 from varta.watch.logsetup import RateLimiter
 from varta.watch.metrics import (
     FAMILIES,
-    AgentRow,
     IpRateLimiter,
     MetricsServer,
     ServeStats,
@@ -104,9 +104,7 @@ def test_core_families_exact_without_rows() -> None:
 
 
 def test_core_families_exact_with_rows() -> None:
-    snap = Snapshot(
-        agents=(AgentRow(4242, 7, 1, 3), AgentRow(17, 12_345_678_901, 0, 1), AgentRow(100, 1, 0, 0))
-    )
+    snap = Snapshot(agents=PidRows([(4242, 7, 1, 3), (17, 12_345_678_901, 0, 1), (100, 1, 0, 0)]))
     body = body_for(snap)
     assert body.startswith(
         "# HELP varta_beats_total Total accepted beats per agent pid.\n"
@@ -186,7 +184,7 @@ def test_labelled_families_zero_filled_and_values_formatted() -> None:
 def test_same_samples_as_generate_latest() -> None:
     """The hand formatting changes only number spelling (and one counter's name)."""
     snap = Snapshot(
-        agents=(AgentRow(5, 3, 1, 2),),
+        agents=PidRows([(5, 3, 1, 2)]),
         counters={"beats": 3, "recovery_duration_ns_sum": 7},
         uptime_seconds=1.5,
     )
@@ -229,7 +227,7 @@ def assert_promtool_accepts(body: str) -> None:
 
 
 def test_promtool_accepts_the_body() -> None:
-    snap = Snapshot(agents=(AgentRow(1, 2, 3, 3),), counters={"beats": 2}, uptime_seconds=3.0)
+    snap = Snapshot(agents=PidRows([(1, 2, 3, 3)]), counters={"beats": 2}, uptime_seconds=3.0)
     assert_promtool_accepts(body_for(snap))
 
 
@@ -394,3 +392,32 @@ def test_ipv6_address_in_brackets() -> None:
         assert srv.address.startswith("[::1]:")
     finally:
         srv.stop()
+
+
+def test_pid_rows_sort_by_pid_and_keep_the_last_row_of_a_repeated_pid() -> None:
+    rows = PidRows([(9, 1, 0, 0), (2, 5, 1, 3), (9, 4, 0, 2)])
+    assert len(rows) == 2
+    assert list(rows) == [(2, 5, 1, 3), (9, 4, 0, 2)]
+    assert rows.render("varta_status", "status") == (
+        b'varta_status{pid="2"} 3\nvarta_status{pid="9"} 2\n'
+    )
+    assert list(PidRows()) == [] and PidRows().render("x", "beats") == b""
+
+
+def test_pid_rows_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="status 4"):
+        PidRows([(1, 0, 0, 4)])
+    with pytest.raises(OverflowError):
+        PidRows([(-1, 0, 0, 0)])
+    with pytest.raises(ValueError, match="column"):
+        PidRows([(1, 0, 0, 0)]).render("varta_beats_total", "nonce")  # type: ignore[arg-type]
+
+
+def test_a_large_row_table_renders_every_row_in_pid_order() -> None:
+    n = 200_000
+    rows = PidRows((n - i, i, i % 3, i % 4) for i in range(n))
+    body = render(build_registry(VartaCollector(lambda: Snapshot(agents=rows)))).decode()
+    beats = [line for line in body.splitlines() if line.startswith("varta_beats_total{")]
+    assert len(beats) == n
+    assert beats[0] == f'varta_beats_total{{pid="1"}} {n - 1}'
+    assert beats[-1] == f'varta_beats_total{{pid="{n}"}} 0'

@@ -105,6 +105,8 @@ def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
             assert s.generation is not None
             info = obs.agent(pid)
             assert info is not None and info.stalled and info.stalls == 1
+            # The exporter's row says stalled (status 3) with the same counts.
+            assert list(obs.pid_rows()) == [(pid, info.beats, 1, 3)]
 
             # Still stopped for three more thresholds: no second stall.
             later = drain_for(obs, 3 * threshold_ms / 1000)
@@ -115,6 +117,8 @@ def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
             info = obs.agent(pid)
             assert info is not None and not info.stalled
             assert obs.next_deadline_ns() is not None
+            ((row_pid, _, row_stalls, row_status),) = obs.pid_rows()
+            assert (row_pid, row_stalls, row_status) == (pid, 1, int(info.status))
 
             agent.send_signal(signal.SIGSTOP)
             events = poll_until(obs, is_stall(pid), within=10.0)

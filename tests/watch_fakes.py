@@ -112,6 +112,12 @@ class FakeObserver:
     def agent(self, pid: int) -> Optional[varta.AgentInfo]:
         return self._info(pid) if pid in self.slots else None
 
+    def pid_rows(self) -> varta.PidRows:
+        return varta.PidRows(
+            (pid, s.beats, s.stalls, 3 if s.stalled else int(s.status))
+            for pid, s in self.slots.items()
+        )
+
     def _info(self, pid: int) -> varta.AgentInfo:
         s = self.slots[pid]
         return agent_info(pid, s.status, s.beats, s.stalls, s.last_ns, s.stalled)

@@ -44,6 +44,7 @@ from ._varta import (
     NamespaceConflict,
     Observer,
     OriginConflict,
+    PidRows,
     Stall,
 )
 
@@ -86,5 +87,6 @@ __all__ = [
     "NamespaceConflict",
     "Observer",
     "OriginConflict",
+    "PidRows",
     "Stall",
 ]

@@ -45,7 +45,6 @@ from .export import TsvExporter
 from .logsetup import RateLimiter, log
 from .metrics import (
     STAGES,
-    AgentRow,
     MetricsServer,
     ServeStats,
     Snapshot,
@@ -90,7 +89,7 @@ class ObserverLike(Protocol):
     """What the daemon uses of ``varta.Observer`` (the API in INTERFACES.md)."""
 
     def poll(self, timeout: Optional[float] = None) -> Iterable[Any]: ...
-    def agents(self) -> list[Any]: ...
+    def pid_rows(self) -> varta.PidRows: ...
     def agent(self, pid: int) -> Any: ...
     def counters(self) -> Mapping[str, Any]: ...
     def take_removed(self) -> list[int]: ...
@@ -788,10 +787,7 @@ class Daemon:
         """Copies for the metrics thread (called on the loop thread)."""
         obs = self.observer
         assert obs is not None
-        rows = tuple(
-            AgentRow(int(a.pid), int(a.beats), int(a.stalls), 3 if a.stalled else int(a.status))
-            for a in obs.agents()
-        )
+        rows = obs.pid_rows()
         counters: dict[str, Any] = dict(obs.counters())
         if self.recovery is not None:
             counters.update(self.recovery.counters())

@@ -4,7 +4,7 @@ Data model: :class:`VartaCollector` is a ``prometheus_client`` custom collector
 on a private :class:`~prometheus_client.CollectorRegistry`; it yields
 ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetricFamily``
 for all 65 families of §9.2 from a :class:`Snapshot` that the poll loop
-publishes (copies of ``Observer.counters()``/``agents()``, the recovery runner
+publishes (copies of ``Observer.counters()``/``pid_rows()``, the recovery runner
 and audit log counters, loop histograms) plus this thread's own HTTP counters.
 
 Text: :func:`render` walks ``registry.collect()`` and writes the 0.0.4 text
@@ -30,9 +30,9 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -41,6 +41,9 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
+from varta import PidRows
 
 from .audit import FSYNC_BUCKETS, Histogram
 from .logsetup import SUPPRESSED_KINDS, RateLimiter
@@ -186,18 +189,11 @@ def counter_key(family: str) -> str:
 
 
 @dataclass(frozen=True)
-class AgentRow:
-    pid: int
-    beats: int
-    stalls: int
-    status: int
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """What the poll loop hands the metrics thread (immutable copies)."""
 
-    agents: tuple[AgentRow, ...] = ()
+    #: One row per tracked pid, native (``Observer.pid_rows()``).
+    agents: PidRows = field(default_factory=PidRows)
     counters: Mapping[str, CounterValue] = field(default_factory=dict)
     #: family name (``varta_audit_fsync_seconds`` …; stage histograms as
     #: ``varta_observer_stage_seconds:<stage>``) → histogram copy.
@@ -301,27 +297,48 @@ class VartaCollector(Collector):
         if self._serve is not None:
             hists["varta_observer_serve_pending_seconds"] = self._serve.serve_seconds
             hists["varta_observer_stage_seconds:serve_pending"] = self._serve.serve_seconds
-        rows = sorted(snap.agents, key=lambda r: r.pid)
-
         for f in FAMILIES:
             if f.label == "pid":
-                yield _pid_family(f.name, f.type, f.help, rows)
+                yield PidRowsMetric(f.name, f.type, f.help, snap.agents)
             elif f.type == H:
                 yield _histogram_family(f.name, f.help, f.label, f.label_values, hists)
             else:
                 yield _scalar_family(f.name, f.type, f.help, f.label, f.label_values, values)
 
 
-def _pid_family(name: str, typ: str, doc: str, rows: Sequence[AgentRow]) -> Metric:
-    fam: Union[CounterMetricFamily, GaugeMetricFamily]
-    if typ == C:
-        fam = CounterMetricFamily(name, doc, labels=["pid"])
-    else:
-        fam = GaugeMetricFamily(name, doc, labels=["pid"])
-    attr = {"varta_beats_total": "beats", "varta_stalls_total": "stalls"}.get(name, "status")
-    for row in rows:
-        fam.add_metric([str(row.pid)], getattr(row, attr))
-    return fam
+#: Which row column each per-pid family exports.
+PID_COLUMNS: Mapping[str, Literal["beats", "stalls", "status"]] = {
+    "varta_beats_total": "beats",
+    "varta_stalls_total": "stalls",
+    "varta_status": "status",
+}
+_COLUMN_INDEX = {"beats": 1, "stalls": 2, "status": 3}
+
+
+class PidRowsMetric(Metric):
+    """A per-pid family whose rows stay native: :func:`render` has Rust write
+    the sample lines (a million rows as Python ``Sample`` objects took ~14 s,
+    past the serve stage's 2 s watchdog limit), while prometheus_client's own
+    consumers (``generate_latest``) still see ordinary samples."""
+
+    def __init__(self, family: str, typ: str, doc: str, rows: PidRows) -> None:
+        # prometheus_client keeps counter names without ``_total``.
+        name = family[: -len("_total")] if typ == C else family
+        super().__init__(name, doc, typ)
+        self.sample_name = family
+        self.column = PID_COLUMNS[family]
+        self.rows = rows
+
+    @property
+    def samples(self) -> list[Sample]:
+        i = _COLUMN_INDEX[self.column]
+        return [Sample(self.sample_name, {"pid": str(row[0])}, row[i]) for row in self.rows]
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        # Metric.__init__ assigns an empty list; the rows are the samples.
+        if value:
+            raise AttributeError("PidRowsMetric samples come from its rows")
 
 
 def _scalar_family(
@@ -376,6 +393,8 @@ def _histogram_family(
 
 
 def _exposed_name(metric: Metric) -> str:
+    if isinstance(metric, PidRowsMetric):
+        return metric.sample_name
     if metric.type == C:
         if metric.samples:
             return metric.samples[0].name
@@ -397,18 +416,26 @@ def _format_value(metric: Metric, sample_name: str, value: float) -> str:
 
 def render(registry: CollectorRegistry) -> bytes:
     """The §9 text body for everything *registry* collects."""
-    out: list[str] = []
+    out: list[bytes] = []
+    text: list[str] = []  # lines since the last native block
     for metric in registry.collect():
         name = _exposed_name(metric)
         doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
+        text.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
+        if isinstance(metric, PidRowsMetric):
+            # Rows are joined as bytes: no str round trip of a ~100 MB block.
+            out.append("".join(text).encode("utf-8"))
+            text.clear()
+            out.append(metric.rows.render(name, metric.column))
+            continue
         for s in metric.samples:
             if s.labels:
                 labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in s.labels.items())
-                out.append(f"{s.name}{{{labels}}} {_format_value(metric, s.name, s.value)}\n")
+                text.append(f"{s.name}{{{labels}}} {_format_value(metric, s.name, s.value)}\n")
             else:
-                out.append(f"{s.name} {_format_value(metric, s.name, s.value)}\n")
-    return "".join(out).encode("utf-8")
+                text.append(f"{s.name} {_format_value(metric, s.name, s.value)}\n")
+    out.append("".join(text).encode("utf-8"))
+    return b"".join(out)
 
 
 def build_registry(collector: VartaCollector) -> CollectorRegistry:

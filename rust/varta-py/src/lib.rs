@@ -10,6 +10,7 @@ mod codec;
 mod observer;
 mod panic;
 mod pytypes;
+mod rows;
 mod secure;
 
 #[pymodule]
@@ -19,6 +20,7 @@ fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     codec::register(m)?;
     agent::register(m)?;
     observer::register(m)?;
+    rows::register(m)?;
     panic::register(m)?;
     secure::register(m)?;
     Ok(())

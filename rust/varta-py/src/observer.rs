@@ -10,6 +10,7 @@
 use crate::pytypes::{
     decode_error_value, extract_origin, extract_status, origin_obj, status_obj, types,
 };
+use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -23,6 +24,7 @@ use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
 use varta_core::observer::ingress::{CounterValue, Listener, Waiter, WAIT_SLICE_NS};
 use varta_core::observer::listener::error_errno;
+use varta_core::observer::rows::PidRows;
 use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
 use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
 use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
@@ -913,6 +915,16 @@ impl PyObserver {
             .iter()
             .map(|a| PyAgentInfo::from_core(py, a, now))
             .collect()
+    }
+
+    /// Exporter rows of every tracked pid (`varta.PidRows`): one copy
+    /// under the lock, sorted after it with the GIL released.
+    fn pid_rows(&self, py: Python<'_>) -> PidRowsPy {
+        let rows = {
+            let g = self.lock(py);
+            PidRows::copy_from(g.obs.tracker())
+        };
+        PidRowsPy::wrap(py.detach(move || PidRows::new(rows)))
     }
 
     /// One tracked pid, or `None`.

@@ -11,6 +11,7 @@
 //! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
+//! | [`rows`] | per-pid exporter rows and their Prometheus sample lines |
 //! | [`bench`] | tracker benchmark driver (for `bench/` and examples) |
 
 pub mod bench;
@@ -21,6 +22,7 @@ pub mod event;
 pub mod ingress;
 pub mod listener;
 pub mod procfs;
+pub mod rows;
 pub mod tracker;
 pub mod udp;
 
