@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from test_metrics import assert_promtool_accepts
 from watch_e2e import (
     RECORDER_CODE,
@@ -164,6 +166,45 @@ def test_sigterm_exits_0_unlinks_socket_and_flushes(tmp_path: Path) -> None:
     assert audit_verify(audit).returncode == 0
     assert [r[1] for r in tsv_rows(tsv)][-1] == "stall"
     assert "stopped" in watch.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("mode", ["direct", "libc"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_each_signal_handler_mode_stops_cleanly(
+    tmp_path: Path, mode: str, sig: signal.Signals
+) -> None:
+    watch = Watch(tmp_path, "--signal-handler-mode", mode, "--read-timeout-ms", "1000")
+    try:
+        code = watch.stop(sig)
+    finally:
+        watch.kill()
+    assert code == 0, watch.stderr
+    assert not watch.sock.exists()
+    assert "stopped" in watch.stderr.splitlines()[-1]
+
+
+def block_sigusr1() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+
+def test_direct_mode_refuses_to_start_when_its_sigusr1_self_test_fails(tmp_path: Path) -> None:
+    # SIGUSR1 blocked (inherited across exec): the self-test's handler cannot run.
+    watch = Watch(
+        tmp_path, "--signal-handler-mode", "direct", wait_ready=False, preexec=block_sigusr1
+    )
+    try:
+        code = watch.wait()
+    finally:
+        watch.kill()
+    assert code == 1
+    assert "--signal-handler-mode direct" in watch.stderr
+    assert "SIGUSR1 self-test" in watch.stderr and "blocked" in watch.stderr
+    # libc mode has no self-test, so the same process state starts fine.
+    libc_watch = Watch(tmp_path, "--signal-handler-mode", "libc", preexec=block_sigusr1)
+    try:
+        assert libc_watch.stop() == 0, libc_watch.stderr
+    finally:
+        libc_watch.kill()
 
 
 def test_metrics_auth_core_families_and_promtool(tmp_path: Path) -> None:

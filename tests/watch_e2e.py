@@ -74,6 +74,7 @@ class Watch:
         threshold_ms: int = 200,
         env: Optional[dict[str, str]] = None,
         wait_ready: bool = True,
+        preexec: Optional[Callable[[], None]] = None,
     ) -> None:
         self.tmp = tmp
         self.sock = tmp / "watch.sock"
@@ -92,7 +93,7 @@ class Watch:
             stderr=subprocess.PIPE,
             text=True,
             env=full_env,
-            preexec_fn=no_core,
+            preexec_fn=no_core if preexec is None else lambda: (no_core(), preexec()),
         )
         self.stderr = ""
         self.addr: Optional[str] = None

@@ -387,7 +387,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--strict-namespace-check", _B, "", "",
              "the first namespace conflict terminates (exit 1)"),
         Flag("--signal-handler-mode", "direct|libc", "direct|libc", "direct",
-             "how SIGINT/SIGTERM handlers are installed"),
+             "SIGINT/SIGTERM handlers: raw rt_sigaction + readback + SIGUSR1 self-test, "
+             "or sigaction(3); Linux only"),
         Flag("--inject-wedge-ms", "0..u64", "MS", "", "test aid: sleep once in iteration 1"),
         Flag("--log-format", "text|json", "text|json", "text",
              "stderr log lines (varta addition)"),

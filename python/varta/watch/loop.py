@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Protocol, TypeVar
 
 import varta
+from varta import _varta
 
 from . import notify
 from .audit import AuditLog, Histogram
@@ -396,6 +397,7 @@ class Daemon:
         finally:  # leave the process as found (matters when embedded, e.g. in tests)
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
+            _varta._clear_stop_signal()
 
     def _run(self) -> int:
         try:
@@ -414,7 +416,22 @@ class Daemon:
         return self.exit_code
 
     def _install_signals(self) -> None:
-        """SIGINT/SIGTERM set the stop latch (SA_RESTART); SIGPIPE is ignored."""
+        """SIGINT/SIGTERM set the stop latch (SA_RESTART); SIGPIPE is ignored.
+
+        On Linux the latch is native (``--signal-handler-mode``: ``direct`` =
+        raw ``rt_sigaction`` with readback and a SIGUSR1 self-test, ``libc`` =
+        ``sigaction(3)``) and ``Observer.poll`` returns as soon as it is set.
+        Elsewhere the mode is ignored and Python's handlers set the latch.
+        """
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        _varta._clear_stop_signal()
+        if sys.platform == "linux":
+            mode = self.cfg.signal_handler_mode
+            try:
+                _varta._install_stop_handlers(mode, [signal.SIGINT, signal.SIGTERM])
+            except OSError as exc:
+                raise StartupError(f"--signal-handler-mode {mode}: {exc.strerror}") from None
+            return
 
         def on_signal(signum: int, frame: object) -> None:
             self.stop_requested = True
@@ -422,9 +439,6 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
             signal.siginterrupt(sig, False)  # SA_RESTART
-            if self.cfg.signal_handler_mode == "direct" and signal.getsignal(sig) is not on_signal:
-                raise StartupError(f"signal handler for {sig.name} did not read back")
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def start(self) -> None:
         cfg = self.cfg
@@ -560,6 +574,8 @@ class Daemon:
     # --- the loop ----------------------------------------------------------------
 
     def _stop_due(self) -> bool:
+        if _varta._stop_signal() is not None:
+            self.stop_requested = True
         if self.stop_requested:
             return True
         return self._shutdown_at is not None and time.monotonic() >= self._shutdown_at

@@ -12,6 +12,7 @@ mod panic;
 mod pytypes;
 mod rows;
 mod secure;
+mod signals;
 
 #[pymodule]
 fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,5 +24,6 @@ fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rows::register(m)?;
     panic::register(m)?;
     secure::register(m)?;
+    signals::register(m)?;
     Ok(())
 }

@@ -25,6 +25,7 @@ use varta_core::observer::clock::{ClockSource, MonotonicClock};
 use varta_core::observer::ingress::{CounterValue, Listener, Waiter, WAIT_SLICE_NS};
 use varta_core::observer::listener::error_errno;
 use varta_core::observer::rows::PidRows;
+use varta_core::observer::signals;
 use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
 use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
 use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
@@ -766,7 +767,8 @@ impl PyObserver {
                     return Ok(Step::Events(std::mem::take(&mut inner.buf)));
                 }
             }
-            if Instant::now() >= end {
+            // A latched stop signal (the daemon's) ends the wait at once.
+            if Instant::now() >= end || signals::stop_signal().is_some() {
                 return Ok(Step::Nothing);
             }
         }
@@ -870,7 +872,7 @@ impl PyObserver {
     /// One batch of events. Blocks (GIL released, signals checked at least
     /// every 50 ms) until at least one event is ready or `timeout` seconds
     /// elapse (`None` = no limit); then returns an iterator over the batch,
-    /// empty on timeout.
+    /// empty on timeout or once the daemon's stop-signal latch is set.
     #[pyo3(signature = (timeout=None))]
     fn poll<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let deadline = match timeout {
@@ -896,7 +898,9 @@ impl PyObserver {
                 }
                 Step::Closed => return Err(closed_error()),
                 Step::Nothing => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if deadline.is_some_and(|d| Instant::now() >= d)
+                        || signals::stop_signal().is_some()
+                    {
                         return PyList::empty(py).into_any().try_iter().map(Bound::into_any);
                     }
                     py.check_signals()?;

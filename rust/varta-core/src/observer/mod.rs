@@ -12,6 +12,7 @@
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
 //! | [`rows`] | per-pid exporter rows and their Prometheus sample lines |
+//! | [`signals`] | the daemon's stop-signal latch (`--signal-handler-mode`) |
 //! | [`bench`] | tracker benchmark driver (for `bench/` and examples) |
 
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod ingress;
 pub mod listener;
 pub mod procfs;
 pub mod rows;
+pub mod signals;
 pub mod tracker;
 pub mod udp;
 
