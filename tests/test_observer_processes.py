@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 
 import varta
-from observer_helpers import poll_until
+from observer_helpers import drain_for, poll_until
 from varta import BeatOrigin
 
 # A minimal agent: a plain socket and varta.encode, one beat every 20 ms
@@ -47,15 +47,6 @@ def sock_path() -> Iterator[str]:
         yield os.path.join(d, "obs.sock")
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def drain_for(obs: varta.Observer, seconds: float) -> list[Any]:
-    """Every event of the next ``seconds`` (bounded poll timeouts)."""
-    end = time.monotonic() + seconds
-    seen: list[Any] = []
-    while (left := end - time.monotonic()) > 0:
-        seen.extend(obs.poll(timeout=left))
-    return seen
 
 
 def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:
