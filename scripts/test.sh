@@ -12,6 +12,23 @@ if [ ! -x "$venv/bin/python" ]; then
   step "creating venv $venv"
   python3 -m venv "$venv"
 fi
+
+# Upstream's pure-Python client (PyPI varta 0.2.0) in a side venv: it has the
+# same import name, so it cannot share ours. tests/test_upstream_interop.py
+# runs it against our Observer and, with VARTA_REQUIRE_UPSTREAM=1, fails
+# rather than skips without it.
+upstream_req='varta==0.2.0'
+upstream_venv=$root/.venv-upstream
+upstream_probe="import varta, sys; sys.exit(varta.__version__ != '0.2.0')"
+if ! "$upstream_venv/bin/python" -I -c "$upstream_probe" 2>/dev/null; then
+  step "creating $upstream_venv ($upstream_req)"
+  python3 -m venv --clear "$upstream_venv"
+  "$upstream_venv/bin/python" -m pip install -q --disable-pip-version-check "$upstream_req"
+  "$upstream_venv/bin/python" -I -c "$upstream_probe"
+fi
+export VARTA_UPSTREAM_PYTHON=$upstream_venv/bin/python
+export VARTA_REQUIRE_UPSTREAM=1
+
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 step "installing test tools"

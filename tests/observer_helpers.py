@@ -20,3 +20,16 @@ def poll_until(
         if any(pred(e) for e in batch):
             return seen
     raise AssertionError(f"no matching event within {within}s; saw {seen!r}")
+
+
+def drain_for(obs: varta.Observer, seconds: float) -> list[Any]:
+    """Every event of the next ``seconds`` (bounded poll timeouts).
+
+    For asserting that something does *not* happen over a window; to wait for
+    an event use :func:`poll_until`.
+    """
+    end = time.monotonic() + seconds
+    seen: list[Any] = []
+    while (left := end - time.monotonic()) > 0:
+        seen.extend(obs.poll(timeout=left))
+    return seen

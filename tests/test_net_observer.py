@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import varta
 from observer_helpers import poll_until
-from varta import BeatOrigin
+from varta import BeatOrigin, Status
 from varta.watch.config import parse_args
 from varta.watch.loop import Daemon
 from watch_e2e import RECORDER_CODE, WATCH_CMD, Watch, audit_rows, tsv_rows
@@ -335,6 +335,74 @@ def test_weaker_origin_conflicts_with_a_pinned_slot(tx: socket.socket, tmp_path:
         info = obs.agent(pid)
         assert info is not None and info.beats == 1
         assert info.origin is BeatOrigin.KERNEL_ATTESTED
+
+
+# ------------------------------------------------------------ IPv6
+
+
+@pytest.fixture(scope="module")
+def ipv6_loopback() -> str:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"IPv6 loopback (::1) is unavailable on this host: {e}")
+    return "::1"
+
+
+# Frames from a real varta.Varta agent in this process carry our own pid.
+PID_SELF = os.getpid()
+
+
+def agent_beats(seen: list[Any]) -> list[tuple[int, Status, int, int, BeatOrigin]]:
+    return [(b.pid, b.status, b.payload, b.nonce, b.origin) for b in seen if beat_for(PID_SELF)(b)]
+
+
+def is_terminal(e: Any) -> bool:
+    return isinstance(e, varta.Beat) and e.nonce == varta.NONCE_TERMINAL
+
+
+def test_plaintext_udp_over_ipv6(ipv6_loopback: str) -> None:
+    with make(plaintext_udp=True, udp_bind_addr=ipv6_loopback) as obs:
+        addr = obs.udp_address
+        assert addr is not None and addr[0] == "::1" and addr[1] > 0
+        with varta.Varta.connect_udp(addr) as agent:
+            assert agent.beat("degraded", 3).is_sent
+            assert agent.send_terminal().is_sent
+        seen = poll_until(obs, is_terminal)
+        net = BeatOrigin.NETWORK_UNVERIFIED
+        assert agent_beats(seen) == [
+            (PID_SELF, Status.DEGRADED, 3, 1, net),
+            (PID_SELF, Status.CRITICAL, 0, varta.NONCE_TERMINAL, net),
+        ]
+
+
+@pytest.mark.parametrize("kind", ["shared", "master"])
+def test_secure_udp_over_ipv6(ipv6_loopback: str, kind: str) -> None:
+    if kind == "shared":
+        obs = make(keys=[vkey(KEY_A)], udp_bind_addr=ipv6_loopback, udp_trust="operator")
+    else:
+        obs = make(master_key=vkey(MASTER), udp_bind_addr=ipv6_loopback, udp_trust="operator")
+    with obs:
+        addr = obs.udp_address
+        assert addr is not None and addr[0] == "::1"
+        if kind == "shared":
+            agent = varta.Varta.connect_secure_udp(addr, KEY_A)
+        else:
+            agent = varta.Varta.connect_secure_udp_with_master(addr, MASTER)
+        with agent:
+            assert agent.beat(Status.OK, 1).is_sent
+            assert agent.beat(Status.DEGRADED, 2).is_sent
+            assert agent.send_terminal().is_sent
+        seen = poll_until(obs, is_terminal)
+        op = BeatOrigin.OPERATOR_ATTESTED_TRANSPORT
+        assert agent_beats(seen) == [
+            (PID_SELF, Status.OK, 1, 1, op),
+            (PID_SELF, Status.DEGRADED, 2, 2, op),
+            (PID_SELF, Status.CRITICAL, 0, varta.NONCE_TERMINAL, op),
+        ]
+        c = obs.counters()
+        assert (c["frame_decrypt_failures"], c["secure_replay_refused"]) == (0, 0)
 
 
 # ------------------------------------------------------------ daemon (python -m varta watch)

@@ -1,8 +1,10 @@
-"""varta.Observer against real processes: a liar claiming another pid,
-an agent stopped and resumed with SIGSTOP/SIGCONT, Ctrl-C during poll()."""
+"""varta.Observer against real processes: a liar claiming another pid, a
+sender under another uid, an agent stopped and resumed with SIGSTOP/SIGCONT,
+Ctrl-C during poll()."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -18,7 +20,7 @@ from typing import Any, Callable
 import pytest
 
 import varta
-from observer_helpers import poll_until
+from observer_helpers import drain_for, poll_until
 from varta import BeatOrigin
 
 # A minimal agent: a plain socket and varta.encode, one beat every 20 ms
@@ -49,15 +51,6 @@ def sock_path() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def drain_for(obs: varta.Observer, seconds: float) -> list[Any]:
-    """Every event of the next ``seconds`` (bounded poll timeouts)."""
-    end = time.monotonic() + seconds
-    seen: list[Any] = []
-    while (left := end - time.monotonic()) > 0:
-        seen.extend(obs.poll(timeout=left))
-    return seen
-
-
 def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:
     liar = textwrap.dedent(
         """
@@ -77,6 +70,43 @@ def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:
         c = obs.counters()
         assert c["frame_auth_failures"] == 1
         assert c["beats"] == 0
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sending as another uid needs root (setuid to 65534)")
+def test_sender_with_another_uid_is_refused(sock_path: str) -> None:
+    # observer.md §5.1: a peer whose kernel uid differs from ours is an Io
+    # event (permission denied) and never reaches the tracker, even with a
+    # socket mode that lets it send.
+    os.chmod(os.path.dirname(sock_path), 0o755)
+    with varta.Observer(sock_path, 10_000, socket_mode=0o666) as obs:
+        child = os.fork()
+        if child == 0:  # child: become nobody, send a valid frame with its own pid
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                s.sendto(varta.encode(0, os.getpid(), 1, 1), sock_path)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child could not send as nobody"
+
+        events = poll_until(obs, lambda e: isinstance(e, varta.Io), within=10.0)
+        assert [type(e) for e in events] == [varta.Io]
+        (io,) = events
+        assert io.errno == errno.EACCES
+        assert "permission denied" in io.error and "uid" in io.error
+        assert obs.agents() == []
+        assert obs.agent(child) is None
+        c = obs.counters()
+        assert c["io_errors"] == 1
+        assert (c["beats"], c["frame_auth_failures"]) == (0, 0)
 
 
 def is_stall(pid: int) -> Callable[[Any], bool]:
