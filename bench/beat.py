@@ -11,7 +11,8 @@ Median ns per call, in one run, for:
 * ``udp_floor``— Python ``socket.send`` of a prebuilt 32-byte frame on a connected UDP socket
 * ``pure``     — a pure-Python agent: ``struct`` + table CRC-32C encode, then ``send``
 * ``upstream`` — upstream ``varta`` 0.2.0's ``Varta.beat``, run in a side venv
-                 (``/tmp/upstream-venv``, created with ``pip install varta==0.2.0`` if missing)
+                 (``.venv-upstream`` at the repo root, as ``scripts/test.sh`` keeps it;
+                 created with ``pip install varta==0.2.0`` if missing)
 
 Method. Linux queues at most ``net.unix.max_dgram_qlen`` (10) datagrams per
 Unix datagram receiver, so a free-running sender mostly measures the
@@ -47,9 +48,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-UPSTREAM_VENV = "/tmp/upstream-venv"
-UPSTREAM_REQ = "varta==0.2.0"
 HERE = os.path.abspath(__file__)
+# The side venv scripts/test.sh keeps (created here too if missing).
+UPSTREAM_VENV = os.path.join(os.path.dirname(os.path.dirname(HERE)), ".venv-upstream")
+UPSTREAM_REQ = "varta==0.2.0"
 
 
 # --- harness (also runs under the upstream venv's interpreter) -------------------------
