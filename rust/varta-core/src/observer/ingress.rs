@@ -749,6 +749,14 @@ impl Observer {
         })
     }
 
+    /// Effective `SO_RCVBUF` of the first UDP listener, if any.
+    pub fn udp_rcvbuf_bytes(&self) -> Option<u64> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => Some(u.rcvbuf_bytes()),
+            Listener::Uds(_) => None,
+        })
+    }
+
     pub fn socket_path(&self) -> Option<&Path> {
         self.socket_path.as_deref()
     }
