@@ -757,6 +757,14 @@ impl Observer {
         })
     }
 
+    /// Replay-state entries held by the first secure UDP listener, if any.
+    pub fn secure_senders(&self) -> Option<usize> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => u.secure_senders(),
+            Listener::Uds(_) => None,
+        })
+    }
+
     pub fn socket_path(&self) -> Option<&Path> {
         self.socket_path.as_deref()
     }
@@ -827,6 +835,13 @@ impl Observer {
         }
         let mut now = self.clock.now_ns();
         self.gates.refresh_pid_max(now);
+        // Runs on every wake-up, traffic or not: an idle listener's expired
+        // replay state is swept too.
+        for l in &mut self.listeners {
+            if let Listener::Udp(u) = l {
+                u.maintain(now);
+            }
+        }
         let n = self.listeners.len();
         let mut budget = DRAIN_BUDGET;
         let mut idle = 0;

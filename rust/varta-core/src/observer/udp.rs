@@ -309,6 +309,24 @@ impl UdpListener {
         }
     }
 
+    /// Upkeep that must not wait for traffic: a secure listener's periodic
+    /// replay-table sweep (`vlp.md` §10.3), so senders silent for
+    /// `EVICTION_TTL` are forgotten on a quiet listener too. O(1) unless the
+    /// sweep is due (every `EVICTION_INTERVAL`), then O(`MAX_SENDER_STATES`).
+    pub fn maintain(&mut self, now_ns: u64) {
+        if let UdpMode::Secure(rx) = &mut self.mode {
+            rx.maybe_sweep(now_ns);
+        }
+    }
+
+    /// Sender states a secure listener holds (`None` for plaintext).
+    pub fn secure_senders(&self) -> Option<usize> {
+        match &self.mode {
+            UdpMode::Secure(rx) => Some(rx.senders()),
+            UdpMode::Plain => None,
+        }
+    }
+
     /// Stop receiving (the socket closes when the last waiter drops it).
     pub fn close(&mut self) {
         self.closed = true;
