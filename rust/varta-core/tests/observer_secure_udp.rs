@@ -9,7 +9,7 @@ use varta_core::frame::{Frame, Status};
 use varta_core::observer::clock::FakeClock;
 use varta_core::observer::ingress::Listener;
 use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
-use varta_core::observer::{Event, Observer, ObserverConfig};
+use varta_core::observer::{CounterValue, Event, Observer, ObserverConfig};
 use varta_core::secure::{
     seal_shared, Key, ReceiverConfig, SecureReceiver, EVICTION_INTERVAL_NS, EVICTION_TTL_NS,
 };
@@ -57,6 +57,13 @@ fn wire(pid: u32, iv: [u8; 8], counter: u32, nonce: u64) -> [u8; 60] {
     let mut out = [0u8; 60];
     seal_shared(&Key::from_bytes(KEY), &iv, counter, &f.encode(), &mut out);
     out
+}
+
+fn counter(obs: &Observer, key: &str) -> u64 {
+    match obs.counters().into_iter().find(|(k, _)| *k == key) {
+        Some((_, CounterValue::Int(n))) => n,
+        other => panic!("no int counter {key}: {other:?}"),
+    }
 }
 
 impl Rig {
@@ -113,4 +120,56 @@ fn an_idle_observer_sweeps_silent_senders() {
     r.clock.set(t0 + EVICTION_TTL_NS - 1 + EVICTION_INTERVAL_NS);
     r.idle_tick();
     assert_eq!(r.obs.secure_senders(), Some(0));
+}
+
+fn stalls(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stall(s) => Some(s.pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn removed(obs: &mut Observer) -> Vec<u32> {
+    let mut v = Vec::new();
+    obs.take_removed(&mut v);
+    v
+}
+
+#[test]
+fn replay_state_outlives_tracker_eviction() {
+    // One tracker slot, strict eviction: a pid is evicted once it is
+    // stall-latched and silent for more than 10 x threshold.
+    let mut cfg = ObserverConfig::new(None, 100 * MS);
+    cfg.tracker.capacity = 1;
+    let mut r = rig(cfg);
+    let (a, b) = (4242, 4343);
+    let captured = [wire(a, [1; 8], 0, 1), wire(a, [1; 8], 1, 2)];
+    for w in &captured {
+        assert_eq!(beats(&r.deliver(w)), [a]);
+    }
+    r.clock.advance(2_000 * MS);
+    assert_eq!(stalls(&r.idle_tick()), [a]);
+    assert_eq!(beats(&r.deliver(&wire(b, [2; 8], 0, 1))), [b]);
+    assert_eq!(removed(&mut r.obs), [a]);
+
+    // The evicted pid's captured frames stay refused: forgetting its replay
+    // state would make them new-sender frames and re-track a dead agent.
+    for w in &captured {
+        assert!(beats(&r.deliver(w)).is_empty());
+    }
+    assert_eq!(counter(&r.obs, "secure_replay_refused"), 2);
+    assert_eq!(counter(&r.obs, "tracker_capacity_exceeded"), 0);
+    assert!(r.obs.agent(a).is_none());
+    assert_eq!(r.obs.secure_senders(), Some(2));
+
+    // A genuine new session of the pid (fresh prefix, nonce restarting at
+    // 1) is still accepted after the restart gap and re-tracked.
+    r.clock.advance(2_000 * MS);
+    assert_eq!(stalls(&r.idle_tick()), [b]);
+    assert_eq!(beats(&r.deliver(&wire(a, [3; 8], 0, 1))), [a]);
+    assert_eq!(removed(&mut r.obs), [b]);
+    assert_eq!(counter(&r.obs, "secure_replay_refused"), 2);
 }

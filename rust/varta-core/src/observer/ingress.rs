@@ -815,7 +815,8 @@ impl Observer {
         self.gates.tracker.iter()
     }
 
-    /// Pids removed from the tracker since the last call.
+    /// Pids removed from the tracker since the last call. Their secure
+    /// replay state is kept on purpose (`secure::replay`, "Lifetime").
     pub fn take_removed(&mut self, out: &mut Vec<u32>) {
         self.gates.tracker.take_removed(out);
     }
