@@ -14,6 +14,11 @@ use varta_core::secure::{
     seal_shared, Key, ReceiverConfig, SecureReceiver, EVICTION_INTERVAL_NS, EVICTION_TTL_NS,
 };
 
+mod common;
+
+#[global_allocator]
+static GLOBAL: common::Counting = common::Counting;
+
 const MS: u64 = 1_000_000;
 const KEY: [u8; 32] = [0x5a; 32];
 
@@ -172,4 +177,38 @@ fn replay_state_outlives_tracker_eviction() {
     assert_eq!(beats(&r.deliver(&wire(a, [3; 8], 0, 1))), [a]);
     assert_eq!(removed(&mut r.obs), [b]);
     assert_eq!(counter(&r.obs, "secure_replay_refused"), 2);
+}
+
+#[test]
+fn secure_ingress_and_idle_sweeps_do_not_allocate() {
+    let mut cfg = ObserverConfig::new(None, 100 * MS);
+    cfg.emit_beats = false;
+    let mut r = rig(cfg);
+    // Queued before measuring: loopback UDP delivers inside send().
+    let n: u32 = 64;
+    for i in 0..n {
+        let pid = 1000 + i % 16;
+        r.tx.send(&wire(pid, [7; 8], i, u64::from(i) + 1)).unwrap();
+    }
+    r.tx.send(&wire(1000, [7; 8], 0, 1)).unwrap(); // a replay
+    let mut out = Vec::with_capacity(256);
+    let t0 = r.obs.now_ns();
+    let allocs = common::count_allocs(|| {
+        r.obs.drain_ready(&mut out);
+        // Idle wake-ups: stalls, then a sweep that keeps everyone, then one
+        // that evicts everyone.
+        for t in [
+            EVICTION_INTERVAL_NS,
+            EVICTION_TTL_NS + 2 * EVICTION_INTERVAL_NS,
+        ] {
+            r.clock.set(t0 + t);
+            r.obs.drain_ready(&mut out);
+        }
+    });
+    assert_eq!(allocs, 0, "allocations on the secure UDP ingress path");
+    assert_eq!(r.obs.ingress_counters().datagrams, u64::from(n) + 1);
+    assert_eq!(counter(&r.obs, "beats"), u64::from(n));
+    assert_eq!(counter(&r.obs, "secure_replay_refused"), 1);
+    assert_eq!(stalls(&out).len(), 16);
+    assert_eq!(r.obs.secure_senders(), Some(0));
 }
