@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+import entropy_fault
 import varta
 from varta import NONCE_TERMINAL, BeatError, Status, Varta
 
@@ -425,3 +426,96 @@ def test_secure_crash_install_errors(rx: Rx) -> None:
         varta.panic.install_excepthook_secure_udp_master(rx.addr, b"\x00" * 31)
     with pytest.raises(SocketBind):
         varta.panic.install_excepthook_secure_udp(("no-such-host.invalid", 1), KEY)
+
+
+# --- OS entropy unavailable -------------------------------------------------------------
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+SECCOMP_REFUSED = 77
+
+
+@pytest.mark.skipif(
+    not entropy_fault.supported(), reason="getrandom(2) fault injection needs Linux x86_64/aarch64"
+)
+def test_without_os_entropy_secure_setup_fails_closed(rx: Rx) -> None:
+    # A child whose getrandom(2) fails with EIO (seccomp) after it connected a
+    # secure agent and installed a plaintext crash hook.
+    plain = Rx()
+    try:
+        pid, rc, err = run_child(
+            f"""
+            import errno, sys
+            sys.path.insert(0, {TESTS_DIR!r})
+            import varta, varta.panic
+            from varta import Status
+            from entropy_fault import deny_getrandom
+
+            key = bytes.fromhex("{KEY.hex()}")
+            secure = ("127.0.0.1", {rx.addr[1]})
+            agent = varta.Varta.connect_secure_udp(secure, key)
+            assert agent.beat(Status.OK).is_sent
+            varta.panic.install_excepthook_udp(("127.0.0.1", {plain.addr[1]}))
+            hook = sys.excepthook
+            try:
+                deny_getrandom()
+            except OSError:
+                sys.exit({SECCOMP_REFUSED})
+
+            for install in (varta.panic.install_excepthook_secure_udp,
+                            varta.panic.install_excepthook_secure_udp_master):
+                try:
+                    install(secure, key)
+                except varta.panic.EntropyUnavailable as e:
+                    assert isinstance(e, varta.panic.PanicInstallError)
+                    assert "entropy unavailable" in str(e), e
+                else:
+                    raise AssertionError(f"{{install.__name__}} installed without entropy")
+                assert sys.excepthook is hook
+
+            for connect in (varta.Varta.connect_secure_udp,
+                            varta.Varta.connect_secure_udp_with_master):
+                try:
+                    connect(secure, key)
+                except OSError as e:
+                    assert e.errno == errno.EIO, e
+                else:
+                    raise AssertionError(f"{{connect.__name__}} connected without a salt")
+
+            try:
+                varta.Key.generate()
+            except OSError as e:
+                assert "os error 5" in str(e), e
+            else:
+                raise AssertionError("Key.generate without entropy")
+
+            # Reconnect needs a fresh salt: it fails and keeps the old session.
+            try:
+                agent.reconnect()
+            except OSError as e:
+                assert e.errno == errno.EIO, e
+            else:
+                raise AssertionError("reconnected without a salt")
+            assert agent.beat(Status.DEGRADED).is_sent
+
+            # The previously installed (plaintext) crash target is still active.
+            assert varta.panic.fire()
+            """
+        )
+        if rc == SECCOMP_REFUSED:
+            pytest.skip("the kernel refused the seccomp filter")
+        assert rc == 0, err[-3000:]
+        wires = rx.drain()
+        assert [len(w) for w in wires] == [60, 60]
+        frames = [open_shared(KEY, w) for w in wires]
+        assert [(f.pid, f.nonce, f.status) for f in frames] == [
+            (pid, 1, Status.OK),
+            (pid, 2, Status.DEGRADED),
+        ]
+        # Same session after the failed reconnect: same prefix, next counter.
+        assert wires[0][0:8] == wires[1][0:8]
+        assert [counter(w) for w in wires] == [0, 1]
+        (crash,) = plain.wait_drain()
+        f = varta.decode(crash)
+        assert (f.pid, f.nonce, f.status) == (pid, NONCE_TERMINAL, Status.CRITICAL)
+    finally:
+        plain.sock.close()

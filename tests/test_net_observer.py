@@ -135,6 +135,30 @@ def test_bad_udp_arguments() -> None:
         varta.Observer(None, 100, udp_port=0, keys="00" * 32)
 
 
+def reference_rcvbuf(request: int) -> int:
+    """SO_RCVBUF the kernel reports for a fresh UDP socket given `request`
+    (0 = none): what the listener must end up with for the same request."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        if request:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, request)
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def test_udp_rcvbuf_request_reaches_the_socket() -> None:
+    # Default: the same 1 MiB request as the Unix listener.
+    with make(plaintext_udp=True) as obs:
+        assert obs.udp_rcvbuf_bytes == reference_rcvbuf(1_048_576)
+    for request in (0, 4096, 65_536):
+        with make(keys=[vkey(KEY_A)], udp_rcvbuf_bytes=request) as obs:
+            assert obs.udp_rcvbuf_bytes == reference_rcvbuf(request), request
+    with varta.Observer(None, 100) as obs:
+        assert obs.udp_rcvbuf_bytes is None
+    with pytest.raises(ValueError, match="udp_rcvbuf_bytes"):
+        make(plaintext_udp=True, udp_rcvbuf_bytes=2**31)
+    with pytest.raises(OverflowError):
+        make(plaintext_udp=True, udp_rcvbuf_bytes=-1)
+
+
 def test_port_in_use_raises_oserror() -> None:
     with make(plaintext_udp=True, udp_bind_addr="127.0.0.1") as a:
         assert a.udp_address is not None

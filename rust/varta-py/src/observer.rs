@@ -641,7 +641,6 @@ fn closed_error() -> PyErr {
     PyValueError::new_err("operation on a closed Observer")
 }
 
-/// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
 /// Validate the UDP keyword arguments into what the listener is bound
 /// with: secure with any key, plaintext only when asked for, nothing
 /// without a port (then no other UDP argument may be given).
@@ -716,12 +715,14 @@ fn udp_setup(
     Ok(Some((SocketAddr::new(ip, port), mode, trust)))
 }
 
+/// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
 #[pyclass(name = "Observer", module = "varta", frozen)]
 pub struct PyObserver {
     inner: Mutex<Inner>,
     socket_path: Option<String>,
     threshold_ms: u64,
     udp_address: Option<(String, u16)>,
+    udp_rcvbuf_bytes: Option<u64>,
 }
 
 impl PyObserver {
@@ -783,7 +784,7 @@ impl PyObserver {
         eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
         global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
         clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
-        master_key=None, plaintext_udp=false, udp_trust="untrusted"
+        master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -807,6 +808,7 @@ impl PyObserver {
         master_key: Option<Bound<'_, PyAny>>,
         plaintext_udp: bool,
         udp_trust: &str,
+        udp_rcvbuf_bytes: u32,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
@@ -824,6 +826,12 @@ impl PyObserver {
                 "clock must be 'monotonic' or 'boottime', not {clock:?}"
             ))
         })?;
+        if udp_rcvbuf_bytes > i32::MAX as u32 {
+            return Err(PyValueError::new_err(format!(
+                "udp_rcvbuf_bytes {udp_rcvbuf_bytes} exceeds {}",
+                i32::MAX
+            )));
+        }
         let udp = udp_setup(
             udp_port,
             udp_bind_addr,
@@ -849,13 +857,14 @@ impl PyObserver {
                 let clock = MonotonicClock::new(source)?;
                 let mut obs = Observer::new(cfg, Box::new(clock))?;
                 if let Some((addr, mode, trust)) = udp {
-                    let l = UdpListener::bind(addr, mode, trust)?;
+                    let l = UdpListener::bind(addr, mode, trust, udp_rcvbuf_bytes)?;
                     obs.add_listener(Listener::Udp(l));
                 }
                 Ok(obs)
             })
             .map_err(observer_error)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
+        let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
         let waiter = Some(Arc::new(obs.waiter()));
         Ok(PyObserver {
             inner: Mutex::new(Inner {
@@ -866,6 +875,7 @@ impl PyObserver {
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
             threshold_ms,
             udp_address,
+            udp_rcvbuf_bytes,
         })
     }
 
@@ -996,6 +1006,13 @@ impl PyObserver {
     #[getter]
     fn udp_address(&self) -> Option<(String, u16)> {
         self.udp_address.clone()
+    }
+
+    /// The UDP listener's effective `SO_RCVBUF` as the kernel reports it
+    /// (Linux doubles the request, capped by `net.core.rmem_max`), or `None`.
+    #[getter]
+    fn udp_rcvbuf_bytes(&self) -> Option<u64> {
+        self.udp_rcvbuf_bytes
     }
 
     #[getter]

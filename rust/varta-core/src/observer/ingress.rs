@@ -749,6 +749,22 @@ impl Observer {
         })
     }
 
+    /// Effective `SO_RCVBUF` of the first UDP listener, if any.
+    pub fn udp_rcvbuf_bytes(&self) -> Option<u64> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => Some(u.rcvbuf_bytes()),
+            Listener::Uds(_) => None,
+        })
+    }
+
+    /// Replay-state entries held by the first secure UDP listener, if any.
+    pub fn secure_senders(&self) -> Option<usize> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => u.secure_senders(),
+            Listener::Uds(_) => None,
+        })
+    }
+
     pub fn socket_path(&self) -> Option<&Path> {
         self.socket_path.as_deref()
     }
@@ -799,7 +815,8 @@ impl Observer {
         self.gates.tracker.iter()
     }
 
-    /// Pids removed from the tracker since the last call.
+    /// Pids removed from the tracker since the last call. Their secure
+    /// replay state is kept on purpose (`secure::replay`, "Lifetime").
     pub fn take_removed(&mut self, out: &mut Vec<u32>) {
         self.gates.tracker.take_removed(out);
     }
@@ -819,6 +836,13 @@ impl Observer {
         }
         let mut now = self.clock.now_ns();
         self.gates.refresh_pid_max(now);
+        // Runs on every wake-up, traffic or not: an idle listener's expired
+        // replay state is swept too.
+        for l in &mut self.listeners {
+            if let Listener::Udp(u) = l {
+                u.maintain(now);
+            }
+        }
         let n = self.listeners.len();
         let mut budget = DRAIN_BUDGET;
         let mut idle = 0;

@@ -178,7 +178,7 @@ fn new_dgram_socket(nonblocking: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+pub(super) fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` outlives the call and its size is passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -196,7 +196,7 @@ fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     }
 }
 
-fn get_int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+pub(super) fn get_int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut value: i32 = 0;
     let mut len = size_of::<i32>() as libc::socklen_t;
     // SAFETY: `value`/`len` are valid for writes of the advertised size.

@@ -18,7 +18,7 @@
 //! shared gates.
 
 use super::ingress::{IngressCounters, Peer, Received};
-use super::listener::RECV_BATCH;
+use super::listener::{get_int_opt, set_int_opt, RECV_BATCH};
 use super::tracker::BeatOrigin;
 use crate::frame::FRAME_LEN;
 use crate::secure::{Opened, SecureReceiver, RECV_BUF_LEN};
@@ -81,6 +81,8 @@ pub struct UdpListener {
     plain: Box<[[u8; FRAME_LEN]; RECV_BATCH]>,
     count: usize,
     closed: bool,
+    /// Effective `SO_RCVBUF` as the kernel reports it.
+    rcvbuf_bytes: u64,
 }
 
 impl fmt::Debug for UdpListener {
@@ -90,17 +92,39 @@ impl fmt::Debug for UdpListener {
             .field("local", &self.local)
             .field("mode", &self.mode)
             .field("origin", &self.origin)
+            .field("rcvbuf_bytes", &self.rcvbuf_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl UdpListener {
-    /// Bind `addr` (port 0 = ephemeral), non-blocking and close-on-exec.
-    pub fn bind(addr: SocketAddr, mode: UdpMode, trust: TransportTrust) -> io::Result<UdpListener> {
+    /// Bind `addr` (port 0 = ephemeral), non-blocking and close-on-exec,
+    /// requesting `rcvbuf` bytes of receive buffer (0 = kernel default,
+    /// ≤ `i32::MAX`), as the Unix listener does.
+    pub fn bind(
+        addr: SocketAddr,
+        mode: UdpMode,
+        trust: TransportTrust,
+        rcvbuf: u32,
+    ) -> io::Result<UdpListener> {
+        let Ok(rcvbuf) = i32::try_from(rcvbuf) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("udp_rcvbuf_bytes {rcvbuf} exceeds {}", i32::MAX),
+            ));
+        };
         let sock = UdpSocket::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
+        let raw = sock.as_raw_fd();
+        if rcvbuf > 0 {
+            set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf)
+                .map_err(|e| io::Error::new(e.kind(), format!("SO_RCVBUF on UDP {local}: {e}")))?;
+        }
+        let rcvbuf_bytes = get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)
+            .map(|v| v.max(0) as u64)
+            .unwrap_or(0);
         Ok(UdpListener {
             fd: Arc::new(OwnedFd::from(sock)),
             local,
@@ -111,12 +135,19 @@ impl UdpListener {
             plain: Box::new([[0u8; FRAME_LEN]; RECV_BATCH]),
             count: 0,
             closed: false,
+            rcvbuf_bytes,
         })
     }
 
     /// The bound address (with the kernel's port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Effective `SO_RCVBUF` as the kernel reported it after the request
+    /// (Linux doubles the request and caps it at `net.core.rmem_max`).
+    pub fn rcvbuf_bytes(&self) -> u64 {
+        self.rcvbuf_bytes
     }
 
     pub fn is_secure(&self) -> bool {
@@ -278,6 +309,24 @@ impl UdpListener {
         }
     }
 
+    /// Upkeep that must not wait for traffic: a secure listener's periodic
+    /// replay-table sweep (`vlp.md` §10.3), so senders silent for
+    /// `EVICTION_TTL` are forgotten on a quiet listener too. O(1) unless the
+    /// sweep is due (every `EVICTION_INTERVAL`), then O(`MAX_SENDER_STATES`).
+    pub fn maintain(&mut self, now_ns: u64) {
+        if let UdpMode::Secure(rx) = &mut self.mode {
+            rx.maybe_sweep(now_ns);
+        }
+    }
+
+    /// Sender states a secure listener holds (`None` for plaintext).
+    pub fn secure_senders(&self) -> Option<usize> {
+        match &self.mode {
+            UdpMode::Secure(rx) => Some(rx.senders()),
+            UdpMode::Plain => None,
+        }
+    }
+
     /// Stop receiving (the socket closes when the last waiter drops it).
     pub fn close(&mut self) {
         self.closed = true;
@@ -330,6 +379,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             UdpMode::Plain,
             TransportTrust::Operator,
+            0,
         )
         .unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -374,6 +424,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             UdpMode::Secure(Box::new(rx)),
             TransportTrust::Untrusted,
+            0,
         )
         .unwrap();
         let mut wire = [0u8; SHARED_WIRE_LEN];
@@ -401,5 +452,48 @@ mod tests {
         assert_eq!(seen, ["frame", "dropped"]);
         assert_eq!(c.secure_replay_refused, 1);
         assert_eq!(c.secure_aead_attempts, 2);
+    }
+
+    /// `SO_RCVBUF` the kernel reports for a fresh UDP socket after
+    /// requesting `req` bytes (0 = no request): the value a listener given
+    /// the same request must end up with.
+    fn reference_rcvbuf(req: u32) -> u64 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if req > 0 {
+            set_int_opt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, req as i32).unwrap();
+        }
+        get_int_opt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap() as u64
+    }
+
+    #[test]
+    fn rcvbuf_request_is_applied_to_the_socket() {
+        let bind = |req| {
+            UdpListener::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                UdpMode::Plain,
+                TransportTrust::Untrusted,
+                req,
+            )
+            .unwrap()
+        };
+        let mut seen = Vec::new();
+        for req in [0, 4096, 65_536] {
+            let l = bind(req);
+            // Read back from the descriptor, not from the cached value.
+            let on_fd = get_int_opt(l.raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap() as u64;
+            assert_eq!(on_fd, reference_rcvbuf(req), "request {req}");
+            assert_eq!(l.rcvbuf_bytes(), on_fd);
+            seen.push(on_fd);
+        }
+        // The request really changes the buffer.
+        assert!(seen[1] < seen[2], "{seen:?}");
+        let err = UdpListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            UdpMode::Plain,
+            TransportTrust::Untrusted,
+            i32::MAX as u32 + 1,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

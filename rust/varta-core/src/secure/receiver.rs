@@ -167,11 +167,6 @@ impl SecureReceiver {
         self.replay.maybe_sweep(now_ns)
     }
 
-    /// Drop `pid`'s replay state.
-    pub fn forget_pid(&mut self, pid: u32) -> bool {
-        self.replay.remove(pid)
-    }
-
     /// Every shared key over `body` (the 60-byte shared layout), always all
     /// of them; the first success in key order wins.
     fn trial_shared(&mut self, body: &[u8; SHARED_WIRE_LEN], pt: &mut [u8; FRAME_LEN]) -> bool {

@@ -12,6 +12,19 @@
 //! Time is injected (`now_ns`, the observer clock in ns); the same clock
 //! drives eviction (`last_seen`) and the session-restart gate
 //! (`last_seen_ns`), which upstream keeps as two clocks of the same rate.
+//!
+//! # Lifetime: independent of the tracker
+//!
+//! A state lives until the §10.3 sweep finds it silent for
+//! [`EVICTION_TTL_NS`]; it is deliberately **not** dropped when the
+//! observer's tracker evicts or retires the pid. Forgetting it would make
+//! every captured frame of that pid an "unknown pid, any counter" frame
+//! again, so an attacker could replay the dead agent's whole session and
+//! re-track it. Keeping it costs a genuine successor nothing: a new session
+//! (fresh prefix, nonce restarting at 1) is accepted once the pid has been
+//! silent for the restart gap, which tracker eviction (silent > 10 ×
+//! threshold) always exceeds. The table stays bounded by its fixed capacity,
+//! the TTL sweep and fail-closed refusal when full.
 
 use crate::frame::Frame;
 
@@ -196,8 +209,8 @@ impl ReplayTable {
         self.index[hole] = EMPTY;
     }
 
-    /// Forget `pid`'s state (e.g. when the observer retires the pid). Returns
-    /// whether there was any.
+    /// Forget `pid`'s state; returns whether there was any. The observer
+    /// never calls this on tracker removal (see the module docs).
     pub fn remove(&mut self, pid: u32) -> bool {
         match self.find(pid) {
             Ok(slot) => {
