@@ -6,11 +6,9 @@ from __future__ import annotations
 import array
 import errno
 import os
-import shutil
 import socket
 import stat
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,16 +21,6 @@ from observer_helpers import poll_until
 from varta import BeatOrigin, DecodeError, Status
 
 U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    # Short directory: AF_UNIX paths are limited to 107 bytes.
-    d = tempfile.mkdtemp(prefix="varta-obs-")
-    try:
-        yield os.path.join(d, "obs.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

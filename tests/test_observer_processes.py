@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -40,15 +37,6 @@ AGENT = textwrap.dedent(
         time.sleep(0.02)
     """
 )
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="varta-obs-")
-    try:
-        yield os.path.join(d, "obs.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_frame_claiming_another_pid_is_an_auth_failure(sock_path: str) -> None:

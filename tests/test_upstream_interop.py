@@ -12,11 +12,8 @@ frame is the one its excepthook sends for an uncaught exception).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,15 +64,6 @@ def upstream_python() -> str:
             pytest.fail(f"VARTA_REQUIRE_UPSTREAM=1 but {why}")
         pytest.skip(f"no upstream interpreter: {why}")
     return py
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="varta-upstream-")
-    try:
-        yield os.path.join(d, "obs.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_upstream_agent_beats_stalls_and_crashes(upstream_python: str, sock_path: str) -> None:

@@ -1096,13 +1096,20 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    const OK: Frame = Frame {
+        status: Status::Ok,
+        pid: 0,
+        timestamp: 0,
+        nonce: 0,
+        payload: 0,
+    };
+
     fn beat(pid: u32, nonce: u64) -> Frame {
         Frame {
-            status: Status::Ok,
             pid,
-            timestamp: nonce,
             nonce,
-            payload: 0,
+            timestamp: nonce,
+            ..OK
         }
     }
 
