@@ -5,14 +5,23 @@
 //! socket file (nobody answers a probe `connect`) is replaced, a live one or a
 //! non-socket file is refused with `EADDRINUSE`. `SO_PASSCRED` is mandatory,
 //! so every datagram carries the sender's kernel-attested pid/uid/gid.
+//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (§5.1):
+//! every datagram then also carries a pidfd of its sender (`SCM_PIDFD`), which
+//! pins *that* process, so a `/proc` identity read can be checked against the
+//! sender's death (see [`crate::observer::procfs::pidfd_exited`]). A kernel
+//! without it (`ENOPROTOOPT`/`EINVAL`) leaves the listener in credentials-only
+//! mode, as before; [`UdsListener::pidfd_mode`] says which one is active.
 //!
 //! Receiving drains the socket in batches with `recvmmsg(2)` into fixed,
 //! pre-allocated 33-byte buffers (one byte more than a frame, so an over-long
-//! datagram is recognisable) with control space for `SCM_CREDENTIALS` and a
-//! handful of `SCM_RIGHTS` descriptors. Passed descriptors are closed at once
-//! (`MSG_CMSG_CLOEXEC` keeps them from leaking into children meanwhile); a
-//! datagram whose control data did not fit is flagged (`MSG_CTRUNC`).
-//! Nothing here allocates after `bind`.
+//! datagram is recognisable) with control space for `SCM_CREDENTIALS`, a
+//! handful of `SCM_RIGHTS` descriptors and one `SCM_PIDFD`. Passed
+//! descriptors are closed at once (`MSG_CMSG_CLOEXEC` keeps them from leaking
+//! into children meanwhile); a datagram whose control data did not fit is
+//! flagged (`MSG_CTRUNC`). The batch's pidfds stay open until the batch is
+//! released ([`UdsListener::release_batch`], also done by the next
+//! `recv_batch`, `close` and drop), so every pidfd received is closed exactly
+//! once. Nothing here allocates after `bind`.
 
 use crate::frame::FRAME_LEN;
 use std::ffi::CString;
@@ -32,13 +41,28 @@ pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
 /// (the kernel discards the excess and sets `MSG_CTRUNC`).
 pub const MAX_PASSED_FDS: usize = 16;
 
+/// `SO_PASSPIDFD` (Linux ≥ 6.5). The `libc` crate (0.2.191 in Cargo.lock)
+/// has it only in its private uapi tables and `nix` 0.29 not at all, so it is
+/// defined here: 76 in asm-generic (x86, arm, riscv, powerpc, s390, mips…),
+/// 0x55 on sparc.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+pub const SO_PASSPIDFD: libc::c_int = 76;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+pub const SO_PASSPIDFD: libc::c_int = 0x55;
+/// `SCM_PIDFD` (Linux ≥ 6.5, every arch; not exported by `libc` 0.2.191).
+pub const SCM_PIDFD: libc::c_int = 0x04;
+
 const fn cmsg_space(len: usize) -> usize {
     // SAFETY: pure arithmetic on a length.
     unsafe { libc::CMSG_SPACE(len as u32) as usize }
 }
 
-const CMSG_BUF_LEN: usize =
-    cmsg_space(size_of::<libc::ucred>()) + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>());
+/// Credentials, up to [`MAX_PASSED_FDS`] passed descriptors and one pidfd.
+/// The kernel writes them in that order (`scm_recv_unix`), so the pidfd is
+/// last and a sender passing too many descriptors truncates it away too.
+const CMSG_BUF_LEN: usize = cmsg_space(size_of::<libc::ucred>())
+    + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>())
+    + cmsg_space(size_of::<RawFd>());
 
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
@@ -50,6 +74,24 @@ pub struct PeerCred {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The sender's pidfd for one datagram (`SCM_PIDFD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SenderPidfd {
+    /// The listener does not receive pidfds (kernel without `SO_PASSPIDFD`,
+    /// or not a Unix listener): `/proc` identity is read unchecked, as
+    /// before pidfds existed.
+    #[default]
+    NotRequested,
+    /// A pidfd of the sending process, owned by the listener and open until
+    /// the batch is released.
+    Fd(RawFd),
+    /// Pidfds are on but the kernel could not hand one over for this
+    /// datagram (an error value in `SCM_PIDFD`, e.g. a sender reaped before
+    /// the receive on kernels < 6.16, or our descriptor table full): the
+    /// sender cannot be vouched for, so its `/proc` identity is not trusted.
+    Unavailable,
 }
 
 /// One received datagram as the listener saw it.
@@ -65,6 +107,8 @@ pub struct Datagram<'a> {
     pub ctrunc: bool,
     /// Descriptors the sender passed, already closed.
     pub fds_closed: u32,
+    /// The sender's pidfd (valid until the listener's next batch).
+    pub pidfd: SenderPidfd,
 }
 
 impl<'a> Datagram<'a> {
@@ -86,6 +130,19 @@ struct Meta {
     ctrunc: bool,
     creds: Option<PeerCred>,
     fds_closed: u32,
+    pidfd: SenderPidfd,
+}
+
+/// Pidfd bookkeeping of a Unix listener (tests assert no descriptor leaks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidfdCounters {
+    /// Pidfds the kernel installed in our descriptor table.
+    pub received: u64,
+    /// Of those, closed again (equal to `received` between batches).
+    pub closed: u64,
+    /// Datagrams whose `SCM_PIDFD` carried an error instead of a pidfd, or
+    /// that lacked it although pidfds are on.
+    pub unavailable: u64,
 }
 
 /// An `io::Error` payload that keeps an errno next to a readable message, so
@@ -292,6 +349,9 @@ pub struct UdsListener {
     meta: [Meta; RECV_BATCH],
     count: usize,
     closed: bool,
+    /// `SO_PASSPIDFD` is on: every datagram brings its sender's pidfd.
+    pidfd_mode: bool,
+    pidfd_counters: PidfdCounters,
 }
 
 impl fmt::Debug for UdsListener {
@@ -300,6 +360,7 @@ impl fmt::Debug for UdsListener {
             .field("fd", &self.fd.as_raw_fd())
             .field("path", &self.path)
             .field("rcvbuf_bytes", &self.rcvbuf_bytes)
+            .field("pidfd_mode", &self.pidfd_mode)
             .finish_non_exhaustive()
     }
 }
@@ -329,6 +390,7 @@ impl UdsListener {
         let raw = fd.as_raw_fd();
         set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
             .map_err(|e| with_context(e, "SO_PASSCRED on", path))?;
+        let pidfd_mode = enable_passpidfd(raw);
         if rcvbuf > 0 {
             set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)
                 .map_err(|e| with_context(e, "SO_RCVBUF on", path))?;
@@ -383,7 +445,36 @@ impl UdsListener {
             meta: [Meta::default(); RECV_BATCH],
             count: 0,
             closed: false,
+            pidfd_mode,
+            pidfd_counters: PidfdCounters::default(),
         })
+    }
+
+    /// Whether `SO_PASSPIDFD` is active (each datagram brings its sender's
+    /// pidfd) or the listener runs on credentials alone.
+    pub fn pidfd_mode(&self) -> bool {
+        self.pidfd_mode
+    }
+
+    /// Pidfds received, closed and unavailable so far.
+    pub fn pidfd_counters(&self) -> PidfdCounters {
+        self.pidfd_counters
+    }
+
+    /// Close the last batch's pidfds. Idempotent; `recv_batch`, `close` and
+    /// drop call it too, so a caller that forgets cannot leak them. After
+    /// this the batch's datagrams report [`SenderPidfd::Unavailable`] for
+    /// pidfds that were open (never a stale descriptor number).
+    pub fn release_batch(&mut self) {
+        for m in &mut self.meta[..self.count] {
+            if let SenderPidfd::Fd(fd) = m.pidfd {
+                // SAFETY: the kernel installed `fd` for us in this batch and
+                // nothing else owns or has closed it.
+                unsafe { libc::close(fd) };
+                self.pidfd_counters.closed += 1;
+                m.pidfd = SenderPidfd::Unavailable;
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -408,6 +499,7 @@ impl UdsListener {
     /// Receive up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` when
     /// nothing is queued. Results are read with [`UdsListener::datagram`].
     pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.release_batch();
         self.count = 0;
         if self.closed {
             return Ok(0);
@@ -446,7 +538,13 @@ impl UdsListener {
             }
         };
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
-            self.meta[i] = parse_message(hdr);
+            let m = parse_message(hdr, self.pidfd_mode);
+            match m.pidfd {
+                SenderPidfd::Fd(_) => self.pidfd_counters.received += 1,
+                SenderPidfd::Unavailable => self.pidfd_counters.unavailable += 1,
+                SenderPidfd::NotRequested => {}
+            }
+            self.meta[i] = m;
         }
         self.count = n;
         Ok(n)
@@ -469,6 +567,7 @@ impl UdsListener {
             creds: m.creds,
             ctrunc: m.ctrunc,
             fds_closed: m.fds_closed,
+            pidfd: m.pidfd,
         }
     }
 
@@ -480,6 +579,7 @@ impl UdsListener {
             return;
         }
         self.closed = true;
+        self.release_batch();
         self.count = 0;
         if std::process::id() != self.owner_pid {
             return;
@@ -503,8 +603,18 @@ impl Drop for UdsListener {
     }
 }
 
-/// Read credentials and close passed descriptors from one received message.
-fn parse_message(hdr: &libc::mmsghdr) -> Meta {
+/// Turn on `SO_PASSPIDFD`; false if this kernel does not have it. Only
+/// `ENOPROTOOPT` (older kernels) and `EINVAL` are expected; any other error
+/// also leaves the listener on credentials alone, which is what it was
+/// before pidfds existed, so it is not worth refusing to start over.
+fn enable_passpidfd(fd: RawFd) -> bool {
+    set_int_opt(fd, libc::SOL_SOCKET, SO_PASSPIDFD, 1).is_ok()
+}
+
+/// Read credentials and the sender's pidfd and close passed descriptors
+/// from one received message. With `pidfd_mode` a message without a usable
+/// `SCM_PIDFD` is marked [`SenderPidfd::Unavailable`] (fail closed).
+fn parse_message(hdr: &libc::mmsghdr, pidfd_mode: bool) -> Meta {
     let msg = &hdr.msg_hdr;
     let flags = msg.msg_flags;
     let mut meta = Meta {
@@ -513,6 +623,11 @@ fn parse_message(hdr: &libc::mmsghdr) -> Meta {
         ctrunc: flags & libc::MSG_CTRUNC != 0,
         creds: None,
         fds_closed: 0,
+        pidfd: if pidfd_mode {
+            SenderPidfd::Unavailable
+        } else {
+            SenderPidfd::NotRequested
+        },
     };
     if msg.msg_control.is_null() || msg.msg_controllen < size_of::<libc::cmsghdr>() as _ {
         return meta;
@@ -543,6 +658,19 @@ fn parse_message(hdr: &libc::mmsghdr) -> Meta {
                     if fd >= 0 {
                         libc::close(fd);
                         meta.fds_closed += 1;
+                    }
+                }
+            } else if level == libc::SOL_SOCKET && ty == SCM_PIDFD && payload >= size_of::<RawFd>()
+            {
+                // A negative value is the kernel's error for a pidfd it
+                // could not make; the datagram stays `Unavailable`.
+                let fd: RawFd = std::ptr::read_unaligned(data.cast());
+                if fd >= 0 {
+                    if pidfd_mode && meta.pidfd == SenderPidfd::Unavailable {
+                        meta.pidfd = SenderPidfd::Fd(fd);
+                    } else {
+                        // Not asked for, or a second one: never kept.
+                        libc::close(fd);
                     }
                 }
             }
@@ -605,12 +733,16 @@ pub fn thread_cpu_ns() -> u64 {
 /// `recvmsg(2)` one datagram at a time with its credentials until `n`
 /// frame-sized datagrams whose pid field matches the kernel pid arrived, or
 /// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
+/// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
+/// datagram's pidfd (the credential set of `observer.md` §5.1 on kernels
+/// that have it; `ENOPROTOOPT` where they do not).
 #[doc(hidden)]
 pub fn bench_recv_floor(
     path: &Path,
     n: u64,
     rcvbuf: u32,
     idle_timeout_ms: u64,
+    pidfd: bool,
 ) -> io::Result<(u64, u64)> {
     let (addr, len) = sockaddr_un(path)?;
     let cpath = CString::new(path.as_os_str().as_bytes())
@@ -619,6 +751,9 @@ pub fn bench_recv_floor(
     let fd = new_dgram_socket(false)?;
     let raw = fd.as_raw_fd();
     set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if pidfd {
+        set_int_opt(raw, libc::SOL_SOCKET, SO_PASSPIDFD, 1)?;
+    }
     if rcvbuf > 0 {
         set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
     }
@@ -670,7 +805,11 @@ pub fn bench_recv_floor(
             msg_hdr: msg,
             msg_len: r as u32,
         };
-        let meta = parse_message(&hdr);
+        let meta = parse_message(&hdr, pidfd);
+        if let SenderPidfd::Fd(fd) = meta.pidfd {
+            // SAFETY: installed for us by this receive; closed once.
+            unsafe { libc::close(fd) };
+        }
         if meta.len as usize == FRAME_LEN && !meta.overlong {
             let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
             if meta.creds.is_some_and(|c| c.pid == pid) {
@@ -772,6 +911,110 @@ mod tests {
         assert_eq!(l.datagram(3).data.len(), 0);
         assert_eq!(l.recv_batch().unwrap(), 0);
         assert!(!wait_readable(&[l.raw_fd()], Some(1_000_000)).unwrap());
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Whether this kernel has `SO_PASSPIDFD` (Linux ≥ 6.5).
+    fn kernel_has_passpidfd() -> bool {
+        let s = new_dgram_socket(true).unwrap();
+        enable_passpidfd(s.as_raw_fd())
+    }
+
+    /// Fork a child that sends `data` to `path` and exits at once; reap it
+    /// before returning, so it is gone before anyone receives.
+    fn send_from_reaped_child(path: &Path, data: &[u8]) -> u32 {
+        let tx = UnixDatagram::unbound().unwrap();
+        let (addr, len) = sockaddr_un(path).unwrap();
+        // SAFETY: the child only calls async-signal-safe functions.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: buffers valid for the call; the child exits right after.
+            unsafe {
+                let rc = libc::sendto(
+                    tx.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    len,
+                );
+                libc::_exit(if rc < 0 { 1 } else { 0 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        pid as u32
+    }
+
+    #[test]
+    fn pidfds_come_with_datagrams_and_are_closed_on_release() {
+        let (dir, p) = tmp("pidfd");
+        let mut l = UdsListener::bind(&p, 0o600, 1 << 16).unwrap();
+        assert_eq!(l.pidfd_mode(), kernel_has_passpidfd());
+        if !l.pidfd_mode() {
+            eprintln!("kernel without SO_PASSPIDFD: credentials-only mode checked only");
+        }
+        let tx = UnixDatagram::unbound().unwrap();
+        for _ in 0..3 {
+            tx.send_to(&[7u8; 32], &p).unwrap();
+        }
+        let child = send_from_reaped_child(&p, &[8u8; 32]);
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 4);
+        let me = std::process::id();
+        for i in 0..3 {
+            let d = l.datagram(i);
+            assert_eq!(d.creds.unwrap().pid, me);
+            match d.pidfd {
+                SenderPidfd::Fd(fd) => {
+                    assert!(l.pidfd_mode());
+                    assert!(!crate::observer::procfs::pidfd_exited(fd), "we are alive");
+                }
+                SenderPidfd::NotRequested => assert!(!l.pidfd_mode()),
+                SenderPidfd::Unavailable => panic!("a live sender's pidfd is missing"),
+            }
+        }
+        // The child was reaped before the receive: its pidfd (kernels ≥ 6.16
+        // hand out pidfds of reaped senders) reports the exit, or the kernel
+        // sent an error value instead (older kernels). Either way not alive.
+        let d = l.datagram(3);
+        assert_eq!(d.creds.unwrap().pid, child);
+        match d.pidfd {
+            SenderPidfd::Fd(fd) => assert!(crate::observer::procfs::pidfd_exited(fd)),
+            SenderPidfd::Unavailable => assert!(l.pidfd_mode()),
+            SenderPidfd::NotRequested => assert!(!l.pidfd_mode()),
+        }
+        let c = l.pidfd_counters();
+        if l.pidfd_mode() {
+            assert_eq!(c.received + c.unavailable, 4);
+            assert!(c.received >= 3);
+            assert_eq!(c.closed, 0, "open until the batch is released");
+        } else {
+            assert_eq!(c, PidfdCounters::default());
+        }
+        l.release_batch();
+        l.release_batch(); // idempotent
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
+        assert!(matches!(
+            l.datagram(0).pidfd,
+            SenderPidfd::Unavailable | SenderPidfd::NotRequested
+        ));
+
+        // The next batch releases a forgotten one, and so does close.
+        tx.send_to(&[7u8; 32], &p).unwrap();
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 1);
+        tx.send_to(&[7u8; 32], &p).unwrap();
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 1);
+        l.close();
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
         drop(l);
         std::fs::remove_dir_all(dir).unwrap();
     }
