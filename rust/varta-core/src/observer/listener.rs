@@ -988,6 +988,39 @@ mod tests {
     }
 
     #[test]
+    fn release_closes_only_the_batch_pidfds_around_a_foreign_descriptor() {
+        let (dir, p) = tmp("runs");
+        let mut l = UdsListener::bind(&p, 0o600, 0).unwrap();
+        let me = std::process::id();
+        let fds: Vec<RawFd> = (0..5)
+            .map(|_| {
+                use std::os::fd::IntoRawFd;
+                crate::observer::procfs::pidfd_open(me)
+                    .unwrap()
+                    .into_raw_fd()
+            })
+            .collect();
+        // The middle one is not the batch's: a run must not swallow it.
+        let batch = [fds[0], fds[1], fds[3], fds[4]];
+        for (m, &fd) in l.meta.iter_mut().zip(&batch) {
+            m.pidfd = SenderPidfd::Fd(fd);
+        }
+        l.count = batch.len();
+        l.release_batch();
+        assert_eq!(l.pidfd_counters().closed, 4);
+        // SAFETY: F_GETFD only inspects the descriptor.
+        assert!(
+            unsafe { libc::fcntl(fds[2], libc::F_GETFD) } >= 0,
+            "foreign fd kept"
+        );
+        // SAFETY: ours; closed once.
+        unsafe { libc::close(fds[2]) };
+        l.count = 0;
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn pidfds_come_with_datagrams_and_are_closed_on_release() {
         let (dir, p) = tmp("pidfd");
         let mut l = UdsListener::bind(&p, 0o600, 1 << 16).unwrap();
