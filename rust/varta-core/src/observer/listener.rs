@@ -22,6 +22,22 @@
 //! released ([`UdsListener::release_batch`], also done by the next
 //! `recv_batch`, `close` and drop), so every pidfd received is closed exactly
 //! once. Nothing here allocates after `bind`.
+//!
+//! Why every datagram gets its pidfd, not only those whose identity is read:
+//! the kernel decides at the receive (the socket flag, and whether the
+//! control buffer has room left) before we have seen the datagram, while
+//! whether its identity is read depends on its content and the tracker; a
+//! datagram received without its pidfd can never get it afterwards (a pidfd
+//! opened by pid pins whoever holds the pid *now*). Toggling `SO_PASSPIDFD`
+//! or the control room per batch would therefore leave unverified exactly
+//! the datagrams that needed it whenever the guess was wrong; peeking first
+//! (`MSG_PEEK` with `SO_PEEK_OFF`) is a second pass over every datagram and
+//! is thrown off by over-long ones (the offset moves only by the bytes
+//! copied). So each datagram pays the pidfd's creation in the receive and a
+//! share of one `close_range` per run; the liveness polls and `/proc` reads
+//! are paid only when identity is read. A full descriptor table makes the
+//! kernel send an error instead of a pidfd: that datagram's identity is not
+//! trusted (fail closed) and counted as unavailable.
 
 use crate::frame::FRAME_LEN;
 use std::ffi::CString;
