@@ -246,11 +246,11 @@ impl Listener {
         }
     }
 
-    /// Done with the last batch: close what it still holds (the Unix
-    /// listener's pidfds). The next `recv_batch` would do it anyway.
-    pub fn release_batch(&mut self) {
+    /// The listener went idle: close what it still holds from past batches
+    /// (the Unix listener's pidfds).
+    pub fn release_idle(&mut self) {
         match self {
-            Listener::Uds(l) => l.release_batch(),
+            Listener::Uds(l) => l.release_pidfds(),
             Listener::Udp(_) => {}
         }
     }
@@ -944,7 +944,6 @@ impl Observer {
                         let r = l.received(k, &mut ctx);
                         self.gates.handle(r, pidfd, now, out);
                     }
-                    l.release_batch();
                 }
                 Err(e) => {
                     idle += 1;
@@ -956,6 +955,13 @@ impl Observer {
                         observer_ns: now,
                     });
                 }
+            }
+        }
+        if budget == DRAIN_BUDGET {
+            // Nothing arrived on any listener (a wait slice ran out): close
+            // the pidfds kept from past batches.
+            for l in &mut self.listeners {
+                l.release_idle();
             }
         }
         let now = self.clock.now_ns();

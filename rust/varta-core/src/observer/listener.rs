@@ -18,10 +18,12 @@
 //! handful of `SCM_RIGHTS` descriptors and one `SCM_PIDFD`. Passed
 //! descriptors are closed at once (`MSG_CMSG_CLOEXEC` keeps them from leaking
 //! into children meanwhile); a datagram whose control data did not fit is
-//! flagged (`MSG_CTRUNC`). The batch's pidfds stay open until the batch is
-//! released ([`UdsListener::release_batch`], also done by the next
-//! `recv_batch`, `close` and drop), so every pidfd received is closed exactly
-//! once. Nothing here allocates after `bind`.
+//! flagged (`MSG_CTRUNC`). A batch's pidfds stay open while it is
+//! processed; afterwards the most recent [`PIDFD_KEEP`] are kept a little
+//! longer (cheaper pidfds for active senders) and the rest closed at the
+//! next receive; [`UdsListener::release_pidfds`] (idle socket, `close`,
+//! drop) closes them all, so every pidfd received is closed exactly once.
+//! Nothing here allocates after `bind`.
 //!
 //! Why every datagram gets its pidfd, not only those whose identity is read:
 //! the kernel decides at the receive (the socket flag, and whether the
@@ -34,7 +36,7 @@
 //! (`MSG_PEEK` with `SO_PEEK_OFF`) is a second pass over every datagram and
 //! is thrown off by over-long ones (the offset moves only by the bytes
 //! copied). So each datagram pays the pidfd's creation in the receive and a
-//! share of one `close_range` per run; the liveness polls and `/proc` reads
+//! share of one `close_range` per run of closes; the liveness polls and `/proc` reads
 //! are paid only when identity is read. A full descriptor table makes the
 //! kernel send an error instead of a pidfd: that datagram's identity is not
 //! trusted (fail closed) and counted as unavailable.
@@ -56,6 +58,16 @@ pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
 /// Descriptors a single datagram may pass before its control data truncates
 /// (the kernel discards the excess and sets `MSG_CTRUNC`).
 pub const MAX_PASSED_FDS: usize = 16;
+/// Pidfds of past batches kept open (the most recent ones). The kernel
+/// backs all pidfds of one process with one pidfs entry that lives only
+/// while some pidfd of it is open: closing every pidfd right after its
+/// batch made each batch of a steady sender build that entry anew, which
+/// measured several times the cost of the pidfd itself when batches are
+/// small (an observer that keeps up receives one or two datagrams at a
+/// time). Keeping the last few open lets an active sender's next pidfd
+/// reuse it; at most this many plus one batch are open at once, and all of
+/// them are closed when the socket goes idle ([`UdsListener::release_pidfds`]).
+pub const PIDFD_KEEP: usize = 64;
 
 /// `SO_PASSPIDFD` (Linux ≥ 6.5). The `libc` crate (0.2.191 in Cargo.lock)
 /// has it only in its private uapi tables and `nix` 0.29 not at all, so it is
@@ -368,6 +380,10 @@ pub struct UdsListener {
     /// `SO_PASSPIDFD` is on: every datagram brings its sender's pidfd.
     pidfd_mode: bool,
     pidfd_counters: PidfdCounters,
+    /// Pidfds of past batches still open, oldest first (at most
+    /// [`PIDFD_KEEP`] between receives).
+    kept: [RawFd; PIDFD_KEEP + RECV_BATCH],
+    kept_len: usize,
 }
 
 impl fmt::Debug for UdsListener {
@@ -463,6 +479,8 @@ impl UdsListener {
             closed: false,
             pidfd_mode,
             pidfd_counters: PidfdCounters::default(),
+            kept: [-1; PIDFD_KEEP + RECV_BATCH],
+            kept_len: 0,
         })
     }
 
@@ -477,36 +495,58 @@ impl UdsListener {
         self.pidfd_counters
     }
 
-    /// Close the last batch's pidfds. Idempotent; `recv_batch`, `close` and
-    /// drop call it too, so a caller that forgets cannot leak them. After
-    /// this the batch's datagrams report [`SenderPidfd::Unavailable`] for
-    /// pidfds that were open (never a stale descriptor number).
-    ///
-    /// The kernel installs each pidfd at the lowest free number while we
-    /// still hold the earlier ones, so a batch's pidfds are usually one
-    /// ascending run: a run of consecutive numbers is closed with one
-    /// `close_range(2)` instead of one `close(2)` each. That is safe because
-    /// every number in such a run is a descriptor this batch received and
-    /// has not closed, so no other descriptor can carry it; numbers that
-    /// are not consecutive are simply separate runs.
-    pub fn release_batch(&mut self) {
-        let mut run: Option<(RawFd, RawFd)> = None;
+    /// Close every pidfd the listener holds: the last batch's and the
+    /// recent ones it keeps (see [`PIDFD_KEEP`]). Idempotent; `close` and
+    /// drop call it too, and the observer calls it when a drain finds the
+    /// socket idle. After this the batch's datagrams report
+    /// [`SenderPidfd::Unavailable`] (never a stale descriptor number).
+    pub fn release_pidfds(&mut self) {
+        self.retire_batch();
+        self.close_oldest_kept(0);
+    }
+
+    /// Move the last batch's pidfds to the kept list (oldest first); their
+    /// datagrams report [`SenderPidfd::Unavailable`] from now on.
+    fn retire_batch(&mut self) {
         for m in &mut self.meta[..self.count] {
             if let SenderPidfd::Fd(fd) = m.pidfd {
                 m.pidfd = SenderPidfd::Unavailable;
-                run = match run {
-                    Some((lo, hi)) if fd == hi + 1 => Some((lo, fd)),
-                    Some((lo, hi)) => {
-                        self.pidfd_counters.closed += close_run(lo, hi);
-                        Some((fd, fd))
-                    }
-                    None => Some((fd, fd)),
-                };
+                self.kept[self.kept_len] = fd;
+                self.kept_len += 1;
             }
+        }
+    }
+
+    /// Close the oldest kept pidfds until at most `keep` remain.
+    ///
+    /// The kernel installs each pidfd at the lowest free number while we
+    /// still hold the others, so kept pidfds come mostly in ascending runs:
+    /// a run of consecutive numbers is closed with one `close_range(2)`
+    /// instead of one `close(2)` each. That is safe because every number in
+    /// such a run is a descriptor we received and have not closed, so no
+    /// other descriptor can carry it; numbers that are not consecutive are
+    /// simply separate runs.
+    fn close_oldest_kept(&mut self, keep: usize) {
+        if self.kept_len <= keep {
+            return;
+        }
+        let n = self.kept_len - keep;
+        let mut run: Option<(RawFd, RawFd)> = None;
+        for &fd in &self.kept[..n] {
+            run = match run {
+                Some((lo, hi)) if fd == hi + 1 => Some((lo, fd)),
+                Some((lo, hi)) => {
+                    self.pidfd_counters.closed += close_run(lo, hi);
+                    Some((fd, fd))
+                }
+                None => Some((fd, fd)),
+            };
         }
         if let Some((lo, hi)) = run {
             self.pidfd_counters.closed += close_run(lo, hi);
         }
+        self.kept.copy_within(n..self.kept_len, 0);
+        self.kept_len = keep;
     }
 
     pub fn path(&self) -> &Path {
@@ -531,8 +571,16 @@ impl UdsListener {
     /// Receive up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` when
     /// nothing is queued. Results are read with [`UdsListener::datagram`].
     pub fn recv_batch(&mut self) -> io::Result<usize> {
-        self.release_batch();
+        self.retire_batch();
         self.count = 0;
+        let r = self.recv_into_batch();
+        // After the receive, so the new pidfds of a sender still in the
+        // kept list found its pidfs entry alive (see [`PIDFD_KEEP`]).
+        self.close_oldest_kept(if self.closed { 0 } else { PIDFD_KEEP });
+        r
+    }
+
+    fn recv_into_batch(&mut self) -> io::Result<usize> {
         if self.closed {
             return Ok(0);
         }
@@ -611,7 +659,7 @@ impl UdsListener {
             return;
         }
         self.closed = true;
-        self.release_batch();
+        self.release_pidfds();
         self.count = 0;
         if std::process::id() != self.owner_pid {
             return;
@@ -1022,7 +1070,7 @@ mod tests {
             m.pidfd = SenderPidfd::Fd(fd);
         }
         l.count = batch.len();
-        l.release_batch();
+        l.release_pidfds();
         assert_eq!(l.pidfd_counters().closed, 4);
         // SAFETY: F_GETFD only inspects the descriptor.
         assert!(
@@ -1032,6 +1080,46 @@ mod tests {
         // SAFETY: ours; closed once.
         unsafe { libc::close(fds[2]) };
         l.count = 0;
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn kept_pidfds_stay_bounded_and_are_all_closed_on_release() {
+        let (dir, p) = tmp("keep");
+        let mut l = UdsListener::bind(&p, 0o600, 1 << 20).unwrap();
+        if !l.pidfd_mode() {
+            eprintln!("kernel without SO_PASSPIDFD: nothing to check");
+            return;
+        }
+        let total = 3 * (PIDFD_KEEP + RECV_BATCH) as u64;
+        let sender = std::thread::spawn({
+            let p = p.clone();
+            move || {
+                let tx = UnixDatagram::unbound().unwrap();
+                for _ in 0..total {
+                    // Blocking: waits while the receive queue is full.
+                    tx.send_to(&[7u8; 32], &p).unwrap();
+                }
+            }
+        });
+        let mut got = 0u64;
+        while got < total {
+            assert!(wait_readable(&[l.raw_fd()], Some(5_000_000_000)).unwrap());
+            let n = l.recv_batch().unwrap();
+            got += n as u64;
+            let c = l.pidfd_counters();
+            let open = c.received - c.closed;
+            assert!(
+                open <= (PIDFD_KEEP + n) as u64,
+                "{open} open after a batch of {n}"
+            );
+        }
+        sender.join().unwrap();
+        assert_eq!(l.pidfd_counters().received, total);
+        l.release_pidfds();
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
         drop(l);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -1082,8 +1170,8 @@ mod tests {
         } else {
             assert_eq!(c, PidfdCounters::default());
         }
-        l.release_batch();
-        l.release_batch(); // idempotent
+        l.release_pidfds();
+        l.release_pidfds(); // idempotent
         let c = l.pidfd_counters();
         assert_eq!(c.closed, c.received);
         assert!(matches!(
@@ -1091,7 +1179,7 @@ mod tests {
             SenderPidfd::Unavailable | SenderPidfd::NotRequested
         ));
 
-        // The next batch releases a forgotten one, and so does close.
+        // Later batches keep recent pidfds open (bounded); close releases all.
         tx.send_to(&[7u8; 32], &p).unwrap();
         assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
         assert_eq!(l.recv_batch().unwrap(), 1);
