@@ -246,7 +246,7 @@ def test_no_pidfd_leaks_under_many_datagrams(sock_path: str) -> None:
         assert p.wait(timeout=30) == 0
         # While datagrams flow the observer keeps its most recent pidfds
         # open (a bounded number); an idle wait closes them all.
-        assert len(os.listdir("/proc/self/fd")) <= before + 64 + 64
+        assert len(os.listdir("/proc/self/fd")) <= before + 96 + 64  # kept max + a batch
         list(obs.poll(timeout=0.3))
         after = open_fds()
         c = obs.identity_counters()

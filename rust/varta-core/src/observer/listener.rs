@@ -19,7 +19,7 @@
 //! descriptors are closed at once (`MSG_CMSG_CLOEXEC` keeps them from leaking
 //! into children meanwhile); a datagram whose control data did not fit is
 //! flagged (`MSG_CTRUNC`). A batch's pidfds stay open while it is
-//! processed; afterwards the most recent [`PIDFD_KEEP`] are kept a little
+//! processed; afterwards the most recent ones ([`PIDFD_KEEP`]) are kept a little
 //! longer (cheaper pidfds for active senders) and the rest closed at the
 //! next receive; [`UdsListener::release_pidfds`] (idle socket, `close`,
 //! drop) closes them all, so every pidfd received is closed exactly once.
@@ -58,16 +58,21 @@ pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
 /// Descriptors a single datagram may pass before its control data truncates
 /// (the kernel discards the excess and sets `MSG_CTRUNC`).
 pub const MAX_PASSED_FDS: usize = 16;
-/// Pidfds of past batches kept open (the most recent ones). The kernel
-/// backs all pidfds of one process with one pidfs entry that lives only
-/// while some pidfd of it is open: closing every pidfd right after its
-/// batch made each batch of a steady sender build that entry anew, which
-/// measured several times the cost of the pidfd itself when batches are
-/// small (an observer that keeps up receives one or two datagrams at a
-/// time). Keeping the last few open lets an active sender's next pidfd
-/// reuse it; at most this many plus one batch are open at once, and all of
-/// them are closed when the socket goes idle ([`UdsListener::release_pidfds`]).
-pub const PIDFD_KEEP: usize = 64;
+/// Pidfds of past batches kept open: at least the most recent
+/// `PIDFD_KEEP`, at most [`PIDFD_KEEP_MAX`] (then the oldest are closed
+/// down to `PIDFD_KEEP` in one go, mostly one `close_range` for them all,
+/// instead of a close per receive when batches are small). The kernel backs
+/// all pidfds of one process with one pidfs entry that lives only while
+/// some pidfd of it is open: closing every pidfd right after its batch made
+/// each batch of a steady sender build that entry anew, which measured
+/// several times the cost of the pidfd itself when batches are small (an
+/// observer that keeps up receives one or two datagrams at a time).
+/// Keeping recent ones open lets an active sender's next pidfd reuse it. At
+/// most `PIDFD_KEEP_MAX` plus one batch are open at once, and all of them
+/// are closed when the socket goes idle ([`UdsListener::release_pidfds`]).
+pub const PIDFD_KEEP: usize = 32;
+/// See [`PIDFD_KEEP`].
+pub const PIDFD_KEEP_MAX: usize = PIDFD_KEEP + 64;
 
 /// `SO_PASSPIDFD` (Linux ≥ 6.5). The `libc` crate (0.2.191 in Cargo.lock)
 /// has it only in its private uapi tables and `nix` 0.29 not at all, so it is
@@ -381,8 +386,8 @@ pub struct UdsListener {
     pidfd_mode: bool,
     pidfd_counters: PidfdCounters,
     /// Pidfds of past batches still open, oldest first (at most
-    /// [`PIDFD_KEEP`] between receives).
-    kept: [RawFd; PIDFD_KEEP + RECV_BATCH],
+    /// [`PIDFD_KEEP_MAX`] between receives).
+    kept: [RawFd; PIDFD_KEEP_MAX + RECV_BATCH],
     kept_len: usize,
 }
 
@@ -479,7 +484,7 @@ impl UdsListener {
             closed: false,
             pidfd_mode,
             pidfd_counters: PidfdCounters::default(),
-            kept: [-1; PIDFD_KEEP + RECV_BATCH],
+            kept: [-1; PIDFD_KEEP_MAX + RECV_BATCH],
             kept_len: 0,
         })
     }
@@ -576,7 +581,11 @@ impl UdsListener {
         let r = self.recv_into_batch();
         // After the receive, so the new pidfds of a sender still in the
         // kept list found its pidfs entry alive (see [`PIDFD_KEEP`]).
-        self.close_oldest_kept(if self.closed { 0 } else { PIDFD_KEEP });
+        if self.closed {
+            self.close_oldest_kept(0);
+        } else if self.kept_len > PIDFD_KEEP_MAX {
+            self.close_oldest_kept(PIDFD_KEEP);
+        }
         r
     }
 
@@ -1092,7 +1101,7 @@ mod tests {
             eprintln!("kernel without SO_PASSPIDFD: nothing to check");
             return;
         }
-        let total = 3 * (PIDFD_KEEP + RECV_BATCH) as u64;
+        let total = 3 * (PIDFD_KEEP_MAX + RECV_BATCH) as u64;
         let sender = std::thread::spawn({
             let p = p.clone();
             move || {
@@ -1111,7 +1120,7 @@ mod tests {
             let c = l.pidfd_counters();
             let open = c.received - c.closed;
             assert!(
-                open <= (PIDFD_KEEP + n) as u64,
+                open <= (PIDFD_KEEP_MAX + n) as u64,
                 "{open} open after a batch of {n}"
             );
         }
