@@ -6,6 +6,10 @@ Build first with ``maturin develop --release``, then ``python bench/observer.py`
    the observer in count-only mode (``emit_beats=False``, rate limits off);
    the observer thread's CPU time per accepted beat is set against a bare
    Rust ``recvmsg`` loop with credentials fed by the same agents (the floor).
+   Where the kernel has ``SO_PASSPIDFD`` (the observer then takes a pidfd of
+   every sender, observer.md 5.1) the same loop is also run with it, each
+   pidfd closed, and that ratio is printed beside the target one
+   (informational: the target stays against the plain floor).
 2. Stall-detection latency: paced agents are SIGSTOPped at known instants
    (threshold 200 ms); latency = Stall.observer_ns - last beat - threshold
    (how late after the deadline the stall surfaced), plus the same measured
@@ -132,13 +136,13 @@ def observer_cpu(path: str, agents: int, per_agent: int, *, emit_beats: bool) ->
     return cpu / beats
 
 
-def floor_cpu(path: str, agents: int, per_agent: int) -> float:
+def floor_cpu(path: str, agents: int, per_agent: int, *, pidfd: bool = False) -> float:
     """Bare recvmsg-with-credentials loop: CPU ns per datagram."""
     total = agents * per_agent
     out: dict[str, Any] = {}
 
     def run() -> None:
-        out["r"] = _varta._bench_recv_floor(path, total, 3000)
+        out["r"] = _varta._bench_recv_floor(path, total, 3000, pidfd=pidfd)
 
     th = threading.Thread(target=run)
     th.start()
@@ -249,11 +253,26 @@ def main() -> None:
         with_events = min(
             observer_cpu(path, args.agents, args.beats, emit_beats=True) for _ in range(args.repeat)
         )
+        with varta.Observer(path, 1000) as probe:
+            has_pidfd = bool(probe.pidfd_identity)
+        floor_pidfd = (
+            min(floor_cpu(path, args.agents, args.beats, pidfd=True) for _ in range(args.repeat))
+            if has_pidfd
+            else None
+        )
         print(f"floor (bare recvmsg + creds loop) : {floor:8.0f} ns/beat")
+        if floor_pidfd is not None:
+            print(f"floor + SO_PASSPIDFD (informational): {floor_pidfd:6.0f} ns/beat")
         print(
             f"observer, count-only              : {count_only:8.0f} ns/beat"
             f"   ratio {count_only / floor:4.2f}x  (target <= 1.5x)"
+            f"  [observer pidfds: {'on' if has_pidfd else 'off'}]"
         )
+        if floor_pidfd is not None:
+            print(
+                f"  vs the floor with SO_PASSPIDFD   :"
+                f"   ratio {count_only / floor_pidfd:4.2f}x  (informational)"
+            )
         print(
             f"observer, Beat events to Python   : {with_events:8.0f} ns/beat"
             f"   ratio {with_events / floor:4.2f}x  (informational)"

@@ -348,3 +348,167 @@ fn a_burst_is_drained_in_batches() {
     drop(obs);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// ------------------------------------------------------------ pidfd identity
+
+/// Fork a child that sends one frame carrying its own pid and exits; wait
+/// for the exit before returning (reaping it unless `keep_zombie`), so the
+/// sender is gone before the observer receives.
+fn send_from_exited_child(path: &std::path::Path, keep_zombie: bool) -> u32 {
+    let tx = UnixDatagram::unbound().unwrap();
+    let addr = nix::sys::socket::UnixAddr::new(path).unwrap();
+    // SAFETY: the child only encodes into a stack buffer, sends and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let f = frame(me, 1);
+        let ok = nix::sys::socket::sendto(
+            tx.as_raw_fd(),
+            &f,
+            &addr,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .is_ok();
+        // SAFETY: leave at once, without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    if keep_zombie {
+        // SAFETY: WNOWAIT leaves the child a zombie; `info` is written.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(rc, 0);
+        return pid as u32;
+    }
+    reap(pid as u32);
+    pid as u32
+}
+
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: our own child.
+    assert_eq!(
+        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) },
+        pid as libc::pid_t
+    );
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
+#[test]
+fn live_sender_identity_is_vouched_for_by_its_pidfd() {
+    let (dir, p) = tmp_sock("pidfd-live");
+    let mut obs = real_observer(&p, 10_000);
+    let pidfd_mode = obs.uds_pidfd_mode().unwrap();
+    let tx = UnixDatagram::unbound().unwrap();
+    for n in 1..=3 {
+        tx.send_to(&frame(me(), n), &p).unwrap();
+    }
+    let events = poll_until(&mut obs, |e| matches!(e, Event::Beat { nonce: 3, .. }));
+    assert!(
+        events.iter().all(|e| matches!(
+            e,
+            Event::Beat {
+                origin: BeatOrigin::KernelAttested,
+                pid_ns_inode: Some(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(obs.agent(me()).unwrap().generation.is_some());
+    let c = obs.ingress_counters();
+    // First contact reads /proc; the continuation beats reuse the slot.
+    assert_eq!(c.identity_pidfd_verified, u64::from(pidfd_mode));
+    assert_eq!(c.identity_sender_exited, 0);
+    let pc = obs.uds_pidfd_counters().unwrap();
+    assert_eq!(pc.received, if pidfd_mode { 3 } else { 0 });
+    // Recent pidfds stay open while traffic flows; an idle wait closes them.
+    settle(&mut obs);
+    let pc = obs.uds_pidfd_counters().unwrap();
+    assert_eq!(pc.closed, pc.received, "every pidfd closed once idle");
+    drop(obs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_sender_reaped_before_the_read_gets_no_trusted_identity() {
+    let (dir, p) = tmp_sock("pidfd-reaped");
+    let mut obs = real_observer(&p, 10_000);
+    let child = send_from_exited_child(&p, false);
+    let events = poll_until(&mut obs, |e| matches!(e, Event::Beat { .. }));
+    // §3 step 8: a first-contact UDS peer without a trusted identity is
+    // SocketModeOnly; the slot pins no namespace and no generation.
+    assert!(
+        matches!(
+            events[..],
+            [Event::Beat {
+                pid,
+                origin: BeatOrigin::SocketModeOnly,
+                pid_ns_inode: None,
+                ..
+            }] if pid == child
+        ),
+        "{events:?}"
+    );
+    let a = obs.agent(child).unwrap();
+    assert_eq!((a.generation, a.pid_ns_inode), (None, None));
+    if obs.uds_pidfd_mode().unwrap() {
+        // Refused on the pidfd's word, whoever holds the pid by now.
+        assert_eq!(obs.ingress_counters().identity_sender_exited, 1);
+        assert_eq!(obs.ingress_counters().identity_pidfd_verified, 0);
+    }
+    settle(&mut obs);
+    let pc = obs.uds_pidfd_counters().unwrap();
+    assert_eq!(pc.closed, pc.received);
+    drop(obs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One idle wait slice with nothing arriving (the observer then closes the
+/// pidfds it kept from past batches).
+fn settle(obs: &mut Observer) {
+    let mut out = Vec::new();
+    obs.poll(Some(Duration::from_millis(60)), &mut out).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn an_exited_sender_is_not_vouched_for_even_while_proc_still_answers() {
+    let (dir, p) = tmp_sock("pidfd-zombie");
+    let mut obs = real_observer(&p, 10_000);
+    if !obs.uds_pidfd_mode().unwrap() {
+        eprintln!("kernel without SO_PASSPIDFD: nothing to check");
+        return;
+    }
+    // A zombie still has /proc/<pid>/stat and ns/pid, so a read without the
+    // pidfd would pin it as KernelAttested; its pid is free for reuse the
+    // moment it is reaped, so §5.3 does not trust it.
+    let child = send_from_exited_child(&p, true);
+    assert!(varta_core::observer::procfs::start_time(child).is_some());
+    let events = poll_until(&mut obs, |e| matches!(e, Event::Beat { .. }));
+    reap(child);
+    assert!(
+        matches!(
+            events[..],
+            [Event::Beat {
+                pid,
+                origin: BeatOrigin::SocketModeOnly,
+                pid_ns_inode: None,
+                ..
+            }] if pid == child
+        ),
+        "{events:?}"
+    );
+    assert_eq!(obs.agent(child).unwrap().generation, None);
+    assert_eq!(obs.ingress_counters().identity_sender_exited, 1);
+    drop(obs);
+    std::fs::remove_dir_all(dir).unwrap();
+}

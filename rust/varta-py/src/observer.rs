@@ -982,6 +982,34 @@ impl PyObserver {
         out
     }
 
+    /// Whether the Unix listener receives each sender's pidfd
+    /// (`SO_PASSPIDFD`, Linux ≥ 6.5) and checks `/proc` identity reads
+    /// against it; `False` = credentials only; `None` = no Unix listener.
+    #[getter]
+    fn pidfd_identity(&self, py: Python<'_>) -> Option<bool> {
+        self.lock(py).obs.uds_pidfd_mode()
+    }
+
+    /// Identity bookkeeping (not Prometheus families): pidfds received,
+    /// closed and unavailable on the Unix listener, and `/proc` identity
+    /// reads vouched for by a pidfd or refused because the sender exited.
+    fn identity_counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (pidfds, ingress) = {
+            let g = self.lock(py);
+            (
+                g.obs.uds_pidfd_counters().unwrap_or_default(),
+                *g.obs.ingress_counters(),
+            )
+        };
+        let d = PyDict::new(py);
+        d.set_item("pidfds_received", pidfds.received)?;
+        d.set_item("pidfds_closed", pidfds.closed)?;
+        d.set_item("pidfds_unavailable", pidfds.unavailable)?;
+        d.set_item("identity_pidfd_verified", ingress.identity_pidfd_verified)?;
+        d.set_item("identity_sender_exited", ingress.identity_sender_exited)?;
+        Ok(d)
+    }
+
     /// The observer clock: ns since the observer started.
     fn now_ns(&self, py: Python<'_>) -> u64 {
         self.lock(py).obs.now_ns()
@@ -1077,18 +1105,20 @@ fn _bench_tracker_scaling(
 }
 
 /// Benchmark floor: a bare blocking `recvmsg` loop with credentials on a
-/// fresh socket at `path`; returns (thread CPU ns, datagrams counted).
+/// fresh socket at `path` (with `pidfd`, also `SO_PASSPIDFD`, each pidfd
+/// closed); returns (thread CPU ns, datagrams counted).
 #[pyfunction]
-#[pyo3(signature = (path, n, idle_timeout_ms=2000, rcvbuf=1_048_576))]
+#[pyo3(signature = (path, n, idle_timeout_ms=2000, rcvbuf=1_048_576, pidfd=false))]
 fn _bench_recv_floor(
     py: Python<'_>,
     path: PathBuf,
     n: u64,
     idle_timeout_ms: u64,
     rcvbuf: u32,
+    pidfd: bool,
 ) -> PyResult<(u64, u64)> {
     py.detach(move || {
-        varta_core::observer::listener::bench_recv_floor(&path, n, rcvbuf, idle_timeout_ms)
+        varta_core::observer::listener::bench_recv_floor(&path, n, rcvbuf, idle_timeout_ms, pidfd)
     })
     .map_err(|e| match error_errno(&e) {
         Some(errno) => PyOSError::new_err((errno, e.to_string())),

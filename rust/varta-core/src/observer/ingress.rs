@@ -26,7 +26,9 @@
 
 use super::clock::Clock;
 use super::event::Event;
-use super::listener::{wait_readable, Datagram, PeerCred, UdsListener, RECV_BATCH};
+use super::listener::{
+    wait_readable, Datagram, PeerCred, PidfdCounters, SenderPidfd, UdsListener, RECV_BATCH,
+};
 use super::procfs;
 use super::tracker::{
     AgentView, BeatOrigin, RecordOutcome, StallVerdict, Tracker, TrackerConfig, TrackerConfigError,
@@ -235,6 +237,24 @@ impl Listener {
         }
     }
 
+    /// The sender's pidfd for the `i`-th datagram (Unix listener with
+    /// `SO_PASSPIDFD`; [`SenderPidfd::NotRequested`] otherwise).
+    pub fn sender_pidfd(&self, i: usize) -> SenderPidfd {
+        match self {
+            Listener::Uds(l) => l.datagram(i).pidfd,
+            Listener::Udp(_) => SenderPidfd::NotRequested,
+        }
+    }
+
+    /// The listener went idle: close what it still holds from past batches
+    /// (the Unix listener's pidfds).
+    pub fn release_idle(&mut self) {
+        match self {
+            Listener::Uds(l) => l.release_pidfds(),
+            Listener::Udp(_) => {}
+        }
+    }
+
     /// The pid field of the `i`-th datagram, unverified — only a cache
     /// prefetch hint for the tracker's pid index.
     pub fn pid_hint(&self, i: usize) -> Option<u32> {
@@ -333,6 +353,13 @@ pub struct IngressCounters {
     pub secure_aead_attempts: u64,
     /// Datagrams taken off every listener (not exported; for benchmarks).
     pub datagrams: u64,
+    /// `/proc` identity reads vouched for by the sender's pidfd (alive
+    /// before and after the read). Not a Prometheus family.
+    pub identity_pidfd_verified: u64,
+    /// `/proc` identity reads refused because the sender's pidfd showed it
+    /// exited (or none came with the datagram): treated as unreadable
+    /// identity (§3 step 8). Not a Prometheus family.
+    pub identity_sender_exited: u64,
 }
 
 fn bump(c: &mut u64) {
@@ -460,9 +487,9 @@ impl Gates {
         });
     }
 
-    fn handle(&mut self, r: Received<'_>, now: u64, out: &mut Vec<Event>) {
+    fn handle(&mut self, r: Received<'_>, pidfd: SenderPidfd, now: u64, out: &mut Vec<Event>) {
         match r {
-            Received::Frame { bytes, peer } => self.frame(bytes, peer, now, out),
+            Received::Frame { bytes, peer } => self.frame(bytes, peer, pidfd, now, out),
             Received::Truncated => bump(&mut self.counters.truncated_datagrams),
             Received::CtrlTruncated => {
                 bump(&mut self.counters.ctrl_truncated);
@@ -490,11 +517,21 @@ impl Gates {
     /// same process; re-read on first contact, terminal frames, non-increasing
     /// nonces (a recycled pid restarts at 1), after silence ≥ threshold, and
     /// whenever something is unknown.
+    ///
+    /// A read is checked against the sender's pidfd when the listener has
+    /// one (§5.3: "trusted only if the sender is alive before and after"):
+    /// a sender that exited before or during the read may have left its pid
+    /// to another process, whose namespace and start time we would pin. Such
+    /// a read — or a datagram whose pidfd the kernel could not supply — is
+    /// treated as unreadable identity (both `None`, so a first contact is
+    /// `SocketModeOnly` by step 8). The pidfd is only consulted here, so the
+    /// cached continuation path costs nothing extra.
     fn identity(
-        &self,
+        &mut self,
         pid: u32,
         slot: Option<&AgentView>,
         frame: &Frame,
+        pidfd: SenderPidfd,
         now: u64,
     ) -> (Option<u64>, Option<u64>) {
         if let Some(s) = slot {
@@ -509,10 +546,41 @@ impl Gates {
                 return (s.pid_ns_inode, s.generation);
             }
         }
-        (procfs::pid_ns_inode(pid), procfs::start_time(pid))
+        match pidfd {
+            SenderPidfd::NotRequested => (procfs::pid_ns_inode(pid), procfs::start_time(pid)),
+            SenderPidfd::Unavailable => {
+                bump(&mut self.counters.identity_sender_exited);
+                (None, None)
+            }
+            SenderPidfd::Fd(fd) => {
+                // Exit is final, so the check after the reads is what
+                // vouches for them; the one before only spares the reads
+                // for a sender already gone. The pidfd and the credential
+                // pid come from the same kernel reference (the datagram's
+                // sender), so no separate pid check (fdinfo `Pid:`) is done.
+                if procfs::pidfd_exited(fd) {
+                    bump(&mut self.counters.identity_sender_exited);
+                    return (None, None);
+                }
+                let id = (procfs::pid_ns_inode(pid), procfs::start_time(pid));
+                if procfs::pidfd_exited(fd) {
+                    bump(&mut self.counters.identity_sender_exited);
+                    return (None, None);
+                }
+                bump(&mut self.counters.identity_pidfd_verified);
+                id
+            }
+        }
     }
 
-    fn frame(&mut self, bytes: &[u8; FRAME_LEN], peer: Peer, now: u64, out: &mut Vec<Event>) {
+    fn frame(
+        &mut self,
+        bytes: &[u8; FRAME_LEN],
+        peer: Peer,
+        pidfd: SenderPidfd,
+        now: u64,
+        out: &mut Vec<Event>,
+    ) {
         let frame = match Frame::decode(bytes) {
             Ok(f) => f,
             Err(error) => {
@@ -569,7 +637,7 @@ impl Gates {
         }
         // (7) Identity.
         let (ns_inode, generation) = match (peer.local, peer.kernel_pid) {
-            (true, Some(pid)) => self.identity(pid, slot.as_ref(), &frame, now),
+            (true, Some(pid)) => self.identity(pid, slot.as_ref(), &frame, pidfd, now),
             _ => (None, None),
         };
         // (8) A first-contact local peer we cannot identify is not attested.
@@ -790,6 +858,24 @@ impl Observer {
         &self.gates.counters
     }
 
+    /// Whether the Unix listener receives its senders' pidfds
+    /// (`SO_PASSPIDFD`); `None` without a Unix listener.
+    pub fn uds_pidfd_mode(&self) -> Option<bool> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Uds(u) => Some(u.pidfd_mode()),
+            Listener::Udp(_) => None,
+        })
+    }
+
+    /// Pidfd bookkeeping of the Unix listener (received / closed /
+    /// unavailable); `None` without one.
+    pub fn uds_pidfd_counters(&self) -> Option<PidfdCounters> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Uds(u) => Some(u.pidfd_counters()),
+            Listener::Udp(_) => None,
+        })
+    }
+
     /// Mutable ingress counters, for network listeners that count their own
     /// refusals.
     pub fn ingress_counters_mut(&mut self) -> &mut IngressCounters {
@@ -878,8 +964,9 @@ impl Observer {
                             now_ns: now,
                             counters: &mut self.gates.counters,
                         };
+                        let pidfd = l.sender_pidfd(k);
                         let r = l.received(k, &mut ctx);
-                        self.gates.handle(r, now, out);
+                        self.gates.handle(r, pidfd, now, out);
                     }
                 }
                 Err(e) => {
@@ -892,6 +979,13 @@ impl Observer {
                         observer_ns: now,
                     });
                 }
+            }
+        }
+        if budget == DRAIN_BUDGET {
+            // Nothing arrived on any listener (a wait slice ran out): close
+            // the pidfds kept from past batches.
+            for l in &mut self.listeners {
+                l.release_idle();
             }
         }
         let now = self.clock.now_ns();
@@ -1034,7 +1128,12 @@ pub fn inject_for_test(
         },
         local: true,
     };
-    obs.gates.handle(Received::Frame { bytes, peer }, now, out);
+    obs.gates.handle(
+        Received::Frame { bytes, peer },
+        SenderPidfd::NotRequested,
+        now,
+        out,
+    );
 }
 
 /// Run the stall expiry alone (tests with a fake clock).
@@ -1055,6 +1154,7 @@ mod tests {
             creds,
             ctrunc,
             fds_closed: 0,
+            pidfd: SenderPidfd::NotRequested,
         }
     }
 

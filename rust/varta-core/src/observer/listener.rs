@@ -5,14 +5,41 @@
 //! socket file (nobody answers a probe `connect`) is replaced, a live one or a
 //! non-socket file is refused with `EADDRINUSE`. `SO_PASSCRED` is mandatory,
 //! so every datagram carries the sender's kernel-attested pid/uid/gid.
+//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (§5.1):
+//! every datagram then also carries a pidfd of its sender (`SCM_PIDFD`), which
+//! pins *that* process, so a `/proc` identity read can be checked against the
+//! sender's death (see [`crate::observer::procfs::pidfd_exited`]). A kernel
+//! without it (`ENOPROTOOPT`/`EINVAL`) leaves the listener in credentials-only
+//! mode, as before; [`UdsListener::pidfd_mode`] says which one is active.
 //!
 //! Receiving drains the socket in batches with `recvmmsg(2)` into fixed,
 //! pre-allocated 33-byte buffers (one byte more than a frame, so an over-long
-//! datagram is recognisable) with control space for `SCM_CREDENTIALS` and a
-//! handful of `SCM_RIGHTS` descriptors. Passed descriptors are closed at once
-//! (`MSG_CMSG_CLOEXEC` keeps them from leaking into children meanwhile); a
-//! datagram whose control data did not fit is flagged (`MSG_CTRUNC`).
+//! datagram is recognisable) with control space for `SCM_CREDENTIALS`, a
+//! handful of `SCM_RIGHTS` descriptors and one `SCM_PIDFD`. Passed
+//! descriptors are closed at once (`MSG_CMSG_CLOEXEC` keeps them from leaking
+//! into children meanwhile); a datagram whose control data did not fit is
+//! flagged (`MSG_CTRUNC`). A batch's pidfds stay open while it is
+//! processed; afterwards the most recent ones ([`PIDFD_KEEP`]) are kept a little
+//! longer (cheaper pidfds for active senders) and the rest closed at the
+//! next receive; [`UdsListener::release_pidfds`] (idle socket, `close`,
+//! drop) closes them all, so every pidfd received is closed exactly once.
 //! Nothing here allocates after `bind`.
+//!
+//! Why every datagram gets its pidfd, not only those whose identity is read:
+//! the kernel decides at the receive (the socket flag, and whether the
+//! control buffer has room left) before we have seen the datagram, while
+//! whether its identity is read depends on its content and the tracker; a
+//! datagram received without its pidfd can never get it afterwards (a pidfd
+//! opened by pid pins whoever holds the pid *now*). Toggling `SO_PASSPIDFD`
+//! or the control room per batch would therefore leave unverified exactly
+//! the datagrams that needed it whenever the guess was wrong; peeking first
+//! (`MSG_PEEK` with `SO_PEEK_OFF`) is a second pass over every datagram and
+//! is thrown off by over-long ones (the offset moves only by the bytes
+//! copied). So each datagram pays the pidfd's creation in the receive and a
+//! share of one `close_range` per run of closes; the liveness polls and `/proc` reads
+//! are paid only when identity is read. A full descriptor table makes the
+//! kernel send an error instead of a pidfd: that datagram's identity is not
+//! trusted (fail closed) and counted as unavailable.
 
 use crate::frame::FRAME_LEN;
 use std::ffi::CString;
@@ -31,14 +58,44 @@ pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
 /// Descriptors a single datagram may pass before its control data truncates
 /// (the kernel discards the excess and sets `MSG_CTRUNC`).
 pub const MAX_PASSED_FDS: usize = 16;
+/// Pidfds of past batches kept open: at least the most recent
+/// `PIDFD_KEEP`, at most [`PIDFD_KEEP_MAX`] (then the oldest are closed
+/// down to `PIDFD_KEEP` in one go, mostly one `close_range` for them all,
+/// instead of a close per receive when batches are small). The kernel backs
+/// all pidfds of one process with one pidfs entry that lives only while
+/// some pidfd of it is open: closing every pidfd right after its batch made
+/// each batch of a steady sender build that entry anew, which measured
+/// several times the cost of the pidfd itself when batches are small (an
+/// observer that keeps up receives one or two datagrams at a time).
+/// Keeping recent ones open lets an active sender's next pidfd reuse it. At
+/// most `PIDFD_KEEP_MAX` plus one batch are open at once, and all of them
+/// are closed when the socket goes idle ([`UdsListener::release_pidfds`]).
+pub const PIDFD_KEEP: usize = 32;
+/// See [`PIDFD_KEEP`].
+pub const PIDFD_KEEP_MAX: usize = PIDFD_KEEP + 64;
+
+/// `SO_PASSPIDFD` (Linux ≥ 6.5). The `libc` crate (0.2.191 in Cargo.lock)
+/// has it only in its private uapi tables and `nix` 0.29 not at all, so it is
+/// defined here: 76 in asm-generic (x86, arm, riscv, powerpc, s390, mips…),
+/// 0x55 on sparc.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+pub const SO_PASSPIDFD: libc::c_int = 76;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+pub const SO_PASSPIDFD: libc::c_int = 0x55;
+/// `SCM_PIDFD` (Linux ≥ 6.5, every arch; not exported by `libc` 0.2.191).
+pub const SCM_PIDFD: libc::c_int = 0x04;
 
 const fn cmsg_space(len: usize) -> usize {
     // SAFETY: pure arithmetic on a length.
     unsafe { libc::CMSG_SPACE(len as u32) as usize }
 }
 
-const CMSG_BUF_LEN: usize =
-    cmsg_space(size_of::<libc::ucred>()) + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>());
+/// Credentials, up to [`MAX_PASSED_FDS`] passed descriptors and one pidfd.
+/// The kernel writes them in that order (`scm_recv_unix`), so the pidfd is
+/// last and a sender passing too many descriptors truncates it away too.
+const CMSG_BUF_LEN: usize = cmsg_space(size_of::<libc::ucred>())
+    + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>())
+    + cmsg_space(size_of::<RawFd>());
 
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
@@ -50,6 +107,24 @@ pub struct PeerCred {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The sender's pidfd for one datagram (`SCM_PIDFD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SenderPidfd {
+    /// The listener does not receive pidfds (kernel without `SO_PASSPIDFD`,
+    /// or not a Unix listener): `/proc` identity is read unchecked, as
+    /// before pidfds existed.
+    #[default]
+    NotRequested,
+    /// A pidfd of the sending process, owned by the listener and open until
+    /// the batch is released.
+    Fd(RawFd),
+    /// Pidfds are on but the kernel could not hand one over for this
+    /// datagram (an error value in `SCM_PIDFD`, e.g. a sender reaped before
+    /// the receive on kernels < 6.16, or our descriptor table full): the
+    /// sender cannot be vouched for, so its `/proc` identity is not trusted.
+    Unavailable,
 }
 
 /// One received datagram as the listener saw it.
@@ -65,6 +140,8 @@ pub struct Datagram<'a> {
     pub ctrunc: bool,
     /// Descriptors the sender passed, already closed.
     pub fds_closed: u32,
+    /// The sender's pidfd (valid until the listener's next batch).
+    pub pidfd: SenderPidfd,
 }
 
 impl<'a> Datagram<'a> {
@@ -86,6 +163,19 @@ struct Meta {
     ctrunc: bool,
     creds: Option<PeerCred>,
     fds_closed: u32,
+    pidfd: SenderPidfd,
+}
+
+/// Pidfd bookkeeping of a Unix listener (tests assert no descriptor leaks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidfdCounters {
+    /// Pidfds the kernel installed in our descriptor table.
+    pub received: u64,
+    /// Of those, closed again (equal to `received` between batches).
+    pub closed: u64,
+    /// Datagrams whose `SCM_PIDFD` carried an error instead of a pidfd, or
+    /// that lacked it although pidfds are on.
+    pub unavailable: u64,
 }
 
 /// An `io::Error` payload that keeps an errno next to a readable message, so
@@ -292,6 +382,13 @@ pub struct UdsListener {
     meta: [Meta; RECV_BATCH],
     count: usize,
     closed: bool,
+    /// `SO_PASSPIDFD` is on: every datagram brings its sender's pidfd.
+    pidfd_mode: bool,
+    pidfd_counters: PidfdCounters,
+    /// Pidfds of past batches still open, oldest first (at most
+    /// [`PIDFD_KEEP_MAX`] between receives).
+    kept: [RawFd; PIDFD_KEEP_MAX + RECV_BATCH],
+    kept_len: usize,
 }
 
 impl fmt::Debug for UdsListener {
@@ -300,6 +397,7 @@ impl fmt::Debug for UdsListener {
             .field("fd", &self.fd.as_raw_fd())
             .field("path", &self.path)
             .field("rcvbuf_bytes", &self.rcvbuf_bytes)
+            .field("pidfd_mode", &self.pidfd_mode)
             .finish_non_exhaustive()
     }
 }
@@ -329,6 +427,7 @@ impl UdsListener {
         let raw = fd.as_raw_fd();
         set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
             .map_err(|e| with_context(e, "SO_PASSCRED on", path))?;
+        let pidfd_mode = enable_passpidfd(raw);
         if rcvbuf > 0 {
             set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)
                 .map_err(|e| with_context(e, "SO_RCVBUF on", path))?;
@@ -383,7 +482,76 @@ impl UdsListener {
             meta: [Meta::default(); RECV_BATCH],
             count: 0,
             closed: false,
+            pidfd_mode,
+            pidfd_counters: PidfdCounters::default(),
+            kept: [-1; PIDFD_KEEP_MAX + RECV_BATCH],
+            kept_len: 0,
         })
+    }
+
+    /// Whether `SO_PASSPIDFD` is active (each datagram brings its sender's
+    /// pidfd) or the listener runs on credentials alone.
+    pub fn pidfd_mode(&self) -> bool {
+        self.pidfd_mode
+    }
+
+    /// Pidfds received, closed and unavailable so far.
+    pub fn pidfd_counters(&self) -> PidfdCounters {
+        self.pidfd_counters
+    }
+
+    /// Close every pidfd the listener holds: the last batch's and the
+    /// recent ones it keeps (see [`PIDFD_KEEP`]). Idempotent; `close` and
+    /// drop call it too, and the observer calls it when a drain finds the
+    /// socket idle. After this the batch's datagrams report
+    /// [`SenderPidfd::Unavailable`] (never a stale descriptor number).
+    pub fn release_pidfds(&mut self) {
+        self.retire_batch();
+        self.close_oldest_kept(0);
+    }
+
+    /// Move the last batch's pidfds to the kept list (oldest first); their
+    /// datagrams report [`SenderPidfd::Unavailable`] from now on.
+    fn retire_batch(&mut self) {
+        for m in &mut self.meta[..self.count] {
+            if let SenderPidfd::Fd(fd) = m.pidfd {
+                m.pidfd = SenderPidfd::Unavailable;
+                self.kept[self.kept_len] = fd;
+                self.kept_len += 1;
+            }
+        }
+    }
+
+    /// Close the oldest kept pidfds until at most `keep` remain.
+    ///
+    /// The kernel installs each pidfd at the lowest free number while we
+    /// still hold the others, so kept pidfds come mostly in ascending runs:
+    /// a run of consecutive numbers is closed with one `close_range(2)`
+    /// instead of one `close(2)` each. That is safe because every number in
+    /// such a run is a descriptor we received and have not closed, so no
+    /// other descriptor can carry it; numbers that are not consecutive are
+    /// simply separate runs.
+    fn close_oldest_kept(&mut self, keep: usize) {
+        if self.kept_len <= keep {
+            return;
+        }
+        let n = self.kept_len - keep;
+        let mut run: Option<(RawFd, RawFd)> = None;
+        for &fd in &self.kept[..n] {
+            run = match run {
+                Some((lo, hi)) if fd == hi + 1 => Some((lo, fd)),
+                Some((lo, hi)) => {
+                    self.pidfd_counters.closed += close_run(lo, hi);
+                    Some((fd, fd))
+                }
+                None => Some((fd, fd)),
+            };
+        }
+        if let Some((lo, hi)) = run {
+            self.pidfd_counters.closed += close_run(lo, hi);
+        }
+        self.kept.copy_within(n..self.kept_len, 0);
+        self.kept_len = keep;
     }
 
     pub fn path(&self) -> &Path {
@@ -408,7 +576,20 @@ impl UdsListener {
     /// Receive up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` when
     /// nothing is queued. Results are read with [`UdsListener::datagram`].
     pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.retire_batch();
         self.count = 0;
+        let r = self.recv_into_batch();
+        // After the receive, so the new pidfds of a sender still in the
+        // kept list found its pidfs entry alive (see [`PIDFD_KEEP`]).
+        if self.closed {
+            self.close_oldest_kept(0);
+        } else if self.kept_len > PIDFD_KEEP_MAX {
+            self.close_oldest_kept(PIDFD_KEEP);
+        }
+        r
+    }
+
+    fn recv_into_batch(&mut self) -> io::Result<usize> {
         if self.closed {
             return Ok(0);
         }
@@ -446,7 +627,13 @@ impl UdsListener {
             }
         };
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
-            self.meta[i] = parse_message(hdr);
+            let m = parse_message(hdr, self.pidfd_mode);
+            match m.pidfd {
+                SenderPidfd::Fd(_) => self.pidfd_counters.received += 1,
+                SenderPidfd::Unavailable => self.pidfd_counters.unavailable += 1,
+                SenderPidfd::NotRequested => {}
+            }
+            self.meta[i] = m;
         }
         self.count = n;
         Ok(n)
@@ -469,6 +656,7 @@ impl UdsListener {
             creds: m.creds,
             ctrunc: m.ctrunc,
             fds_closed: m.fds_closed,
+            pidfd: m.pidfd,
         }
     }
 
@@ -480,6 +668,7 @@ impl UdsListener {
             return;
         }
         self.closed = true;
+        self.release_pidfds();
         self.count = 0;
         if std::process::id() != self.owner_pid {
             return;
@@ -503,8 +692,39 @@ impl Drop for UdsListener {
     }
 }
 
-/// Read credentials and close passed descriptors from one received message.
-fn parse_message(hdr: &libc::mmsghdr) -> Meta {
+/// Close the descriptors `lo..=hi`, all owned by the caller; returns how
+/// many. One `close_range(2)` (Linux ≥ 5.9, older than any kernel with
+/// `SO_PASSPIDFD`) for a run; plain `close(2)` each if it is refused (e.g. a
+/// seccomp filter that does not know it).
+fn close_run(lo: RawFd, hi: RawFd) -> u64 {
+    debug_assert!(0 <= lo && lo <= hi);
+    if lo < hi {
+        // SAFETY: the caller owns every descriptor in the range; the raw
+        // syscall avoids needing glibc ≥ 2.34 for the wrapper.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32) };
+        if rc == 0 {
+            return (hi - lo + 1) as u64;
+        }
+    }
+    for fd in lo..=hi {
+        // SAFETY: as above; each closed once.
+        unsafe { libc::close(fd) };
+    }
+    (hi - lo + 1) as u64
+}
+
+/// Turn on `SO_PASSPIDFD`; false if this kernel does not have it. Only
+/// `ENOPROTOOPT` (older kernels) and `EINVAL` are expected; any other error
+/// also leaves the listener on credentials alone, which is what it was
+/// before pidfds existed, so it is not worth refusing to start over.
+fn enable_passpidfd(fd: RawFd) -> bool {
+    set_int_opt(fd, libc::SOL_SOCKET, SO_PASSPIDFD, 1).is_ok()
+}
+
+/// Read credentials and the sender's pidfd and close passed descriptors
+/// from one received message. With `pidfd_mode` a message without a usable
+/// `SCM_PIDFD` is marked [`SenderPidfd::Unavailable`] (fail closed).
+fn parse_message(hdr: &libc::mmsghdr, pidfd_mode: bool) -> Meta {
     let msg = &hdr.msg_hdr;
     let flags = msg.msg_flags;
     let mut meta = Meta {
@@ -513,6 +733,11 @@ fn parse_message(hdr: &libc::mmsghdr) -> Meta {
         ctrunc: flags & libc::MSG_CTRUNC != 0,
         creds: None,
         fds_closed: 0,
+        pidfd: if pidfd_mode {
+            SenderPidfd::Unavailable
+        } else {
+            SenderPidfd::NotRequested
+        },
     };
     if msg.msg_control.is_null() || msg.msg_controllen < size_of::<libc::cmsghdr>() as _ {
         return meta;
@@ -543,6 +768,19 @@ fn parse_message(hdr: &libc::mmsghdr) -> Meta {
                     if fd >= 0 {
                         libc::close(fd);
                         meta.fds_closed += 1;
+                    }
+                }
+            } else if level == libc::SOL_SOCKET && ty == SCM_PIDFD && payload >= size_of::<RawFd>()
+            {
+                // A negative value is the kernel's error for a pidfd it
+                // could not make; the datagram stays `Unavailable`.
+                let fd: RawFd = std::ptr::read_unaligned(data.cast());
+                if fd >= 0 {
+                    if pidfd_mode && meta.pidfd == SenderPidfd::Unavailable {
+                        meta.pidfd = SenderPidfd::Fd(fd);
+                    } else {
+                        // Not asked for, or a second one: never kept.
+                        libc::close(fd);
                     }
                 }
             }
@@ -605,12 +843,16 @@ pub fn thread_cpu_ns() -> u64 {
 /// `recvmsg(2)` one datagram at a time with its credentials until `n`
 /// frame-sized datagrams whose pid field matches the kernel pid arrived, or
 /// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
+/// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
+/// datagram's pidfd (the credential set of `observer.md` §5.1 on kernels
+/// that have it; `ENOPROTOOPT` where they do not).
 #[doc(hidden)]
 pub fn bench_recv_floor(
     path: &Path,
     n: u64,
     rcvbuf: u32,
     idle_timeout_ms: u64,
+    pidfd: bool,
 ) -> io::Result<(u64, u64)> {
     let (addr, len) = sockaddr_un(path)?;
     let cpath = CString::new(path.as_os_str().as_bytes())
@@ -619,6 +861,9 @@ pub fn bench_recv_floor(
     let fd = new_dgram_socket(false)?;
     let raw = fd.as_raw_fd();
     set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if pidfd {
+        set_int_opt(raw, libc::SOL_SOCKET, SO_PASSPIDFD, 1)?;
+    }
     if rcvbuf > 0 {
         set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
     }
@@ -670,7 +915,11 @@ pub fn bench_recv_floor(
             msg_hdr: msg,
             msg_len: r as u32,
         };
-        let meta = parse_message(&hdr);
+        let meta = parse_message(&hdr, pidfd);
+        if let SenderPidfd::Fd(fd) = meta.pidfd {
+            // SAFETY: installed for us by this receive; closed once.
+            unsafe { libc::close(fd) };
+        }
         if meta.len as usize == FRAME_LEN && !meta.overlong {
             let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
             if meta.creds.is_some_and(|c| c.pid == pid) {
@@ -772,6 +1021,183 @@ mod tests {
         assert_eq!(l.datagram(3).data.len(), 0);
         assert_eq!(l.recv_batch().unwrap(), 0);
         assert!(!wait_readable(&[l.raw_fd()], Some(1_000_000)).unwrap());
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Whether this kernel has `SO_PASSPIDFD` (Linux ≥ 6.5).
+    fn kernel_has_passpidfd() -> bool {
+        let s = new_dgram_socket(true).unwrap();
+        enable_passpidfd(s.as_raw_fd())
+    }
+
+    /// Fork a child that sends `data` to `path` and exits at once; reap it
+    /// before returning, so it is gone before anyone receives.
+    fn send_from_reaped_child(path: &Path, data: &[u8]) -> u32 {
+        let tx = UnixDatagram::unbound().unwrap();
+        let (addr, len) = sockaddr_un(path).unwrap();
+        // SAFETY: the child only calls async-signal-safe functions.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: buffers valid for the call; the child exits right after.
+            unsafe {
+                let rc = libc::sendto(
+                    tx.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    len,
+                );
+                libc::_exit(if rc < 0 { 1 } else { 0 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        pid as u32
+    }
+
+    #[test]
+    fn release_closes_only_the_batch_pidfds_around_a_foreign_descriptor() {
+        let (dir, p) = tmp("runs");
+        let mut l = UdsListener::bind(&p, 0o600, 0).unwrap();
+        let me = std::process::id();
+        let fds: Vec<RawFd> = (0..5)
+            .map(|_| {
+                use std::os::fd::IntoRawFd;
+                crate::observer::procfs::pidfd_open(me)
+                    .unwrap()
+                    .into_raw_fd()
+            })
+            .collect();
+        // The middle one is not the batch's: a run must not swallow it.
+        let batch = [fds[0], fds[1], fds[3], fds[4]];
+        for (m, &fd) in l.meta.iter_mut().zip(&batch) {
+            m.pidfd = SenderPidfd::Fd(fd);
+        }
+        l.count = batch.len();
+        l.release_pidfds();
+        assert_eq!(l.pidfd_counters().closed, 4);
+        // SAFETY: F_GETFD only inspects the descriptor.
+        assert!(
+            unsafe { libc::fcntl(fds[2], libc::F_GETFD) } >= 0,
+            "foreign fd kept"
+        );
+        // SAFETY: ours; closed once.
+        unsafe { libc::close(fds[2]) };
+        l.count = 0;
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn kept_pidfds_stay_bounded_and_are_all_closed_on_release() {
+        let (dir, p) = tmp("keep");
+        let mut l = UdsListener::bind(&p, 0o600, 1 << 20).unwrap();
+        if !l.pidfd_mode() {
+            eprintln!("kernel without SO_PASSPIDFD: nothing to check");
+            return;
+        }
+        let total = 3 * (PIDFD_KEEP_MAX + RECV_BATCH) as u64;
+        let sender = std::thread::spawn({
+            let p = p.clone();
+            move || {
+                let tx = UnixDatagram::unbound().unwrap();
+                for _ in 0..total {
+                    // Blocking: waits while the receive queue is full.
+                    tx.send_to(&[7u8; 32], &p).unwrap();
+                }
+            }
+        });
+        let mut got = 0u64;
+        while got < total {
+            assert!(wait_readable(&[l.raw_fd()], Some(5_000_000_000)).unwrap());
+            let n = l.recv_batch().unwrap();
+            got += n as u64;
+            let c = l.pidfd_counters();
+            let open = c.received - c.closed;
+            assert!(
+                open <= (PIDFD_KEEP_MAX + n) as u64,
+                "{open} open after a batch of {n}"
+            );
+        }
+        sender.join().unwrap();
+        assert_eq!(l.pidfd_counters().received, total);
+        l.release_pidfds();
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
+        drop(l);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pidfds_come_with_datagrams_and_are_closed_on_release() {
+        let (dir, p) = tmp("pidfd");
+        let mut l = UdsListener::bind(&p, 0o600, 1 << 16).unwrap();
+        assert_eq!(l.pidfd_mode(), kernel_has_passpidfd());
+        if !l.pidfd_mode() {
+            eprintln!("kernel without SO_PASSPIDFD: credentials-only mode checked only");
+        }
+        let tx = UnixDatagram::unbound().unwrap();
+        for _ in 0..3 {
+            tx.send_to(&[7u8; 32], &p).unwrap();
+        }
+        let child = send_from_reaped_child(&p, &[8u8; 32]);
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 4);
+        let me = std::process::id();
+        for i in 0..3 {
+            let d = l.datagram(i);
+            assert_eq!(d.creds.unwrap().pid, me);
+            match d.pidfd {
+                SenderPidfd::Fd(fd) => {
+                    assert!(l.pidfd_mode());
+                    assert!(!crate::observer::procfs::pidfd_exited(fd), "we are alive");
+                }
+                SenderPidfd::NotRequested => assert!(!l.pidfd_mode()),
+                SenderPidfd::Unavailable => panic!("a live sender's pidfd is missing"),
+            }
+        }
+        // The child was reaped before the receive: its pidfd (kernels ≥ 6.16
+        // hand out pidfds of reaped senders) reports the exit, or the kernel
+        // sent an error value instead (older kernels). Either way not alive.
+        let d = l.datagram(3);
+        assert_eq!(d.creds.unwrap().pid, child);
+        match d.pidfd {
+            SenderPidfd::Fd(fd) => assert!(crate::observer::procfs::pidfd_exited(fd)),
+            SenderPidfd::Unavailable => assert!(l.pidfd_mode()),
+            SenderPidfd::NotRequested => assert!(!l.pidfd_mode()),
+        }
+        let c = l.pidfd_counters();
+        if l.pidfd_mode() {
+            assert_eq!(c.received + c.unavailable, 4);
+            assert!(c.received >= 3);
+            assert_eq!(c.closed, 0, "open until the batch is released");
+        } else {
+            assert_eq!(c, PidfdCounters::default());
+        }
+        l.release_pidfds();
+        l.release_pidfds(); // idempotent
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
+        assert!(matches!(
+            l.datagram(0).pidfd,
+            SenderPidfd::Unavailable | SenderPidfd::NotRequested
+        ));
+
+        // Later batches keep recent pidfds open (bounded); close releases all.
+        tx.send_to(&[7u8; 32], &p).unwrap();
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 1);
+        tx.send_to(&[7u8; 32], &p).unwrap();
+        assert!(wait_readable(&[l.raw_fd()], Some(1_000_000_000)).unwrap());
+        assert_eq!(l.recv_batch().unwrap(), 1);
+        l.close();
+        let c = l.pidfd_counters();
+        assert_eq!(c.closed, c.received);
         drop(l);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -6,8 +6,8 @@
 //! |---|---|
 //! | [`clock`] | observer time, injectable ([`clock::FakeClock`] in tests) |
 //! | [`tracker`], [`deadline`], [`counters`] | per-pid state, stall deadlines, tracker counters |
-//! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED`, `recvmmsg` batches |
-//! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max` |
+//! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED` (+ `SO_PASSPIDFD` where the kernel has it), `recvmmsg` batches |
+//! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
 //! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |

@@ -2,6 +2,11 @@
 //! (`observer.md` §5.3): pid-namespace inode, start time (generation) and
 //! `pid_max`. Every function returns `None` (or a documented default) when
 //! the file is missing or malformed; callers treat that as "unknown".
+//!
+//! With a pidfd of the sender ([`pidfd_exited`]) a read can be vouched for:
+//! a pid cannot be handed to another process while its holder has not
+//! exited, so if the pidfd shows the sender alive after the read, the read
+//! saw the sender and not a later holder of a recycled pid.
 
 use std::io;
 
@@ -165,6 +170,49 @@ pub fn pid_max() -> u32 {
         .unwrap_or(PID_MAX_FALLBACK)
 }
 
+/// Whether the process behind `pidfd` has exited (or the descriptor is not
+/// a usable pidfd): `poll(2)` reports `POLLIN` on a pidfd once the process
+/// has exited (zombie or reaped; `POLLHUP` too once reaped). Exit is final,
+/// so "not exited" after a `/proc` read means alive during it. A `kill(pid,
+/// 0)`-style `pidfd_send_signal` would not do: it succeeds on a zombie,
+/// whose pid may already be on its way to reuse once reaped. Any doubt
+/// (a negative descriptor, `POLLNVAL`, an error) answers "exited", which
+/// fails closed. One `poll` costs far less than the `/proc` reads it guards.
+pub fn pidfd_exited(pidfd: libc::c_int) -> bool {
+    if pidfd < 0 {
+        return true;
+    }
+    let mut p = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, zero timeout.
+        let rc = unsafe { libc::poll(&mut p, 1, 0) };
+        if rc >= 0 {
+            return rc > 0 && p.revents != 0;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return true;
+        }
+    }
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3): a close-on-exec pidfd for `pid`. The
+/// observer never opens pidfds by pid (that would pin whoever holds the pid
+/// *now*, not the sender); tests use it to watch processes they forked.
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the result is a fresh descriptor owned below.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `rc` is a new descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as libc::c_int) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +241,77 @@ mod tests {
         assert!(own_pid_ns_inode().is_some());
         assert!(pid_max() >= 32_768 || pid_max() == PID_MAX_FALLBACK);
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    /// Fork a child that waits on a pipe and then exits: a live process we
+    /// own and can reap at a chosen moment.
+    fn fork_waiting_child() -> (u32, libc::c_int) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child only calls async-signal-safe functions.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut b = [0u8; 1];
+            // SAFETY: blocking read until the parent closes the write end.
+            unsafe {
+                libc::close(fds[1]);
+                libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent keeps only the write end.
+        unsafe { libc::close(fds[0]) };
+        (pid as u32, fds[1])
+    }
+
+    fn wait_exit_without_reaping(pid: u32) {
+        // SAFETY: WNOWAIT leaves the child a zombie; infop is written.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    fn reap(pid: u32) {
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) },
+            pid as libc::pid_t
+        );
+    }
+
+    #[test]
+    fn pidfd_reports_alive_then_exit_then_reaped() {
+        use std::os::fd::AsRawFd;
+        let (pid, release) = fork_waiting_child();
+        let pidfd = pidfd_open(pid).unwrap();
+        assert!(!pidfd_exited(pidfd.as_raw_fd()), "running child");
+        let gen = start_time(pid).unwrap();
+        assert!(!pidfd_exited(pidfd.as_raw_fd()));
+
+        // SAFETY: closing our write end lets the child exit.
+        unsafe { libc::close(release) };
+        wait_exit_without_reaping(pid);
+        // A zombie: /proc still answers with the old start time, but the
+        // pidfd already says it is gone, so that read is not vouched for.
+        assert!(pidfd_exited(pidfd.as_raw_fd()), "zombie counts as exited");
+        assert_eq!(start_time(pid), Some(gen));
+
+        reap(pid);
+        assert!(pidfd_exited(pidfd.as_raw_fd()), "reaped");
+        // Our own pidfd is alive, a closed descriptor fails closed.
+        let own = pidfd_open(std::process::id()).unwrap();
+        assert!(!pidfd_exited(own.as_raw_fd()));
+        // poll(2) would silently skip a negative descriptor: fail closed.
+        assert!(pidfd_exited(-1));
     }
 }
