@@ -303,7 +303,7 @@ class Observer:
     def __exit__(self, *args: object) -> bool: ...
 
 def _bench_tracker_scaling(
-    sizes: list[int], beats_per_chunk: int, chunks: int
+    sizes: list[int], beats_per_chunk: int, chunks: int, layout: str = "dense"
 ) -> list[tuple[int, int, list[float]]]: ...
 def _bench_recv_floor(
     path: Union[str, os.PathLike[str]],

@@ -1,7 +1,9 @@
 //! Tracker transitions (`observer.md` §4) driven by a fake clock: no sleeps.
 
 use varta_core::frame::{Frame, Status, NONCE_TERMINAL};
-use varta_core::observer::bench::{bench_tracker, bench_tracker_scaling};
+use varta_core::observer::bench::{
+    bench_tracker, bench_tracker_scaling, bench_tracker_scaling_layout, PidLayout,
+};
 use varta_core::observer::clock::{Clock, FakeClock};
 use varta_core::observer::tracker::{
     BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallVerdict, Tracker, TrackerConfig,
@@ -897,4 +899,20 @@ fn bench_helpers_run() {
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].agents, rows[1].agents), (10, 1000));
     assert!(rows.iter().all(|r| r.chunk_ns_per_beat.len() == 3));
+    // Every layout yields distinct pids (the bench asserts each beat is
+    // accepted, so a duplicate or refused pid would panic here).
+    for layout in [
+        PidLayout::Dense,
+        PidLayout::Strided(3),
+        PidLayout::Scattered,
+    ] {
+        let rows = bench_tracker_scaling_layout(&[1000], 2_000, 2, layout);
+        assert_eq!(rows[0].chunk_ns_per_beat.len(), 2);
+        let pids: std::collections::HashSet<u32> = (0..100_000).map(|i| layout.pid(i)).collect();
+        assert_eq!(pids.len(), 100_000, "{layout:?}");
+        assert!(!pids.contains(&0));
+    }
+    assert_eq!(PidLayout::parse("stride:3"), Some(PidLayout::Strided(3)));
+    assert_eq!(PidLayout::parse("stride:9"), None);
+    assert_eq!(PidLayout::parse("sparse"), None);
 }

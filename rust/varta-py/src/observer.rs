@@ -1086,22 +1086,31 @@ impl PyObserver {
 
 // ------------------------------------------------------------ benchmarks
 
-/// Benchmark helper: simulated pids through the Rust tracker, one tracker
-/// per size, run in interleaved chunks; returns per size (agents, bytes per
-/// agent, ns per beat of each chunk).
+/// Benchmark helper: simulated pids (`layout`: "dense", "stride:N" or
+/// "scattered") through the Rust tracker, one tracker per size, run in
+/// interleaved chunks; returns per size (agents, bytes per agent, ns per
+/// beat of each chunk).
 #[pyfunction]
+#[pyo3(signature = (sizes, beats_per_chunk, chunks, layout = "dense"))]
 fn _bench_tracker_scaling(
     py: Python<'_>,
     sizes: Vec<u32>,
     beats_per_chunk: u64,
     chunks: usize,
-) -> Vec<(u32, usize, Vec<f64>)> {
-    py.detach(move || {
-        varta_core::observer::bench::bench_tracker_scaling(&sizes, beats_per_chunk, chunks)
+    layout: &str,
+) -> PyResult<Vec<(u32, usize, Vec<f64>)>> {
+    use varta_core::observer::bench::{bench_tracker_scaling_layout, PidLayout};
+    let layout = PidLayout::parse(layout).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "layout {layout:?}: expected \"dense\", \"stride:1\"..\"stride:4\" or \"scattered\""
+        ))
+    })?;
+    Ok(py.detach(move || {
+        bench_tracker_scaling_layout(&sizes, beats_per_chunk, chunks, layout)
             .into_iter()
             .map(|r| (r.agents, r.bytes_per_agent, r.chunk_ns_per_beat))
             .collect()
-    })
+    }))
 }
 
 /// Benchmark floor: a bare blocking `recvmsg` loop with credentials on a

@@ -20,8 +20,49 @@ use crate::frame::{Frame, Status};
 /// Frames per batch: one full `recvmmsg` drain of the UDS listener.
 pub const BENCH_BATCH: usize = super::listener::RECV_BATCH;
 
+/// Which pids the simulated agents have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PidLayout {
+    /// Consecutive pids from 100: agents started together, as the kernel
+    /// numbers them.
+    Dense,
+    /// Every `n`th pid from 100: each agent took `n` pids (its threads, or
+    /// other processes started in between).
+    Strided(u32),
+    /// Spread over the whole 2^22 pid space in hashed order: long-lived
+    /// agents on a host with heavy churn.
+    Scattered,
+}
+
+impl PidLayout {
+    /// The pid of simulated agent `i` (distinct and nonzero for
+    /// `i < 1_000_000`, at most 2^22 for the scattered layout).
+    pub fn pid(self, i: u32) -> u32 {
+        match self {
+            PidLayout::Dense => FIRST_PID + i,
+            PidLayout::Strided(n) => FIRST_PID + i * n.max(1),
+            // Multiplying by an odd constant permutes 0..2^22; +1 skips pid 0.
+            PidLayout::Scattered => (i.wrapping_mul(2_654_435_761) & ((1 << 22) - 1)) + 1,
+        }
+    }
+
+    /// `"dense"`, `"stride:<n>"`, `"scattered"`.
+    pub fn parse(s: &str) -> Option<PidLayout> {
+        match s {
+            "dense" => Some(PidLayout::Dense),
+            "scattered" => Some(PidLayout::Scattered),
+            _ => s
+                .strip_prefix("stride:")
+                .and_then(|n| n.parse().ok())
+                .filter(|&n: &u32| (1..=4).contains(&n))
+                .map(PidLayout::Strided),
+        }
+    }
+}
+
 /// One warmed-up tracker with `agents` simulated pids, ready to take beats.
 pub struct TrackerBench {
+    layout: PidLayout,
     tracker: Tracker,
     frames: Vec<Frame>,
     agents: u32,
@@ -44,6 +85,11 @@ impl TrackerBench {
     /// A tracker of capacity `agents` holding every simulated pid (one
     /// warm-up beat each). `batch == 1` records frame by frame, unprefetched.
     pub fn new(agents: u32, batch: usize) -> TrackerBench {
+        TrackerBench::with_layout(agents, batch, PidLayout::Dense)
+    }
+
+    /// [`TrackerBench::new`] with the pids of `layout`.
+    pub fn with_layout(agents: u32, batch: usize, layout: PidLayout) -> TrackerBench {
         let agents = (agents.max(1) as usize).min(MAX_CAPACITY) as u32;
         let cfg = TrackerConfig {
             capacity: agents as usize,
@@ -55,12 +101,13 @@ impl TrackerBench {
         for i in 0..agents {
             now += 1_000;
             let f = Frame {
-                pid: FIRST_PID + i,
+                pid: layout.pid(i),
                 ..BLANK
             };
             tracker.record(&f, BeatOrigin::KernelAttested, Some(1), Some(1), now);
         }
         TrackerBench {
+            layout,
             tracker,
             frames: vec![BLANK; batch.max(1)],
             agents,
@@ -83,7 +130,7 @@ impl TrackerBench {
             let n = (self.batch as u64).min(left) as usize;
             left -= n as u64;
             for f in &mut self.frames[..n] {
-                f.pid = FIRST_PID + self.next_pid;
+                f.pid = self.layout.pid(self.next_pid);
                 f.nonce = self.nonce;
                 f.timestamp = self.nonce;
                 self.next_pid += 1;
@@ -147,9 +194,19 @@ pub fn bench_tracker_scaling(
     beats_per_chunk: u64,
     chunks: usize,
 ) -> Vec<ScalingRow> {
+    bench_tracker_scaling_layout(sizes, beats_per_chunk, chunks, PidLayout::Dense)
+}
+
+/// [`bench_tracker_scaling`] with the pids of `layout`.
+pub fn bench_tracker_scaling_layout(
+    sizes: &[u32],
+    beats_per_chunk: u64,
+    chunks: usize,
+    layout: PidLayout,
+) -> Vec<ScalingRow> {
     let mut benches: Vec<TrackerBench> = sizes
         .iter()
-        .map(|&n| TrackerBench::new(n, BENCH_BATCH))
+        .map(|&n| TrackerBench::with_layout(n, BENCH_BATCH, layout))
         .collect();
     // One untimed pass so every table is faulted in and warm.
     for b in &mut benches {
