@@ -24,7 +24,9 @@
 //! * pid index: `⌈4 × cap / 15⌉` cache lines of 15 four-byte entries (slot
 //!   number + hash tag, the pid confirmed in the slot; entry load ≤ 0.27).
 //!   A pid's home line is the Murmur3 hash of `pid >> 3`, so 8 consecutive
-//!   pids share one line; a full line passes new pids to the next, up to
+//!   pids share one line. A pid takes its place in its block as its entry
+//!   when free, so a lookup usually compares one entry (else the line's 15
+//!   tags at once). A full line passes new pids to the next, up to
 //!   [`MAX_PROBE_LINES`] lines, and counts them (F14-style overflow counts,
 //!   no tombstones). Exhaustion → CapacityExceeded, counted.
 //!   The spec sketches upstream's per-pid linear probing (`observer.md`
@@ -441,7 +443,6 @@ impl IndexEntry {
     /// The entry holds a slot whose pid hashes to `hash`'s tag. (The
     /// scalar form of [`IndexLine::tag_matches`]; x86_64 uses SSE2.)
     #[inline]
-    #[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
     fn tag_matches(self, hash: u32) -> bool {
         (self.0 ^ hash) & !SLOT_MASK == 0
     }
@@ -455,6 +456,15 @@ const LINE_ENTRIES: usize = 15;
 /// beats instead of once per beat; scattered pids cost what a per-pid hash
 /// does. (At 100,000 agents that miss was the whole difference from 100.)
 const BLOCK_BITS: u32 = 3;
+const PIDS_PER_BLOCK: usize = 1 << BLOCK_BITS;
+
+/// Where in a line a pid goes when that entry is free: its place in its
+/// block (or the same place in the line's second half). Lookups try it
+/// first, so a found pid usually costs one entry compare, not a line's.
+#[inline]
+fn preferred(pid: u32) -> usize {
+    pid as usize & (PIDS_PER_BLOCK - 1)
+}
 
 /// One cache line of the index: 15 entries and the count of pids that
 /// overflowed past this line from earlier homes (F14's scheme: a lookup
@@ -567,6 +577,16 @@ impl PidIndex {
     fn probe(&self, pid: u32, slots: &[Slot]) -> Probe {
         let hash = mix(pid);
         let mut line = self.home(pid);
+        // Fast path: the pid sits at its preferred entry of its home line.
+        let pos = preferred(pid);
+        let e = self.lines[line].entries[pos];
+        let slot = e.slot();
+        if e.tag_matches(hash)
+            && slot != IDX_EMPTY
+            && slots.get(slot as usize).is_some_and(|s| s.pid == pid)
+        {
+            return Probe::Found { line, pos, slot };
+        }
         for _ in 0..self.max_chain() {
             let l = &self.lines[line];
             let mut candidates = l.tag_matches(hash);
@@ -592,7 +612,13 @@ impl PidIndex {
         let mut line = self.home(pid);
         for passed in 0..self.max_chain() {
             let entries = &self.lines[line].entries;
-            if let Some(pos) = entries.iter().position(|e| e.slot() == IDX_EMPTY) {
+            let free = |pos: &usize| entries[*pos].slot() == IDX_EMPTY;
+            let pos = [preferred(pid), preferred(pid) + PIDS_PER_BLOCK]
+                .into_iter()
+                .filter(|&p| p < LINE_ENTRIES)
+                .find(free)
+                .or_else(|| (0..LINE_ENTRIES).find(free));
+            if let Some(pos) = pos {
                 return Some(Vacancy { line, pos, passed });
             }
             line = self.next(line);
@@ -1283,6 +1309,36 @@ mod tests {
             let home = t.index.home(first);
             assert!((0..8).all(|i| t.index.home(first + i) == home));
         }
+    }
+
+    /// A pid goes to its preferred entry (its place in its block), and a
+    /// second block homed on the same line to the second half, so lookups
+    /// take the one-entry fast path.
+    #[test]
+    fn pids_sit_at_their_preferred_entries() {
+        let mut t = tracker(1_000);
+        let home = t.index.home(800);
+        let other = (101u32..).find(|&b| t.index.home(b << 3) == home).unwrap() << 3;
+        for pid in (800..808).chain(other..other + 8) {
+            assert_eq!(
+                t.record(&beat(pid, 1), KA, None, None, 1),
+                RecordOutcome::Inserted
+            );
+        }
+        let pos = |t: &Tracker, pid| match t.index.probe(pid, &t.slots) {
+            Probe::Found { line, pos, .. } => (line, pos),
+            Probe::Absent => panic!("pid {pid} not found"),
+        };
+        for i in 0..8u32 {
+            assert_eq!(pos(&t, 800 + i), (home, i as usize));
+        }
+        for i in 0..7u32 {
+            assert_eq!(pos(&t, other + i), (home, 8 + i as usize));
+        }
+        // The 16th pid finds the line full and goes on to the next one.
+        assert_eq!(pos(&t, other + 7).0, t.index.next(home));
+        assert_eq!(t.index.lines[home].overflow, 1);
+        t.check_invariants().unwrap();
     }
 
     /// Two pids whose index entries carry the same tag and share a home
