@@ -441,7 +441,7 @@ impl IndexEntry {
     }
 
     /// The entry holds a slot whose pid hashes to `hash`'s tag. (The
-    /// scalar form of [`IndexLine::tag_matches`]; x86_64 uses SSE2.)
+    /// one-entry form of [`IndexLine::tag_matches`].)
     #[inline]
     fn tag_matches(self, hash: u32) -> bool {
         (self.0 ^ hash) & !SLOT_MASK == 0
