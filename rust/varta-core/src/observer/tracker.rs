@@ -536,8 +536,8 @@ fn mix(x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// `pid → slot` map: `⌈2 × capacity / 15⌉` lines (load ≤ 0.5), each pid
-/// in the first line with room from its home on, at most
+/// `pid → slot` map: `⌈4 × capacity / 15⌉` lines (entry load ≤ 0.27),
+/// each pid in the first line with room from its home on, at most
 /// [`MAX_PROBE_LINES`] lines along.
 #[derive(Debug)]
 struct PidIndex {
@@ -945,13 +945,13 @@ impl Tracker {
         generation: Option<u64>,
         now: u64,
     ) -> RecordOutcome {
-        if self.index.vacancy(frame.pid).is_none() {
+        let Some(mut vacancy) = self.index.vacancy(frame.pid) else {
             // Every line of the pid's chain is full: only hostile or
             // freakishly clustered pids get here. Refused before any eviction.
             bump(&mut self.counters.probe_exhausted);
             bump(&mut self.counters.capacity_exceeded);
             return RecordOutcome::CapacityExceeded;
-        }
+        };
         if self.free.is_empty() {
             // 7. Full: evict (§4.4) or drop.
             let Some(victim) = self.find_victim(now) else {
@@ -960,9 +960,10 @@ impl Tracker {
             };
             self.release(victim);
             bump(&mut self.counters.tracker_evicted);
+            // The victim's entry may be nearer this pid's home.
+            vacancy = self.index.vacancy(frame.pid).unwrap_or(vacancy);
         }
-        // Look again: the eviction may have freed an entry nearer home.
-        let (Some(vacancy), Some(idx)) = (self.index.vacancy(frame.pid), self.free.pop()) else {
+        let Some(idx) = self.free.pop() else {
             bump(&mut self.counters.invariant_violations);
             bump(&mut self.counters.capacity_exceeded);
             return RecordOutcome::CapacityExceeded;
