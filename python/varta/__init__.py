@@ -19,6 +19,7 @@ from ._types import (
     DropReason,
     Status,
     StatusLike,
+    Verdict,
     classify_send_error,
 )
 
@@ -38,6 +39,7 @@ from ._varta import (
     AgentInfo,
     AuthFailure,
     Beat,
+    Blind,
     CtrlTruncated,
     Decode,
     Io,
@@ -81,6 +83,7 @@ __all__ = [
     "AgentInfo",
     "AuthFailure",
     "Beat",
+    "Blind",
     "CtrlTruncated",
     "Decode",
     "Io",
@@ -89,4 +92,5 @@ __all__ = [
     "OriginConflict",
     "PidRows",
     "Stall",
+    "Verdict",
 ]

@@ -64,6 +64,33 @@ class BeatOrigin(IntEnum):
         return self >= BeatOrigin.OPERATOR_ATTESTED_TRANSPORT
 
 
+class Verdict(str, Enum):
+    """Why a tracked agent went silent (``docs/verdicts.md``).
+
+    A ``str`` enum: ``Verdict.HUNG == "hung"``, and ``str(v)`` is the word used
+    in log lines, the TSV export, metric labels and ``--recovery-on``.
+    """
+
+    HUNG = "hung"
+    """The kernel-attested process is alive and silent."""
+    EXITED = "exited"
+    """It ended after announcing a clean exit (or an orderly stop signal)."""
+    CRASHED = "crashed"
+    """It ended, or is dying, after its crash hook sent a terminal frame."""
+    VANISHED = "vanished"
+    """It ended without a terminal frame (SIGKILL, the OOM killer)."""
+    UNKNOWN = "unknown"
+    """No kernel attestation (network, socket-mode-only): silence only."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def process_gone(self) -> bool:
+        """The agent ended: its slot is retired once the verdict is reported."""
+        return self in (Verdict.EXITED, Verdict.CRASHED, Verdict.VANISHED)
+
+
 class DecodeError(ValueError):
     """A 32-byte buffer that is not a valid VLP v0.2 frame.
 

@@ -213,7 +213,9 @@ _SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
 def _make_signal_handler(prev: _SignalHandler) -> Callable[[int, Optional[FrameType]], Any]:
     def varta_signal_handler(signum: int, frame: Optional[FrameType]) -> Any:
-        _varta._panic_fire()
+        # The frame names the signal: SIGTERM/SIGINT/SIGHUP read as an
+        # orderly stop (verdict "exited"), others as a crash (docs/verdicts.md).
+        _varta._panic_fire(signum)
         if callable(prev):
             try:
                 return prev(signum, frame)

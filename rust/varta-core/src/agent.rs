@@ -554,6 +554,8 @@ impl<T: Transport, H: Host> Agent<T, H> {
     }
 
     /// Emit the clean-exit terminal frame: `Critical`, `NONCE_TERMINAL`,
+    /// payload `"EXIT"` (the clean-exit cause our observer turns into an
+    /// `exited` verdict; upstream's ignores the payload, `docs/verdicts.md`),
     /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
     /// Does not touch the regular nonce/timestamp or the drop window.
     pub fn send_terminal(&mut self) -> BeatOutcome {
@@ -576,7 +578,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
             pid,
             timestamp,
             nonce: NONCE_TERMINAL,
-            payload: 0,
+            payload: crate::observer::verdict::PAYLOAD_CLEAN_EXIT,
         }
         .encode_into(&mut self.scratch);
         let outcome = self.send_scratch();

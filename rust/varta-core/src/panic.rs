@@ -163,9 +163,16 @@ impl Emitter {
         &self.wire
     }
 
-    /// Send one terminal frame. Allocation-free and async-signal-safe; every
-    /// error is reported, never raised.
+    /// Send one terminal frame with payload 0 (a crash, as upstream sends
+    /// it). Allocation-free and async-signal-safe; every error is reported,
+    /// never raised.
     pub fn fire(&self) -> Fire {
+        self.fire_with(0)
+    }
+
+    /// [`Emitter::fire`] with `payload` as the terminal cause
+    /// ([`crate::observer::verdict::TerminalCause`]).
+    pub fn fire_with(&self, payload: u32) -> Fire {
         let pid = fork::getpid();
         if pid <= 1 {
             return Fire::InvalidPid;
@@ -178,7 +185,7 @@ impl Emitter {
             pid,
             timestamp,
             nonce: NONCE_TERMINAL,
-            payload: 0,
+            payload,
         };
         let mut buf = [0u8; MAX_WIRE_LEN];
         let Some(len) = self.wire.build(&frame, &mut buf) else {
@@ -315,15 +322,22 @@ pub fn is_installed() -> bool {
     !ACTIVE.load(Ordering::SeqCst).is_null()
 }
 
-/// Fire the active emitter. Allocation-free and async-signal-safe.
+/// Fire the active emitter (payload 0: a crash). Allocation-free and
+/// async-signal-safe.
 pub fn fire() -> Fire {
+    fire_with(0)
+}
+
+/// Fire the active emitter with `payload` as the terminal cause (e.g.
+/// [`crate::observer::verdict::signal_payload`]).
+pub fn fire_with(payload: u32) -> Fire {
     READERS.fetch_add(1, Ordering::SeqCst);
     let p = ACTIVE.load(Ordering::SeqCst);
     let r = if p.is_null() {
         Fire::NoEmitter
     } else {
         // SAFETY: see `retire` — `p` cannot be freed while READERS counts us.
-        unsafe { (*p).fire() }
+        unsafe { (*p).fire_with(payload) }
     };
     READERS.fetch_sub(1, Ordering::SeqCst);
     r
@@ -378,7 +392,7 @@ extern "C" fn on_fatal_signal(
     ctx: *mut libc::c_void,
 ) {
     let saved_errno = nix::errno::Errno::last_raw();
-    let _ = fire();
+    let _ = fire_with(crate::observer::verdict::signal_payload(sig as u8));
     if let Some(i) = FATAL_SIGNALS.iter().position(|&s| s == sig) {
         if let Some(prev) = PREV[i].get() {
             chain(prev, sig, info, ctx);
@@ -703,7 +717,12 @@ mod tests {
             );
             assert_eq!(libc::WTERMSIG(status), sig);
             let f = second.recv_frame();
-            assert_terminal(&f, child as u32);
+            assert_eq!(
+                f.payload,
+                crate::observer::verdict::signal_payload(sig as u8),
+                "the frame names the signal"
+            );
+            assert_terminal(&Frame { payload: 0, ..f }, child as u32);
             assert!(second.drain().is_empty(), "exactly one frame for {sig}");
         }
 

@@ -6,9 +6,12 @@ use varta_core::observer::bench::{
 };
 use varta_core::observer::clock::{Clock, FakeClock};
 use varta_core::observer::tracker::{
-    BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallVerdict, Tracker, TrackerConfig,
+    BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallDecision, Tracker, TrackerConfig,
     TrackerConfigError, MAX_CAPACITY, NONCE_WRAP_THRESHOLD,
 };
+use varta_core::observer::tracker::ExitOutcome;
+use varta_core::observer::verdict::{TerminalCause, PAYLOAD_CLEAN_EXIT};
+use varta_core::observer::Verdict;
 
 const T: u64 = 1_000_000; // 1 ms threshold
 const KA: BeatOrigin = BeatOrigin::KernelAttested;
@@ -148,6 +151,9 @@ fn stall_once_then_silence_gives_no_second_stall() {
             pid_ns_inode: Some(9),
             generation: Some(5),
             observer_ns: T,
+            verdict: Verdict::Unknown,
+            cause: None,
+            comm: None,
         }]
     );
     assert_eq!(t.next_deadline_ns(), None, "a latched slot has no deadline");
@@ -774,7 +780,7 @@ fn expire_with_limit_and_retire_verdict() {
     // Limit: the first two due (in deadline order), the rest stay due.
     let n = t.expire_with(10 * T, 2, &mut |s: &StallInfo| {
         seen.push(s.pid);
-        StallVerdict::Emit
+        StallDecision::Emit(Verdict::Hung)
     });
     assert_eq!(n, 2);
     assert_eq!(seen, vec![1, 2]);
@@ -782,9 +788,9 @@ fn expire_with_limit_and_retire_verdict() {
     // Retire pid 3 (generation mismatch), emit the others.
     let n = t.expire_with(10 * T, usize::MAX, &mut |s: &StallInfo| {
         if s.pid == 3 {
-            StallVerdict::Retire
+            StallDecision::Retire
         } else {
-            StallVerdict::Emit
+            StallDecision::Emit(Verdict::Hung)
         }
     });
     assert_eq!(n, 3);
@@ -915,4 +921,104 @@ fn bench_helpers_run() {
     assert_eq!(PidLayout::parse("stride:3"), Some(PidLayout::Strided(3)));
     assert_eq!(PidLayout::parse("stride:9"), None);
     assert_eq!(PidLayout::parse("sparse"), None);
+}
+
+fn terminal_with(pid: u32, ts: u64, payload: u32) -> Frame {
+    Frame {
+        status: Status::Critical,
+        pid,
+        timestamp: ts,
+        nonce: NONCE_TERMINAL,
+        payload,
+    }
+}
+
+#[test]
+fn the_last_terminal_cause_is_kept_until_a_regular_beat() {
+    let mut t = small();
+    t.record(&beat(7, 1), KA, None, Some(5), 0);
+    assert_eq!(t.get(7).unwrap().terminal_cause, None);
+    t.record(&terminal_with(7, 1, PAYLOAD_CLEAN_EXIT), KA, None, Some(5), 1);
+    assert_eq!(
+        t.get(7).unwrap().terminal_cause,
+        Some(TerminalCause::CleanExit)
+    );
+    t.record(&beat(7, 2), KA, None, Some(5), 2);
+    assert_eq!(t.get(7).unwrap().terminal_cause, None);
+    t.record(&terminal_with(7, 2, 0), KA, None, Some(5), 3);
+    assert_eq!(t.get(7).unwrap().terminal_cause, Some(TerminalCause::Crash));
+}
+
+#[test]
+fn an_exit_is_reported_once_and_retires_the_slot() {
+    let mut t = small();
+    t.record(&beat(7, 1), KA, None, Some(5), 0);
+    t.record(&terminal_with(7, 1, PAYLOAD_CLEAN_EXIT), KA, None, Some(5), 1);
+    t.record(&beat(8, 1), KA, None, Some(6), 1);
+    t.record(&beat(9, 1), BeatOrigin::SocketModeOnly, None, None, 1);
+    // A different generation, or an unattested slot, is not that process.
+    assert_eq!(t.take_exit(7, 4, 2), ExitOutcome::NotTracked);
+    assert_eq!(t.take_exit(9, 1, 2), ExitOutcome::NotTracked);
+    let ExitOutcome::Reported(info) = t.take_exit(7, 5, 2) else {
+        panic!("not reported");
+    };
+    assert_eq!((info.pid, info.verdict), (7, Verdict::Exited));
+    assert_eq!(info.cause, Some(TerminalCause::CleanExit));
+    let ExitOutcome::Reported(info) = t.take_exit(8, 6, 3) else {
+        panic!("not reported");
+    };
+    assert_eq!(info.verdict, Verdict::Vanished);
+    assert!(t.get(7).is_none() && t.get(8).is_none());
+    assert_eq!(t.take_exit(7, 5, 3), ExitOutcome::NotTracked);
+    let c = t.counters();
+    assert_eq!((c.stalls, c.retired), (2, 2));
+    assert_eq!(c.stall_verdicts[Verdict::Exited as usize], 1);
+    assert_eq!(c.stall_verdicts[Verdict::Vanished as usize], 1);
+    let mut removed = Vec::new();
+    t.take_removed(&mut removed);
+    assert_eq!(removed, vec![7, 8]);
+    t.check_invariants().unwrap();
+}
+
+#[test]
+fn an_exit_after_a_reported_stall_retires_without_a_second_report() {
+    let mut t = small();
+    t.record(&beat(7, 1), KA, None, Some(5), 0);
+    let n = t.expire_with(T, usize::MAX, &mut |_| StallDecision::Emit(Verdict::Hung));
+    assert_eq!(n, 1);
+    assert_eq!(t.get(7).unwrap().verdict, Some(Verdict::Hung));
+    assert_eq!(t.take_exit(7, 5, 2 * T), ExitOutcome::RetiredAfterStall);
+    assert!(t.get(7).is_none());
+    assert_eq!(t.counters().stalls, 1);
+    t.check_invariants().unwrap();
+}
+
+#[test]
+fn emit_and_retire_counts_the_verdict_and_frees_the_slot() {
+    let mut t = small();
+    t.record(&beat(7, 1), KA, None, Some(5), 0);
+    t.expire_with(T, usize::MAX, &mut |_| {
+        StallDecision::EmitAndRetire(Verdict::Vanished)
+    });
+    assert!(t.get(7).is_none());
+    let c = t.counters();
+    assert_eq!((c.stalls, c.retired, c.pid_recycle), (1, 1, 0));
+    assert_eq!(c.stall_verdicts[Verdict::Vanished as usize], 1);
+    t.check_invariants().unwrap();
+}
+
+#[test]
+fn blind_time_extends_every_armed_deadline() {
+    let mut t = small();
+    t.record(&beat(1, 1), KA, None, Some(1), 0);
+    t.record(&beat(2, 1), KA, None, Some(2), T / 2);
+    t.extend_deadlines(3 * T);
+    assert_eq!(t.next_deadline_ns(), Some(4 * T));
+    assert!(stalls(&mut t, 4 * T - 1).is_empty());
+    assert_eq!(stalls(&mut t, 4 * T).len(), 1);
+    // A beat after the blind interval arms its own, later deadline.
+    t.record(&beat(3, 1), KA, None, Some(3), 4 * T);
+    assert_eq!(stalls(&mut t, 4 * T + T / 2).len(), 1);
+    assert_eq!(t.next_deadline_ns(), Some(5 * T));
+    t.check_invariants().unwrap();
 }

@@ -1,34 +1,37 @@
 //! `varta.Observer` and its event classes: thin glue over
 //! `varta_core::observer::Observer`.
 //!
-//! Locking: one `Mutex` per observer. It is held only for pure-Rust work
-//! (draining sockets, reading the tracker) — never while calling into Python
-//! and never across a wait. `poll()` waits with the GIL released, in slices of
-//! at most 50 ms that also end at the next stall deadline, and checks for
-//! signals between slices so Ctrl-C raises `KeyboardInterrupt` promptly.
+//! Ingest runs on the core's own thread ([`Pump`]): it drains the sockets,
+//! runs the gates and the tracker and queues events without ever touching
+//! Python. `poll()` takes from that queue with the GIL released, in slices
+//! of at most 50 ms, and checks for signals between slices so Ctrl-C raises
+//! `KeyboardInterrupt` promptly. Reads (`agents()`, `counters()`, …) lock the
+//! observer briefly; the lock is never held while calling into Python.
 
 use crate::pytypes::{
-    decode_error_value, extract_origin, extract_status, origin_obj, status_obj, types,
+    decode_error_value, extract_origin, extract_status, extract_verdict, origin_obj, status_obj,
+    types, verdict_obj,
 };
 use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::MutexExt;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
-use varta_core::observer::ingress::{CounterValue, Listener, Waiter, WAIT_SLICE_NS};
+use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
+use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::listener::error_errno;
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
 use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
 use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
-use varta_core::observer::{BeatOrigin, Event, Observer, ObserverConfig, ObserverError};
+use varta_core::observer::{
+    BeatOrigin, Event, Observer, ObserverConfig, ObserverError, TerminalCause, Verdict,
+};
 use varta_core::secure::{ReceiverConfig, SecureReceiver};
 
 fn opt_repr(v: Option<u64>) -> String {
@@ -135,14 +138,30 @@ pub struct PyStall {
     generation: Option<u64>,
     #[pyo3(get)]
     observer_ns: u64,
+    /// Why the agent went silent (`varta.Verdict`).
+    #[pyo3(get)]
+    verdict: Py<PyAny>,
+    /// The process's command name, when the observer read it.
+    #[pyo3(get)]
+    comm: Option<String>,
+    /// The cause announced by the agent's last (terminal) frame:
+    /// `"clean_exit"`, `"crash"`, a signal name such as `"SIGTERM"`, or None.
+    #[pyo3(get)]
+    cause: Option<String>,
     or: BeatOrigin,
+    vd: Verdict,
 }
 
 #[pymethods]
 impl PyStall {
     #[new]
-    #[pyo3(signature = (pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns))]
+    #[pyo3(signature = (
+        pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns,
+        verdict=None, comm=None, cause=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         pid: u32,
         last_nonce: u64,
         last_ns: u64,
@@ -150,8 +169,12 @@ impl PyStall {
         pid_ns_inode: Option<u64>,
         generation: Option<u64>,
         observer_ns: u64,
+        verdict: Option<&Bound<'_, PyAny>>,
+        comm: Option<String>,
+        cause: Option<String>,
     ) -> PyResult<Self> {
         let (or, origin) = py_origin(origin)?;
+        let vd = verdict.map_or(Ok(Verdict::Unknown), extract_verdict)?;
         Ok(PyStall {
             pid,
             last_nonce,
@@ -160,20 +183,27 @@ impl PyStall {
             pid_ns_inode,
             generation,
             observer_ns,
+            verdict: verdict_obj(py, vd)?,
+            comm,
+            cause,
             or,
+            vd,
         })
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={})",
+            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={}, verdict=Verdict.{}, comm={:?}, cause={:?})",
             self.pid,
             self.last_nonce,
             self.last_ns,
             origin_repr(self.or),
             opt_repr(self.pid_ns_inode),
             opt_repr(self.generation),
-            self.observer_ns
+            self.observer_ns,
+            self.vd.as_str().to_ascii_uppercase(),
+            self.comm,
+            self.cause,
         )
     }
 }
@@ -188,8 +218,44 @@ impl PyStall {
             pid_ns_inode: s.pid_ns_inode,
             generation: s.generation,
             observer_ns: s.observer_ns,
+            verdict: verdict_obj(py, s.verdict)?,
+            comm: s.comm.map(|c| c.to_string_lossy()),
+            cause: s.cause.map(TerminalCause::name),
             or: s.origin,
+            vd: s.verdict,
         })
+    }
+}
+
+/// The observer itself could not look for `duration_ns` (its process was
+/// stopped, the host stalled): every armed deadline was pushed back by that
+/// much, so no agent is blamed for beats it could not receive.
+#[pyclass(name = "Blind", module = "varta", frozen)]
+pub struct PyBlind {
+    #[pyo3(get)]
+    started_ns: u64,
+    #[pyo3(get)]
+    duration_ns: u64,
+    #[pyo3(get)]
+    observer_ns: u64,
+}
+
+#[pymethods]
+impl PyBlind {
+    #[new]
+    fn new(started_ns: u64, duration_ns: u64, observer_ns: u64) -> Self {
+        PyBlind {
+            started_ns,
+            duration_ns,
+            observer_ns,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Blind(started_ns={}, duration_ns={}, observer_ns={})",
+            self.started_ns, self.duration_ns, self.observer_ns
+        )
     }
 }
 
@@ -427,6 +493,9 @@ pub struct PyAgentInfo {
     pid_ns_inode: Option<u64>,
     #[pyo3(get)]
     generation: Option<u64>,
+    /// The verdict of the current stall while `stalled`, else None.
+    #[pyo3(get)]
+    verdict: Option<Py<PyAny>>,
     st: Status,
     or: BeatOrigin,
 }
@@ -445,6 +514,7 @@ impl PyAgentInfo {
             stalled: a.stalled,
             pid_ns_inode: a.pid_ns_inode,
             generation: a.generation,
+            verdict: a.verdict.map(|v| verdict_obj(py, v)).transpose()?,
             st: a.status,
             or: a.origin,
         })
@@ -456,7 +526,7 @@ impl PyAgentInfo {
     #[new]
     #[pyo3(signature = (
         pid, status, origin, beats, stalls, last_nonce, last_ns, age_ns, stalled,
-        pid_ns_inode, generation
+        pid_ns_inode, generation, verdict=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -471,9 +541,13 @@ impl PyAgentInfo {
         stalled: bool,
         pid_ns_inode: Option<u64>,
         generation: Option<u64>,
+        verdict: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let (st, status) = py_status(status)?;
         let (or, origin) = py_origin(origin)?;
+        let verdict = verdict
+            .map(|v| verdict_obj(v.py(), extract_verdict(v)?))
+            .transpose()?;
         Ok(PyAgentInfo {
             pid,
             status,
@@ -486,14 +560,19 @@ impl PyAgentInfo {
             stalled,
             pid_ns_inode,
             generation,
+            verdict,
             st,
             or,
         })
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "AgentInfo(pid={}, status={}, origin={}, beats={}, stalls={}, last_nonce={}, last_ns={}, age_ns={}, stalled={}, pid_ns_inode={}, generation={})",
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let verdict = match &self.verdict {
+            Some(v) => v.bind(py).repr()?.to_string(),
+            None => "None".to_owned(),
+        };
+        Ok(format!(
+            "AgentInfo(pid={}, status={}, origin={}, beats={}, stalls={}, last_nonce={}, last_ns={}, age_ns={}, stalled={}, pid_ns_inode={}, generation={}, verdict={})",
             self.pid,
             status_repr(self.st),
             origin_repr(self.or),
@@ -504,8 +583,9 @@ impl PyAgentInfo {
             self.age_ns,
             if self.stalled { "True" } else { "False" },
             opt_repr(self.pid_ns_inode),
-            opt_repr(self.generation)
-        )
+            opt_repr(self.generation),
+            verdict
+        ))
     }
 }
 
@@ -607,25 +687,26 @@ fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
             },
         )?
         .into_any(),
+        Event::Blind {
+            started_ns,
+            duration_ns,
+            observer_ns,
+        } => Py::new(
+            py,
+            PyBlind {
+                started_ns,
+                duration_ns,
+                observer_ns,
+            },
+        )?
+        .into_any(),
     })
 }
 
 // -------------------------------------------------------------- observer
 
-struct Inner {
-    obs: Observer,
-    /// Readiness handle on the listener sockets; `None` once closed. Cloned
-    /// out of the lock for each wait slice.
-    waiter: Option<Arc<Waiter>>,
-    buf: Vec<Event>,
-}
-
-/// What one GIL-free step of `poll()` produced.
-enum Step {
-    Events(Vec<Event>),
-    Nothing,
-    Closed,
-}
+/// Events handed to Python per `poll()` batch at most.
+const POLL_BATCH: usize = 4096;
 
 fn observer_error(e: ObserverError) -> PyErr {
     match e {
@@ -718,7 +799,7 @@ fn udp_setup(
 /// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
 #[pyclass(name = "Observer", module = "varta", frozen)]
 pub struct PyObserver {
-    inner: Mutex<Inner>,
+    pump: Pump,
     socket_path: Option<String>,
     threshold_ms: u64,
     udp_address: Option<(String, u16)>,
@@ -726,53 +807,20 @@ pub struct PyObserver {
 }
 
 impl PyObserver {
-    fn lock_nogil(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Run `f` on the locked core observer (brief: ingest waits for it).
+    fn with_obs<R>(&self, f: impl FnOnce(&mut Observer) -> R) -> R {
+        f(&mut self.pump.observer())
     }
 
-    fn lock(&self, py: Python<'_>) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock_py_attached(py)
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// One GIL-free step of at most one wait slice (50 ms): wait for
-    /// readiness (or the next stall deadline), drain, repeat until events
-    /// are ready, the slice is over or the caller's deadline passed. The
-    /// lock is never held while waiting.
-    fn step(&self, deadline: Option<Instant>) -> PyResult<Step> {
-        let slice_end = Instant::now() + Duration::from_nanos(WAIT_SLICE_NS);
-        let end = deadline.map_or(slice_end, |d| d.min(slice_end));
-        loop {
-            let (waiter, wait_ns) = {
-                let g = self.lock_nogil();
-                let Some(waiter) = g.waiter.clone() else {
-                    return Ok(Step::Closed);
-                };
-                let left = end.saturating_duration_since(Instant::now());
-                let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
-                (waiter, g.obs.wait_slice_ns(Some(left)))
-            };
-            waiter
-                .wait(Some(wait_ns))
-                .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
-            drop(waiter);
-            {
-                let mut g = self.lock_nogil();
-                let inner = &mut *g;
-                if inner.waiter.is_none() {
-                    return Ok(Step::Closed);
-                }
-                inner.obs.drain_ready(&mut inner.buf);
-                if !inner.buf.is_empty() {
-                    return Ok(Step::Events(std::mem::take(&mut inner.buf)));
-                }
-            }
-            // A latched stop signal (the daemon's) ends the wait at once.
-            if Instant::now() >= end || signals::stop_signal().is_some() {
-                return Ok(Step::Nothing);
-            }
-        }
+    /// One GIL-free wait of at most one slice (50 ms) for queued events.
+    fn step(&self, deadline: Option<Instant>) -> (Taken, Vec<Event>) {
+        let slice = Duration::from_nanos(WAIT_SLICE_NS);
+        let wait = deadline.map_or(slice, |d| {
+            d.saturating_duration_since(Instant::now()).min(slice)
+        });
+        let mut out = Vec::new();
+        let taken = self.pump.take_events(&mut out, POLL_BATCH, wait);
+        (taken, out)
     }
 }
 
@@ -784,7 +832,8 @@ impl PyObserver {
         eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
         global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
         clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
-        master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576
+        master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576,
+        exit_watch=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -809,6 +858,7 @@ impl PyObserver {
         plaintext_udp: bool,
         udp_trust: &str,
         udp_rcvbuf_bytes: u32,
+        exit_watch: bool,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
@@ -852,6 +902,7 @@ impl PyObserver {
         cfg.global_beat_burst = global_beat_burst;
         cfg.allow_cross_namespace = allow_cross_namespace;
         cfg.emit_beats = emit_beats;
+        cfg.exit_watch = exit_watch;
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
@@ -865,13 +916,10 @@ impl PyObserver {
             .map_err(observer_error)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let waiter = Some(Arc::new(obs.waiter()));
+        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY)
+            .map_err(|e| observer_error(ObserverError::Io(e)))?;
         Ok(PyObserver {
-            inner: Mutex::new(Inner {
-                obs,
-                waiter,
-                buf: Vec::with_capacity(64),
-            }),
+            pump,
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
             threshold_ms,
             udp_address,
@@ -894,9 +942,12 @@ impl PyObserver {
                 Instant::now().checked_add(d)
             }
         };
+        if self.pump.is_closed() {
+            return Err(closed_error());
+        }
         loop {
-            match py.detach(|| self.step(deadline))? {
-                Step::Events(events) => {
+            match py.detach(|| self.step(deadline)) {
+                (Taken::Events, events) => {
                     let items = events
                         .into_iter()
                         .map(|e| event_to_py(py, e))
@@ -906,8 +957,8 @@ impl PyObserver {
                         .try_iter()
                         .map(Bound::into_any);
                 }
-                Step::Closed => return Err(closed_error()),
-                Step::Nothing => {
+                (Taken::Closed, _) => return Err(closed_error()),
+                (Taken::Timeout, _) => {
                     if deadline.is_some_and(|d| Instant::now() >= d)
                         || signals::stop_signal().is_some()
                     {
@@ -921,10 +972,8 @@ impl PyObserver {
 
     /// Every tracked pid.
     fn agents(&self, py: Python<'_>) -> PyResult<Vec<PyAgentInfo>> {
-        let (views, now): (Vec<AgentView>, u64) = {
-            let g = self.lock(py);
-            (g.obs.agents().collect(), g.obs.now_ns())
-        };
+        let (views, now): (Vec<AgentView>, u64) =
+            self.with_obs(|o| (o.agents().collect(), o.now_ns()));
         views
             .iter()
             .map(|a| PyAgentInfo::from_core(py, a, now))
@@ -934,10 +983,7 @@ impl PyObserver {
     /// Exporter rows of every tracked pid (`varta.PidRows`): one copy
     /// under the lock, sorted after it with the GIL released.
     fn pid_rows(&self, py: Python<'_>) -> PidRowsPy {
-        let rows = {
-            let g = self.lock(py);
-            PidRows::copy_from(g.obs.tracker())
-        };
+        let rows = self.with_obs(|o| PidRows::copy_from(o.tracker()));
         PidRowsPy::wrap(py.detach(move || PidRows::new(rows)))
     }
 
@@ -946,10 +992,7 @@ impl PyObserver {
         let Ok(pid) = u32::try_from(pid) else {
             return Ok(None);
         };
-        let (view, now) = {
-            let g = self.lock(py);
-            (g.obs.agent(pid), g.obs.now_ns())
-        };
+        let (view, now) = self.with_obs(|o| (o.agent(pid), o.now_ns()));
         view.map(|a| PyAgentInfo::from_core(py, &a, now))
             .transpose()
     }
@@ -957,7 +1000,15 @@ impl PyObserver {
     /// Counters keyed by Prometheus family name (no `varta_` prefix, no
     /// `_total`); labelled families are dicts with every label present.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let entries = self.lock(py).obs.counters();
+        let mut entries = self.with_obs(|o| o.counters());
+        let queue = self.pump.queue_stats();
+        entries.push((
+            "observer_events_dropped",
+            CounterValue::Labels(vec![
+                ("beat", queue.dropped_beats),
+                ("other", queue.dropped_other),
+            ]),
+        ));
         let d = PyDict::new(py);
         for (k, v) in entries {
             match v {
@@ -976,9 +1027,9 @@ impl PyObserver {
 
     /// Pids removed from the tracker (eviction, recycle retirement) since
     /// the last call.
-    fn take_removed(&self, py: Python<'_>) -> Vec<u32> {
+    fn take_removed(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        self.lock(py).obs.take_removed(&mut out);
+        self.with_obs(|o| o.take_removed(&mut out));
         out
     }
 
@@ -986,22 +1037,30 @@ impl PyObserver {
     /// (`SO_PASSPIDFD`, Linux ≥ 6.5) and checks `/proc` identity reads
     /// against it; `False` = credentials only; `None` = no Unix listener.
     #[getter]
-    fn pidfd_identity(&self, py: Python<'_>) -> Option<bool> {
-        self.lock(py).obs.uds_pidfd_mode()
+    fn pidfd_identity(&self) -> Option<bool> {
+        self.with_obs(|o| o.uds_pidfd_mode())
     }
 
     /// Identity bookkeeping (not Prometheus families): pidfds received,
     /// closed and unavailable on the Unix listener, and `/proc` identity
     /// reads vouched for by a pidfd or refused because the sender exited.
     fn identity_counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (pidfds, ingress) = {
-            let g = self.lock(py);
+        let (pidfds, ingress, exits) = self.with_obs(|o| {
             (
-                g.obs.uds_pidfd_counters().unwrap_or_default(),
-                *g.obs.ingress_counters(),
+                o.uds_pidfd_counters().unwrap_or_default(),
+                *o.ingress_counters(),
+                o.exit_watch_counters(),
             )
-        };
+        });
+        let queue = self.pump.queue_stats();
         let d = PyDict::new(py);
+        d.set_item("exit_watch", exits.is_some())?;
+        let exits = exits.unwrap_or_default();
+        d.set_item("exit_watch_watched", exits.watched)?;
+        d.set_item("exit_watch_unavailable", exits.unavailable)?;
+        d.set_item("exit_watch_exits", exits.exits)?;
+        d.set_item("event_queue_len", queue.len)?;
+        d.set_item("event_queue_max_len", queue.max_len)?;
         d.set_item("pidfds_received", pidfds.received)?;
         d.set_item("pidfds_closed", pidfds.closed)?;
         d.set_item("pidfds_unavailable", pidfds.unavailable)?;
@@ -1011,13 +1070,13 @@ impl PyObserver {
     }
 
     /// The observer clock: ns since the observer started.
-    fn now_ns(&self, py: Python<'_>) -> u64 {
-        self.lock(py).obs.now_ns()
+    fn now_ns(&self) -> u64 {
+        self.with_obs(|o| o.now_ns())
     }
 
     /// When the next stall is due (observer ns), if any pid is armed.
-    fn next_deadline_ns(&self, py: Python<'_>) -> Option<u64> {
-        self.lock(py).obs.next_deadline_ns()
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.with_obs(|o| o.next_deadline_ns())
     }
 
     #[getter]
@@ -1044,17 +1103,17 @@ impl PyObserver {
     }
 
     #[getter]
-    fn closed(&self, py: Python<'_>) -> bool {
-        self.lock(py).waiter.is_none()
+    fn closed(&self) -> bool {
+        self.pump.is_closed()
     }
 
     /// Stop listening. Idempotent; unlinks the socket file only if it is
     /// still the one this observer bound (same device and inode). The
     /// tracker stays readable.
     fn close(&self, py: Python<'_>) {
-        let mut g = self.lock(py);
-        g.waiter = None;
-        g.obs.close();
+        // Joining the ingest thread takes at most one wake-up; it never
+        // needs the GIL.
+        py.detach(|| self.pump.close());
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -1067,11 +1126,9 @@ impl PyObserver {
         false
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let (tracked, closed) = {
-            let g = self.lock(py);
-            (g.obs.tracker().len(), g.waiter.is_none())
-        };
+    fn __repr__(&self) -> String {
+        let tracked = self.with_obs(|o| o.tracker().len());
+        let closed = self.pump.is_closed();
         format!(
             "Observer(socket_path={}, threshold_ms={}, tracked={}{})",
             self.socket_path
@@ -1151,6 +1208,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNamespaceConflict>()?;
     m.add_class::<PyIo>()?;
     m.add_class::<PyCtrlTruncated>()?;
+    m.add_class::<PyBlind>()?;
     m.add_class::<PyAgentInfo>()?;
     m.add_function(wrap_pyfunction!(_bench_tracker_scaling, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_recv_floor, m)?)?;

@@ -142,10 +142,14 @@ fn _panic_connect_secure_udp_master(
     connect_secure(py, host, port, master_key, true)
 }
 
-/// Fire the active emitter once. True if a datagram went out.
+/// Fire the active emitter once; `signum` names the signal the hook ran
+/// for (its terminal cause), else the frame reports a crash. True if a
+/// datagram went out.
 #[pyfunction]
-fn _panic_fire() -> bool {
-    core_panic::fire() == Fire::Sent
+#[pyo3(signature = (signum=None))]
+fn _panic_fire(signum: Option<u8>) -> bool {
+    let payload = signum.map_or(0, varta_core::observer::verdict::signal_payload);
+    core_panic::fire_with(payload) == Fire::Sent
 }
 
 /// True while a crash emitter is active.

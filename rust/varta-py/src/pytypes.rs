@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use varta_core::frame::{DecodeError, Status};
-use varta_core::observer::BeatOrigin;
+use varta_core::observer::{BeatOrigin, Verdict};
 
 // The agent binding is the consumer of the outcome types.
 #[allow(dead_code)]
@@ -121,6 +121,26 @@ pub fn origins(py: Python<'_>) -> PyResult<&[Py<PyAny>; 4]> {
         let cls = py.import("varta._types")?.getattr("BeatOrigin")?;
         let [a, b, c, d] = [0u8, 1, 2, 3].map(|rank| cls.call1((rank,)).map(Bound::unbind));
         Ok([a?, b?, c?, d?])
+    })
+}
+
+static VERDICTS: PyOnceLock<[Py<PyAny>; 5]> = PyOnceLock::new();
+
+/// The cached `varta.Verdict` member for a core verdict.
+pub fn verdict_obj(py: Python<'_>, v: Verdict) -> PyResult<Py<PyAny>> {
+    let all = VERDICTS.get_or_try_init(py, || {
+        let cls = py.import("varta._types")?.getattr("Verdict")?;
+        let [a, b, c, d, e] = Verdict::ALL.map(|v| cls.call1((v.as_str(),)).map(Bound::unbind));
+        Ok::<_, PyErr>([a?, b?, c?, d?, e?])
+    })?;
+    Ok(all[v as usize].clone_ref(py))
+}
+
+/// Accept a `Verdict` member or its name.
+pub fn extract_verdict(v: &Bound<'_, PyAny>) -> PyResult<Verdict> {
+    let name: String = v.str()?.extract()?;
+    Verdict::from_name(&name).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!("unknown verdict {name:?}"))
     })
 }
 

@@ -32,11 +32,16 @@ pub struct TrackerCounters {
     pub removed_pid_drops: u64,
     /// Internal consistency failures recovered without panicking (should stay 0).
     pub invariant_violations: u64,
+    /// Slots retired because their agent ended (`docs/verdicts.md`).
+    pub retired: u64,
+    /// Stalls by verdict, indexed by `Verdict as usize` (labelled family
+    /// `stall_verdicts`, not in [`TrackerCounters::entries`]).
+    pub stall_verdicts: [u64; 5],
 }
 
 impl TrackerCounters {
     /// `(counters() key, value)` for every field.
-    pub fn entries(&self) -> [(&'static str, u64); 13] {
+    pub fn entries(&self) -> [(&'static str, u64); 14] {
         [
             ("beats", self.beats),
             ("stalls", self.stalls),
@@ -54,6 +59,7 @@ impl TrackerCounters {
             ("tracker_pid_index_probe_exhausted", self.probe_exhausted),
             ("tracker_removed_pid_drops", self.removed_pid_drops),
             ("tracker_invariant_violations", self.invariant_violations),
+            ("tracker_retired", self.retired),
         ]
     }
 }
@@ -84,15 +90,17 @@ mod tests {
             probe_exhausted: 11,
             removed_pid_drops: 12,
             invariant_violations: 13,
+            retired: 14,
+            stall_verdicts: [0; 5],
         };
         let e = c.entries();
         let mut values: Vec<u64> = e.iter().map(|(_, v)| *v).collect();
         values.sort_unstable();
-        assert_eq!(values, (1..=13).collect::<Vec<_>>());
+        assert_eq!(values, (1..=14).collect::<Vec<_>>());
         let mut keys: Vec<&str> = e.iter().map(|(k, _)| *k).collect();
         keys.sort_unstable();
         keys.dedup();
-        assert_eq!(keys.len(), 13);
+        assert_eq!(keys.len(), 14);
     }
 
     #[test]

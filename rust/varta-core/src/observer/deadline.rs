@@ -142,6 +142,17 @@ impl DeadlineList {
         true
     }
 
+    /// Push every armed deadline back by `by_ns` (saturating). A constant
+    /// shift keeps the order, so this is one pass and no relinking.
+    pub fn shift_all(&mut self, by_ns: u64) {
+        let mut i = self.head;
+        while i != NIL {
+            let link = &mut self.links[i as usize];
+            link.due = link.due.saturating_add(by_ns);
+            i = link.next;
+        }
+    }
+
     /// Pop the earliest deadline if it is `<= now_ns`.
     pub fn pop_due(&mut self, now_ns: u64) -> Option<(u32, u64)> {
         let (idx, due) = self.peek()?;
@@ -181,6 +192,19 @@ mod tests {
         assert_eq!(d.pop_due(19), None);
         assert_eq!(d.peek(), Some((3, 20)));
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn shift_all_pushes_every_deadline_back_in_order() {
+        let mut d = DeadlineList::new(4);
+        d.arm(1, 10);
+        d.arm(2, 15);
+        d.shift_all(100);
+        assert_eq!(d.pop_due(109), None);
+        // A deadline armed after the shift still sorts by its due time.
+        d.arm(3, 112);
+        assert_eq!(d.iter().collect::<Vec<_>>(), vec![(1, 110), (3, 112), (2, 115)]);
+        assert_eq!(d.pop_due(110), Some((1, 110)));
     }
 
     #[test]

@@ -19,8 +19,18 @@ pub enum Event {
         pid_ns_inode: Option<u64>,
         observer_ns: u64,
     },
-    /// A tracked pid fell silent for the threshold (once per silence run).
+    /// A tracked pid fell silent for the threshold (once per silence run),
+    /// or its process ended (reported at once); `StallInfo::verdict` says
+    /// which (`docs/verdicts.md`).
     Stall(StallInfo),
+    /// The observer itself could not look for `duration_ns` from
+    /// `started_ns` (its process stopped, the host stalled): every armed
+    /// deadline was pushed back by that much.
+    Blind {
+        started_ns: u64,
+        duration_ns: u64,
+        observer_ns: u64,
+    },
     /// A 32-byte datagram failed VLP decoding.
     Decode {
         error: DecodeError,
@@ -67,7 +77,8 @@ impl Event {
             | Event::OriginConflict { observer_ns, .. }
             | Event::NamespaceConflict { observer_ns, .. }
             | Event::Io { observer_ns, .. }
-            | Event::CtrlTruncated { observer_ns, .. } => *observer_ns,
+            | Event::CtrlTruncated { observer_ns, .. }
+            | Event::Blind { observer_ns, .. } => *observer_ns,
             Event::Stall(s) => s.observer_ns,
         }
     }
@@ -83,6 +94,7 @@ impl Event {
             Event::NamespaceConflict { .. } => "NamespaceConflict",
             Event::Io { .. } => "Io",
             Event::CtrlTruncated { .. } => "CtrlTruncated",
+            Event::Blind { .. } => "Blind",
         }
     }
 }

@@ -26,15 +26,17 @@
 
 use super::clock::Clock;
 use super::event::Event;
+use super::exitwatch::{ExitWatch, ExitWatchCounters};
 use super::listener::{
     wait_readable, Datagram, PeerCred, PidfdCounters, SenderPidfd, UdsListener, RECV_BATCH,
 };
 use super::procfs;
 use super::tracker::{
-    AgentView, BeatOrigin, RecordOutcome, StallVerdict, Tracker, TrackerConfig, TrackerConfigError,
-    MAX_CAPACITY, MAX_SCAN_WINDOW,
+    AgentView, BeatOrigin, ExitOutcome, RecordOutcome, StallDecision, Tracker, TrackerConfig,
+    TrackerConfigError, MAX_CAPACITY, MAX_SCAN_WINDOW,
 };
 use super::udp::UdpListener;
+use super::verdict::{self, Liveness, Verdict};
 use crate::frame::{DecodeError, Frame, FRAME_LEN};
 use std::borrow::Cow;
 use std::fmt;
@@ -73,6 +75,9 @@ pub struct ObserverConfig {
     pub allow_cross_namespace: bool,
     /// Emit a `Beat` event per accepted beat (else beats are only counted).
     pub emit_beats: bool,
+    /// Watch kernel-attested agents' pidfds so exits are reported at once
+    /// ([`super::exitwatch`]); off = exits are found at the threshold.
+    pub exit_watch: bool,
 }
 
 impl ObserverConfig {
@@ -88,6 +93,7 @@ impl ObserverConfig {
             global_beat_burst: 10_000,
             allow_cross_namespace: false,
             emit_beats: true,
+            exit_watch: true,
         }
     }
 
@@ -474,6 +480,12 @@ struct Gates {
     allow_cross_namespace: bool,
     emit_beats: bool,
     threshold_ns: u64,
+    /// Pidfd exit watch; `None` when off or epoll is unavailable.
+    exits: Option<ExitWatch>,
+    /// Scratch for [`Gates::reap_exits`] (kept to avoid allocating).
+    exited: Vec<(u32, u64, super::procfs::Comm)>,
+    blind_intervals: u64,
+    blind_ns: u64,
 }
 
 impl Gates {
@@ -664,6 +676,17 @@ impl Gates {
             .record(&frame, origin, ns_inode, generation, now)
         {
             RecordOutcome::Inserted | RecordOutcome::Refreshed => {
+                // A new attested process (first contact, a recycled pid, an
+                // upgraded origin): watch its pidfd once. Continuation beats
+                // never get here with anything new to watch.
+                if let (BeatOrigin::KernelAttested, Some(gen)) = (origin, generation) {
+                    let known = slot.as_ref().is_some_and(|s| {
+                        s.origin == BeatOrigin::KernelAttested && s.generation == Some(gen)
+                    });
+                    if !known {
+                        self.watch_exit(frame.pid, gen, pidfd);
+                    }
+                }
                 if self.emit_beats {
                     out.push(Event::Beat {
                         pid: frame.pid,
@@ -692,22 +715,89 @@ impl Gates {
         }
     }
 
+    fn watch_exit(&mut self, pid: u32, generation: u64, pidfd: SenderPidfd) {
+        let Some(exits) = self.exits.as_mut() else {
+            return;
+        };
+        let sender = match pidfd {
+            SenderPidfd::Fd(fd) => Some(fd),
+            _ => None,
+        };
+        let tracker = &self.tracker;
+        exits.watch(pid, generation, sender, |p, g| {
+            tracker.get(p).is_some_and(|s| s.generation == Some(g))
+        });
+    }
+
+    /// Stalls due at `now`, each with its verdict (`docs/verdicts.md`): the
+    /// kernel is asked whether an attested process still lives (its pidfd
+    /// when watched, else `/proc` start time and state); agents that ended
+    /// are reported and retired.
     fn expire(&mut self, now: u64, out: &mut Vec<Event>) {
         if self.tracker.next_deadline_ns().is_none_or(|d| d > now) {
             return;
         }
+        let exits = self.exits.as_ref();
         self.tracker.expire_with(now, usize::MAX, &mut |s| {
-            // §4.5: a kernel-attested slot whose process was replaced
-            // (live start time differs) is retired, not stalled.
-            if s.origin == BeatOrigin::KernelAttested {
-                if let (Some(g), Some(live)) = (s.generation, procfs::start_time(s.pid)) {
-                    if live != g {
-                        return StallVerdict::Retire;
+            let liveness = match (s.origin, s.generation) {
+                (BeatOrigin::KernelAttested, Some(g)) => {
+                    match exits.and_then(|w| w.has_exited(s.pid, g)) {
+                        Some(true) => Liveness::Gone,
+                        Some(false) => Liveness::Alive,
+                        None => verdict::proc_liveness(s.pid, Some(g)),
                     }
                 }
+                _ => Liveness::Unknown,
+            };
+            let v = verdict::judge(s.origin, s.cause, liveness);
+            let comm = match (exits, s.generation) {
+                (Some(w), Some(g)) => w.comm(s.pid, g),
+                _ => None,
+            };
+            out.push(Event::Stall(super::tracker::StallInfo {
+                verdict: v,
+                comm,
+                ..*s
+            }));
+            if v.process_gone() {
+                StallDecision::EmitAndRetire(v)
+            } else {
+                StallDecision::Emit(v)
             }
-            out.push(Event::Stall(*s));
-            StallVerdict::Emit
+        });
+    }
+
+    /// Processes the exit watch saw end: report each (unless its stall was
+    /// already reported) and retire its slot.
+    fn reap_exits(&mut self, now: u64, out: &mut Vec<Event>) {
+        let Some(exits) = self.exits.as_mut() else {
+            return;
+        };
+        self.exited.clear();
+        exits.take_exited(&mut self.exited);
+        for i in 0..self.exited.len() {
+            let (pid, generation, comm) = self.exited[i];
+            if let ExitOutcome::Reported(mut info) = self.tracker.take_exit(pid, generation, now) {
+                info.comm = Some(comm);
+                out.push(Event::Stall(info));
+            }
+        }
+    }
+
+    /// The observer was blind from `from_ns` to `to_ns`: extend every armed
+    /// deadline by that much and say so.
+    fn blind(&mut self, from_ns: u64, to_ns: u64, out: &mut Vec<Event>) {
+        let duration = to_ns.saturating_sub(from_ns);
+        if duration == 0 {
+            return;
+        }
+        self.tracker.extend_deadlines(duration);
+        bump(&mut self.blind_intervals);
+        self.blind_ns = self.blind_ns.saturating_add(duration);
+        out.push(Event::Blind {
+            started_ns: from_ns,
+            duration_ns: duration,
+            observer_ns: to_ns,
         });
     }
 
@@ -728,6 +818,11 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// Also wake when `fd` is readable (an eventfd to interrupt a wait).
+    pub fn add(&mut self, fd: Arc<OwnedFd>) {
+        self.fds.push(fd);
+    }
+
     /// Wait up to `timeout_ns` (`None` = forever) for a readable listener.
     /// With no listeners this just sleeps for the timeout.
     pub fn wait(&self, timeout_ns: Option<u64>) -> io::Result<bool> {
@@ -775,6 +870,12 @@ impl Observer {
             listeners.push(Listener::Uds(l));
         }
         let now = clock.now_ns();
+        let exits = if cfg.exit_watch {
+            // No epoll (a seccomp filter, say): exits are found at the threshold.
+            ExitWatch::new(cfg.tracker.capacity).ok()
+        } else {
+            None
+        };
         let min_interval_ns = if cfg.max_beat_rate == 0 {
             0
         } else {
@@ -796,6 +897,10 @@ impl Observer {
                 allow_cross_namespace: cfg.allow_cross_namespace,
                 emit_beats: cfg.emit_beats,
                 threshold_ns: cfg.tracker.threshold_ns,
+                exits,
+                exited: Vec::with_capacity(256),
+                blind_intervals: 0,
+                blind_ns: 0,
             },
             clock,
             socket_path: cfg.socket_path,
@@ -907,10 +1012,28 @@ impl Observer {
         self.gates.tracker.take_removed(out);
     }
 
+    /// Readiness handle: every listener, and the exit watch.
     pub fn waiter(&self) -> Waiter {
-        Waiter {
-            fds: self.listeners.iter().map(Listener::wait_fd).collect(),
+        let mut fds: Vec<Arc<OwnedFd>> = self.listeners.iter().map(Listener::wait_fd).collect();
+        if let Some(w) = &self.gates.exits {
+            fds.push(w.wait_fd());
         }
+        Waiter { fds }
+    }
+
+    /// Counters of the pidfd exit watch; `None` when it is off.
+    pub fn exit_watch_counters(&self) -> Option<ExitWatchCounters> {
+        self.gates.exits.as_ref().map(ExitWatch::counters)
+    }
+
+    /// The observer could not look from `from_ns` to `to_ns` (observer
+    /// time): its process was stopped, the host stalled, or its thread was
+    /// not scheduled. Every armed deadline moves back by that long, so no
+    /// agent is blamed for beats the observer could not receive (the kernel
+    /// drops them once the socket queue is full); a [`Event::Blind`] says
+    /// so. The caller decides what counts as blind ([`super::pump`] does).
+    pub fn observer_was_blind(&mut self, from_ns: u64, to_ns: u64, out: &mut Vec<Event>) {
+        self.gates.blind(from_ns, to_ns, out);
     }
 
     /// Take queued datagrams (≤ [`DRAIN_BUDGET`]) from every listener
@@ -989,6 +1112,11 @@ impl Observer {
             }
         }
         let now = self.clock.now_ns();
+        if idle >= n {
+            // Every queue is empty, so a terminal frame sent before an exit
+            // has been read: the exit's verdict can use it.
+            self.gates.reap_exits(now, out);
+        }
         self.gates.expire(now, out);
     }
 
@@ -1080,6 +1208,17 @@ impl Observer {
                 Int(self.clock.jumps_forward()),
             ),
             ("watch_pids_tracked", Int(self.gates.tracker.len() as u64)),
+            (
+                "stall_verdicts",
+                Labels(
+                    Verdict::ALL
+                        .iter()
+                        .map(|v| (v.as_str(), t.stall_verdicts[*v as usize]))
+                        .collect(),
+                ),
+            ),
+            ("observer_blind_intervals", Int(self.gates.blind_intervals)),
+            ("observer_blind_ns", Int(self.gates.blind_ns)),
             ("frame_decrypt_failures", Int(c.frame_decrypt_failures)),
             ("secure_replay_refused", Int(c.secure_replay_refused)),
             ("sender_state_full", Int(c.sender_state_full)),

@@ -7,6 +7,8 @@
 //! | [`clock`] | observer time, injectable ([`clock::FakeClock`] in tests) |
 //! | [`tracker`], [`deadline`], [`counters`] | per-pid state, stall deadlines, tracker counters |
 //! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED` (+ `SO_PASSPIDFD` where the kernel has it), `recvmmsg` batches |
+//! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
+//! | [`pump`] | the ingest thread: drains the sockets continuously, queues events for a consumer |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
 //! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
@@ -20,14 +22,18 @@ pub mod clock;
 pub mod counters;
 pub mod deadline;
 pub mod event;
+pub mod exitwatch;
 pub mod ingress;
 pub mod listener;
 pub mod procfs;
+pub mod pump;
 pub mod rows;
 pub mod signals;
 pub mod tracker;
 pub mod udp;
+pub mod verdict;
 
 pub use event::Event;
 pub use ingress::{CounterValue, Listener, Observer, ObserverConfig, ObserverError, Waiter};
 pub use tracker::BeatOrigin;
+pub use verdict::{TerminalCause, Verdict};

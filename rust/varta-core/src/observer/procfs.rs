@@ -126,6 +126,62 @@ pub fn start_time(pid: u32) -> Option<u64> {
     parse_stat_start_time(&buf[..n])
 }
 
+/// Field 3 (`state`: `R`, `S`, `Z`, …) and field 22 (`starttime`) of a
+/// `/proc/<pid>/stat` line.
+pub fn parse_stat_state(stat: &[u8]) -> Option<(u8, u64)> {
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    let state = *stat[close + 1..].iter().find(|c| !c.is_ascii_whitespace())?;
+    Some((state, parse_stat_start_time(stat)?))
+}
+
+/// State letter and start time of `pid` in one read; `None` if it is gone.
+pub fn stat_state(pid: u32) -> Option<(u8, u64)> {
+    let mut buf = [0u8; 1024];
+    let n = read_small(&ProcPath::new(Some(pid), b"stat"), &mut buf)?;
+    parse_stat_state(&buf[..n])
+}
+
+/// `/proc/<pid>/comm` (the kernel's 15-byte command name), without its newline.
+pub fn comm(pid: u32) -> Option<Comm> {
+    let mut buf = [0u8; 64];
+    let n = read_small(&ProcPath::new(Some(pid), b"comm"), &mut buf)?;
+    Some(Comm::new(buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n])))
+}
+
+/// A process's command name, inline (no allocation; at most 16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    pub fn new(name: &[u8]) -> Comm {
+        let len = name.len().min(16);
+        let mut bytes = [0u8; 16];
+        bytes[..len].copy_from_slice(&name[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Lossy UTF-8 text.
+    pub fn to_string_lossy(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Comm({:?})", self.to_string_lossy())
+    }
+}
+
 /// Parse a `pid:[N]` namespace link target.
 pub fn parse_ns_link(target: &[u8]) -> Option<u64> {
     let inner = target.strip_prefix(b"pid:[")?.strip_suffix(b"]")?;
@@ -224,6 +280,16 @@ mod tests {
         assert_eq!(parse_stat_start_time(line), Some(987_654));
         assert_eq!(parse_stat_start_time(b"1 (x) S 1"), None);
         assert_eq!(parse_stat_start_time(b"no paren"), None);
+    }
+
+    #[test]
+    fn stat_state_and_comm() {
+        let line = b"1234 (a) b) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat_state(line), Some((b'Z', 987_654)));
+        let me = std::process::id();
+        assert_eq!(stat_state(me).map(|s| s.1), start_time(me));
+        assert!(!comm(me).unwrap().as_bytes().is_empty());
+        assert_eq!(Comm::new(b"0123456789abcdefXYZ").as_bytes(), b"0123456789abcdef");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! Tracker::new(TrackerConfig) -> Result<Tracker, TrackerConfigError>   // pre-allocates everything
 //! t.record(&frame, origin, ns_inode, generation, now_ns) -> RecordOutcome   // §4.2, O(1) expected
 //! t.expire(now_ns, &mut |stall: StallInfo| ..) -> usize               // §4.3, O(expired)
-//! t.expire_with(now_ns, limit, &mut |s: &StallInfo| StallVerdict) -> usize   // + §4.5 retirement
+//! t.expire_with(now_ns, limit, &mut |s: &StallInfo| StallDecision) -> usize  // verdicts, retirement
+//! t.take_exit(pid, generation, now_ns) -> ExitOutcome                 // the process ended (docs/verdicts.md)
+//! t.extend_deadlines(by_ns)         // the observer was blind: push every armed deadline back
 //! t.next_deadline_ns() -> Option<u64>                                  // when the next stall is due
 //! t.get(pid) -> Option<AgentView>;  t.iter() -> impl Iterator<Item = AgentView>
 //! t.retire(pid) -> bool             // §4.5 KernelAttested generation-mismatch release
@@ -36,7 +38,7 @@
 //!   threshold`; a beat re-arms in O(1), expiry pops only due entries.
 //!   A stalled (latched) slot is disarmed until its next accepted beat.
 //!
-//! Memory per agent: slot 64 B + index ≈ 17 B (64 B per 3.75 slots)
+//! Memory per agent: slot 64 B (with its last terminal payload and verdict) + index ≈ 17 B (64 B per 3.75 slots)
 //! + deadline link 16 B + free stack 4 B + removed list 4 B ≈ 106 B.
 //!
 //! # Choices where the spec leaves room
@@ -55,6 +57,8 @@ use core::fmt;
 
 use super::counters::{bump, TrackerCounters};
 use super::deadline::DeadlineList;
+use super::procfs::Comm;
+use super::verdict::{gone_verdict, TerminalCause, Verdict};
 
 /// Default `--tracker-capacity`.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -232,18 +236,41 @@ pub struct StallInfo {
     pub origin: BeatOrigin,
     pub pid_ns_inode: Option<u64>,
     pub generation: Option<u64>,
-    /// Observer time of the expiry pass (`now_ns` given to `expire`).
+    /// Observer time of the expiry pass (`now_ns` given to `expire`), or of
+    /// the exit notice.
     pub observer_ns: u64,
+    /// Why the agent went silent. The tracker hands the callback of
+    /// [`Tracker::expire_with`] [`Verdict::Unknown`]; the caller decides.
+    pub verdict: Verdict,
+    /// The cause the last frame announced, if it was a terminal frame.
+    pub cause: Option<TerminalCause>,
+    /// The process's command name, when the observer read it.
+    pub comm: Option<Comm>,
 }
 
 /// What [`Tracker::expire_with`]'s callback decides for a due slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StallVerdict {
-    /// Latch the slot and count the stall (the caller emits `Stall`).
-    Emit,
-    /// §4.5: KernelAttested slot whose pinned generation no longer matches
-    /// the live process — remove it, no stall, `pid_recycle++`.
+pub enum StallDecision {
+    /// Latch the slot and count a stall with this verdict (the caller emits
+    /// `Stall`); the slot stays until it beats again or is evicted.
+    Emit(Verdict),
+    /// Count a stall with this verdict and retire the slot: the agent ended
+    /// (`docs/verdicts.md`, "Retirement").
+    EmitAndRetire(Verdict),
+    /// §4.5 without a stall: remove the slot, `pid_recycle++`.
     Retire,
+}
+
+/// What [`Tracker::take_exit`] did with a process's exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// No slot holds that process (already retired, evicted or replaced).
+    NotTracked,
+    /// The slot had already stalled (its verdict was reported): retired
+    /// without a second report.
+    RetiredAfterStall,
+    /// A stall with the exit's verdict; the slot is retired.
+    Reported(StallInfo),
 }
 
 /// Read-only snapshot of one tracked pid.
@@ -269,6 +296,10 @@ pub struct AgentView {
     pub stalled: bool,
     pub pid_ns_inode: Option<u64>,
     pub generation: Option<u64>,
+    /// The cause announced by the last frame, if it was a terminal frame.
+    pub terminal_cause: Option<TerminalCause>,
+    /// The verdict of the current stall, while `stalled`.
+    pub verdict: Option<Verdict>,
 }
 
 // ---------------------------------------------------------------------------
@@ -297,9 +328,13 @@ struct Slot {
     beats: u64,
     pid: u32,
     stalls: u32,
+    /// Payload of the last accepted terminal frame (its [`TerminalCause`]).
+    terminal_payload: u32,
     status: Status,
     origin: BeatOrigin,
     flags: u8,
+    /// [`Verdict`] of the current stall (meaningful while `F_STALLED`).
+    verdict: u8,
 }
 
 const EMPTY_SLOT: Slot = Slot {
@@ -311,9 +346,11 @@ const EMPTY_SLOT: Slot = Slot {
     beats: 0,
     pid: 0,
     stalls: 0,
+    terminal_payload: 0,
     status: Status::Ok,
     origin: BeatOrigin::NetworkUnverified,
     flags: 0,
+    verdict: 0,
 };
 
 impl Slot {
@@ -338,6 +375,28 @@ impl Slot {
             NONCE_TERMINAL
         } else {
             self.last_regular
+        }
+    }
+
+    /// The cause announced by the last frame, if it was a terminal frame.
+    #[inline]
+    fn terminal_cause(&self) -> Option<TerminalCause> {
+        self.has(F_LAST_TERMINAL)
+            .then(|| TerminalCause::from_payload(self.terminal_payload))
+    }
+
+    fn stall_info(&self, now: u64) -> StallInfo {
+        StallInfo {
+            pid: self.pid,
+            last_nonce: self.last_observed_nonce(),
+            last_ns: self.last_ns,
+            origin: self.origin,
+            pid_ns_inode: self.ns(),
+            generation: self.gen(),
+            observer_ns: now,
+            verdict: Verdict::Unknown,
+            cause: self.terminal_cause(),
+            comm: None,
         }
     }
 
@@ -380,6 +439,7 @@ impl Slot {
         };
         if frame.nonce == NONCE_TERMINAL {
             s.last_terminal_ts = frame.timestamp;
+            s.terminal_payload = frame.payload;
             s.flags |= F_HAS_TERMINAL | F_LAST_TERMINAL;
         } else {
             s.last_regular = frame.nonce;
@@ -404,6 +464,12 @@ impl Slot {
             stalled: self.has(F_STALLED),
             pid_ns_inode: self.ns(),
             generation: self.gen(),
+            terminal_cause: self.terminal_cause(),
+            verdict: if self.has(F_STALLED) {
+                Verdict::from_u8(self.verdict)
+            } else {
+                None
+            },
         }
     }
 }
@@ -902,6 +968,7 @@ impl Tracker {
                 return RecordOutcome::OutOfOrder;
             }
             slot.last_terminal_ts = frame.timestamp;
+            slot.terminal_payload = frame.payload;
             slot.flags |= F_HAS_TERMINAL | F_LAST_TERMINAL;
         } else {
             // 6. Regular: strictly increasing nonce, or the wrap rule.
@@ -1043,11 +1110,55 @@ impl Tracker {
     }
 
     /// Emit one stall per due, unlatched slot (§4.3); returns how many.
+    /// Verdicts are left [`Verdict::Unknown`] (no kernel is asked).
     pub fn expire(&mut self, now_ns: u64, sink: &mut impl FnMut(StallInfo)) -> usize {
         self.expire_with(now_ns, usize::MAX, &mut |s: &StallInfo| {
             sink(*s);
-            StallVerdict::Emit
+            StallDecision::Emit(Verdict::Unknown)
         })
+    }
+
+    /// Count one stall with `verdict` on slot `idx`.
+    fn count_stall(&mut self, idx: u32, verdict: Verdict) {
+        let slot = &mut self.slots[idx as usize];
+        slot.stalls = slot.stalls.saturating_add(1);
+        bump(&mut self.counters.stalls);
+        bump(&mut self.counters.stall_verdicts[verdict as usize]);
+    }
+
+    /// The process pinned on `pid`'s slot as `generation` ended (the
+    /// kernel said so): report it with the verdict its last frame supports
+    /// and retire the slot, unless its stall was already reported.
+    pub fn take_exit(&mut self, pid: u32, generation: u64, now_ns: u64) -> ExitOutcome {
+        let now = self.clamp_now(now_ns);
+        let Probe::Found { slot: idx, .. } = self.index.probe(pid, &self.slots) else {
+            return ExitOutcome::NotTracked;
+        };
+        let s = self.slots[idx as usize];
+        if !s.has(F_USED)
+            || s.pid != pid
+            || s.gen() != Some(generation)
+            || s.origin != BeatOrigin::KernelAttested
+        {
+            return ExitOutcome::NotTracked;
+        }
+        bump(&mut self.counters.retired);
+        if s.has(F_STALLED) {
+            self.release(idx);
+            return ExitOutcome::RetiredAfterStall;
+        }
+        let mut info = s.stall_info(now);
+        info.verdict = gone_verdict(info.cause);
+        self.count_stall(idx, info.verdict);
+        self.release(idx);
+        ExitOutcome::Reported(info)
+    }
+
+    /// The observer could not see beats for `by_ns` (it was stopped, or the
+    /// host stalled): push every armed deadline back by that much, so only
+    /// silence it actually watched counts toward the threshold.
+    pub fn extend_deadlines(&mut self, by_ns: u64) {
+        self.deadlines.shift_all(by_ns);
     }
 
     /// Like [`Tracker::expire`], at most `limit` due slots (the rest stay
@@ -1056,7 +1167,7 @@ impl Tracker {
         &mut self,
         now_ns: u64,
         limit: usize,
-        decide: &mut impl FnMut(&StallInfo) -> StallVerdict,
+        decide: &mut impl FnMut(&StallInfo) -> StallDecision,
     ) -> usize {
         let now = self.clamp_now(now_ns);
         let mut handled = 0;
@@ -1069,24 +1180,21 @@ impl Tracker {
                 bump(&mut self.counters.invariant_violations);
                 continue;
             }
-            let info = StallInfo {
-                pid: s.pid,
-                last_nonce: s.last_observed_nonce(),
-                last_ns: s.last_ns,
-                origin: s.origin,
-                pid_ns_inode: s.ns(),
-                generation: s.gen(),
-                observer_ns: now,
-            };
+            let info = s.stall_info(now);
             match decide(&info) {
-                StallVerdict::Emit => {
+                StallDecision::Emit(verdict) => {
+                    self.count_stall(idx, verdict);
                     let slot = &mut self.slots[idx as usize];
                     slot.flags |= F_STALLED;
-                    slot.stalls = slot.stalls.saturating_add(1);
+                    slot.verdict = verdict as u8;
                     self.latched += 1;
-                    bump(&mut self.counters.stalls);
                 }
-                StallVerdict::Retire => {
+                StallDecision::EmitAndRetire(verdict) => {
+                    self.count_stall(idx, verdict);
+                    self.release(idx);
+                    bump(&mut self.counters.retired);
+                }
+                StallDecision::Retire => {
                     self.release(idx);
                     bump(&mut self.counters.pid_recycle);
                 }
@@ -1211,8 +1319,9 @@ impl Tracker {
             match (s.has(F_STALLED), armed) {
                 (true, Some(_)) => return Err(format!("latched slot {i} armed")),
                 (false, None) => return Err(format!("live slot {i} unarmed")),
-                (false, Some(d)) if d != self.due_of(s.last_ns) => {
-                    return Err(format!("slot {i} due {d} != last_ns + T"))
+                // Blind time only ever pushes a deadline later.
+                (false, Some(d)) if d < self.due_of(s.last_ns) => {
+                    return Err(format!("slot {i} due {d} < last_ns + T"))
                 }
                 _ => {}
             }
