@@ -220,7 +220,8 @@ def test_send_terminal_emits_a_critical_terminal_frame(agent: Varta, listener: L
     agent.beat()
     first, term, after = listener.frames(3)
     assert term.is_terminal and term.nonce == NONCE_TERMINAL
-    assert term.status is Status.CRITICAL and term.payload == 0
+    # payload b"EXIT": the clean-exit cause (docs/verdicts.md); upstream ignores it.
+    assert term.status is Status.CRITICAL and term.payload.to_bytes(4, "little") == b"EXIT"
     assert term.timestamp >= 1 and term.pid == os.getpid()
     assert (first.nonce, after.nonce) == (1, 2)
 

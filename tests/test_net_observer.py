@@ -397,7 +397,7 @@ def test_plaintext_udp_over_ipv6(ipv6_loopback: str) -> None:
         net = BeatOrigin.NETWORK_UNVERIFIED
         assert agent_beats(seen) == [
             (PID_SELF, Status.DEGRADED, 3, 1, net),
-            (PID_SELF, Status.CRITICAL, 0, varta.NONCE_TERMINAL, net),
+            (PID_SELF, Status.CRITICAL, varta.PAYLOAD_CLEAN_EXIT, varta.NONCE_TERMINAL, net),
         ]
 
 
@@ -423,7 +423,7 @@ def test_secure_udp_over_ipv6(ipv6_loopback: str, kind: str) -> None:
         assert agent_beats(seen) == [
             (PID_SELF, Status.OK, 1, 1, op),
             (PID_SELF, Status.DEGRADED, 2, 2, op),
-            (PID_SELF, Status.CRITICAL, 0, varta.NONCE_TERMINAL, op),
+            (PID_SELF, Status.CRITICAL, varta.PAYLOAD_CLEAN_EXIT, varta.NONCE_TERMINAL, op),
         ]
         c = obs.counters()
         assert (c["frame_decrypt_failures"], c["secure_replay_refused"]) == (0, 0)
@@ -483,6 +483,8 @@ def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
         "--udp-port", str(port),
         "--key-file", str(key_file(tmp_path, KEY_A)),
         "--secure-udp-i-accept-recovery-on-unauthenticated-transport",
+        # network stalls carry no kernel attestation: verdict "unknown"
+        "--recovery-on", "hung,unknown",
         "--recovery-exec", f"{sys.executable} {script} {out}",
         "--recovery-audit-file", str(audit),
         "--export-file", str(tsv),
@@ -503,7 +505,9 @@ def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
     assert code == 0, watch.stderr
     beats = [r for r in tsv_rows(tsv) if r[1] == "beat" and r[2] == str(PID)]
     assert len(beats) == 1
-    assert [r[3] for r in audit_rows(audit)][:3] == ["boot", "spawn", "complete"]
+    rows = audit_rows(audit)
+    assert [r[3] for r in rows][:4] == ["boot", "verdict", "spawn", "complete"]
+    assert rows[1][5] == "unknown"
 
 
 def test_watch_refuses_recovery_for_a_network_unverified_stall(tmp_path: Path) -> None:
@@ -522,6 +526,7 @@ def test_watch_refuses_recovery_for_a_network_unverified_stall(tmp_path: Path) -
         "--udp-port", str(port),
         "--key-file", str(key_file(tmp_path, KEY_A)),
         "--secure-udp-i-accept-recovery-on-unauthenticated-transport",
+        "--recovery-on", "unknown",
         "--recovery-exec", f"{sys.executable} {script} {out}",
         "--recovery-audit-file", str(audit),
     ])  # fmt: skip

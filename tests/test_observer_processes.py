@@ -151,12 +151,14 @@ def test_sigstop_stalls_once_and_sigcont_rearms(sock_path: str) -> None:
 
 
 def wait_in_poll(pid: int, within: float = 10.0) -> None:
-    """Wait until the process's main thread sleeps in poll(2)/ppoll(2)."""
+    """Wait until the process's main thread sleeps in ``Observer.poll`` (on the
+    event queue's futex; the ingest thread is the one in ppoll(2))."""
     end = time.monotonic() + within
     while time.monotonic() < end:
         with open(f"/proc/{pid}/wchan") as f:
-            if "poll" in f.read():
-                return
+            wchan = f.read()
+        if "futex" in wchan or "poll" in wchan:
+            return
         time.sleep(0.005)
     raise AssertionError("child never blocked in poll()")
 

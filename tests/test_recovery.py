@@ -73,6 +73,7 @@ class Stall:
     last_nonce: int = 7
     last_ns: int = 0
     observer_ns: int = 0
+    verdict: str = "hung"
 
 
 @dataclass(frozen=True)
@@ -717,7 +718,7 @@ def test_counters_have_every_label() -> None:
     runner = make("x")
     c = runner.counters()
     assert list(c["recovery_outcomes"]) == list(OUTCOMES)  # type: ignore[arg-type]
-    assert len(OUTCOMES) == 14
+    assert len(OUTCOMES) == 15
     assert list(c["recovery_refused"]) == list(REFUSED_REASONS)  # type: ignore[arg-type]
     for key in (
         "recovery_duration_ns_sum",

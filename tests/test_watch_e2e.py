@@ -86,11 +86,12 @@ def test_stall_runs_recovery_once_then_debounces_and_audits(tmp_path: Path) -> N
     beat = beat_rows(tsv, agent.pid)[0]
     assert beat[4] == "ok" and beat[5] == "7" and len(beat) == 6
     rows = audit_rows(audit)
-    assert [r[3] for r in rows] == ["boot", "spawn", "complete", "refused"]
-    spawn, complete = rows[1], rows[2]
+    assert [r[3] for r in rows] == ["boot", "verdict", "spawn", "complete", "refused"]
+    assert rows[1][4:6] == [str(agent.pid), "hung"]  # why the child ran, before it ran
+    spawn, complete = rows[2], rows[3]
     assert spawn[4] == str(agent.pid) and spawn[6] == "exec" and spawn[7] == sys.executable
     assert complete[4:9] == [str(agent.pid), spawn[5], "reaped", "0", "-"]
-    assert f"pid {agent.pid} stalled" in watch.stderr
+    assert re.search(rf"pid {agent.pid} \(\S+\) hung: alive but silent for", watch.stderr)
 
     res = audit_verify(audit)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -161,8 +162,8 @@ def test_sigterm_exits_0_unlinks_socket_and_flushes(tmp_path: Path) -> None:
     assert not watch.sock.exists()
     rows = audit_rows(audit)
     # nothing lost: the child killed at shutdown has its complete row, on disk
-    assert [r[3] for r in rows] == ["boot", "spawn", "complete"]
-    assert rows[2][5] == spawn[0][5] and rows[2][6] == "killed"
+    assert [r[3] for r in rows] == ["boot", "verdict", "spawn", "complete"]
+    assert rows[3][5] == spawn[0][5] and rows[3][6] == "killed"
     assert audit_verify(audit).returncode == 0
     assert [r[1] for r in tsv_rows(tsv)][-1] == "stall"
     assert "stopped" in watch.stderr.splitlines()[-1]

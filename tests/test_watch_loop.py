@@ -116,7 +116,7 @@ def test_stall_exports_spawns_recovery_and_audits(
     res = verify(audit)
     assert res.ok, res
     kinds = [line.split("\t")[3] for line in audit.read_text().splitlines()[1:]]
-    assert kinds == ["boot", "spawn", "complete"]
+    assert kinds == ["boot", "verdict", "spawn", "complete"]
     assert obs.closed
 
 

@@ -35,8 +35,11 @@ def stall(
     last_ns: int = 0,
     observer_ns: int = 0,
     generation: Optional[int] = None,
+    verdict: varta.Verdict = varta.Verdict.HUNG,
 ) -> varta.Stall:
-    return varta.Stall(pid, last_nonce, last_ns, KERNEL, None, generation, observer_ns)
+    return varta.Stall(
+        pid, last_nonce, last_ns, KERNEL, None, generation, observer_ns, verdict=verdict
+    )
 
 
 def namespace_conflict(pid: int) -> varta.NamespaceConflict:

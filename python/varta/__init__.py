@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._types import (
     NONCE_TERMINAL,
+    PAYLOAD_CLEAN_EXIT,
     BeatError,
     BeatOrigin,
     BeatOutcome,
@@ -21,6 +22,8 @@ from ._types import (
     StatusLike,
     Verdict,
     classify_send_error,
+    signal_payload,
+    terminal_cause,
 )
 
 # --- agent (issue: foundation) ---
@@ -64,6 +67,7 @@ from ._varta import __version__
 __all__ = [
     "FRAME_LEN",
     "NONCE_TERMINAL",
+    "PAYLOAD_CLEAN_EXIT",
     "BeatError",
     "BeatOrigin",
     "BeatOutcome",
@@ -76,6 +80,8 @@ __all__ = [
     "Varta",
     "__version__",
     "classify_send_error",
+    "signal_payload",
+    "terminal_cause",
     "crc32c",
     "decode",
     "encode",

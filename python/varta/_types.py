@@ -64,6 +64,28 @@ class BeatOrigin(IntEnum):
         return self >= BeatOrigin.OPERATOR_ATTESTED_TRANSPORT
 
 
+#: Payload of a clean-exit terminal frame (``close(final=True)``,
+#: ``send_terminal()``): the bytes ``EXIT`` on the wire (``docs/verdicts.md``).
+PAYLOAD_CLEAN_EXIT = int.from_bytes(b"EXIT", "little")
+
+
+def signal_payload(signum: int) -> int:
+    """Payload of a terminal frame sent by a crash hook for signal *signum*."""
+    if not 1 <= signum <= 255:
+        raise ValueError(f"signal number {signum} is outside 1..=255")
+    return int.from_bytes(b"SIG", "little") | signum << 24
+
+
+def terminal_cause(payload: int) -> str:
+    """What a terminal frame's payload announces: ``"clean_exit"``, ``"crash"``
+    (0, as upstream's agents send, or any unknown value) or ``"signal N"``."""
+    if payload == PAYLOAD_CLEAN_EXIT:
+        return "clean_exit"
+    if payload & 0xFFFFFF == int.from_bytes(b"SIG", "little") and payload >> 24:
+        return f"signal {payload >> 24}"
+    return "crash"
+
+
 class Verdict(str, Enum):
     """Why a tracked agent went silent (``docs/verdicts.md``).
 

@@ -8,7 +8,7 @@ from typing import Literal, NoReturn, Optional, Sequence, Union, final
 from typing_extensions import TypeAlias
 
 from ._transport import BeatTransport
-from ._types import BeatOrigin, BeatOutcome, DecodeError, Status, StatusLike
+from ._types import BeatOrigin, BeatOutcome, DecodeError, Status, StatusLike, Verdict
 
 __version__: str
 NONCE_TERMINAL: int
@@ -111,6 +111,9 @@ class Stall:
         pid_ns_inode: Optional[int],
         generation: Optional[int],
         observer_ns: int,
+        verdict: Union[Verdict, str, None] = None,
+        comm: Optional[str] = None,
+        cause: Optional[str] = None,
     ) -> Stall: ...
     @property
     def pid(self) -> int: ...
@@ -126,6 +129,12 @@ class Stall:
     def generation(self) -> Optional[int]: ...
     @property
     def observer_ns(self) -> int: ...
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def comm(self) -> Optional[str]: ...
+    @property
+    def cause(self) -> Optional[str]: ...
 
 @final
 class Decode:
@@ -197,8 +206,18 @@ class CtrlTruncated:
     @property
     def observer_ns(self) -> int: ...
 
+@final
+class Blind:
+    def __new__(cls, started_ns: int, duration_ns: int, observer_ns: int) -> Blind: ...
+    @property
+    def started_ns(self) -> int: ...
+    @property
+    def duration_ns(self) -> int: ...
+    @property
+    def observer_ns(self) -> int: ...
+
 _Event: TypeAlias = Union[
-    Beat, Stall, Decode, AuthFailure, OriginConflict, NamespaceConflict, Io, CtrlTruncated
+    Beat, Stall, Decode, AuthFailure, OriginConflict, NamespaceConflict, Io, CtrlTruncated, Blind
 ]
 
 @final
@@ -216,6 +235,7 @@ class AgentInfo:
         stalled: bool,
         pid_ns_inode: Optional[int],
         generation: Optional[int],
+        verdict: Union[Verdict, str, None] = None,
     ) -> AgentInfo: ...
     @property
     def pid(self) -> int: ...
@@ -239,6 +259,8 @@ class AgentInfo:
     def pid_ns_inode(self) -> Optional[int]: ...
     @property
     def generation(self) -> Optional[int]: ...
+    @property
+    def verdict(self) -> Optional[Verdict]: ...
 
 _PidRow: TypeAlias = tuple[int, int, int, int]
 
@@ -276,6 +298,8 @@ class Observer:
         plaintext_udp: bool = False,
         udp_trust: str = "untrusted",
         udp_rcvbuf_bytes: int = 1_048_576,
+        exit_watch: bool = True,
+        ingest_thread: bool = True,
     ) -> Observer: ...
     def poll(self, timeout: Optional[float] = None) -> Iterator[_Event]: ...
     def agents(self) -> list[AgentInfo]: ...
@@ -287,7 +311,7 @@ class Observer:
     def next_deadline_ns(self) -> Optional[int]: ...
     @property
     def pidfd_identity(self) -> Optional[bool]: ...
-    def identity_counters(self) -> dict[str, int]: ...
+    def identity_counters(self) -> dict[str, Union[int, bool]]: ...
     @property
     def socket_path(self) -> Optional[str]: ...
     @property

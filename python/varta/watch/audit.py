@@ -38,9 +38,12 @@ LEGACY_HEADER = b"# varta-watch recovery audit v1"
 CHAIN_DOMAIN = b"VARTA-AUDIT-v2\0"
 ZERO_CHAIN = bytes(32)
 
-KINDS = (b"boot", b"spawn", b"complete", b"refused")
+KINDS = (b"boot", b"spawn", b"complete", b"refused", b"verdict")
 #: Number of TAB-separated fields of each record kind, seq and chain included.
-FIELD_COUNTS = {b"boot": 8, b"spawn": 11, b"complete": 14, b"refused": 7}
+FIELD_COUNTS = {b"boot": 8, b"spawn": 11, b"complete": 14, b"refused": 7, b"verdict": 7}
+#: ``verdict`` records (``docs/verdicts.md``): why the stall that recovery
+#: evaluates next for that pid happened. Written before its spawn/refusal.
+VERDICTS = (b"hung", b"exited", b"crashed", b"vanished", b"unknown")
 BOOT_REASONS = (b"fresh", b"resume", b"legacy_v1", b"corrupt_tail", b"schema_drift", b"rotation")
 COMPLETE_STATUSES = (b"reaped", b"killed", b"reap_failed")
 
@@ -147,6 +150,8 @@ def parse_record(line: bytes) -> Optional[Record]:
             and all(_is_uint(f) for f in fields[9:12])
             and fields[12] in (b"true", b"false")
         )
+    elif kind == b"verdict":
+        ok = _is_uint(fields[4]) and fields[5] in VERDICTS
     else:  # refused
         ok = _is_uint(fields[4]) and bool(fields[5])
     if not ok:
@@ -455,6 +460,14 @@ class AuditLog:
             b"true" if truncated else b"false",
         ]
         return self._enqueue(b"complete", body)
+
+    def verdict(self, observer_ns: int, agent_pid: int, verdict: str) -> bool:
+        """Why *agent_pid* stalled, written before recovery's decision for it."""
+        if verdict.encode() not in VERDICTS:
+            raise ValueError(f"bad verdict {verdict!r}")
+        return self._enqueue(
+            b"verdict", [_num(observer_ns), b"verdict", _num(agent_pid), verdict.encode()]
+        )
 
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> bool:
         return self._enqueue(

@@ -97,6 +97,7 @@ class WatchConfig:
     recovery_inherit_env: bool = False
     recovery_capture_stdio: bool = False
     recovery_capture_bytes: int = 4096
+    recovery_on: frozenset[str] = recovery.DEFAULT_RECOVERY_ON
     recovery_audit_file: Optional[str] = None
     recovery_audit_max_bytes: Optional[int] = None
     recovery_audit_sync_every: int = 1
@@ -288,6 +289,11 @@ class Flag:
             return parse_prom_addr(text)
         if kind == "env":
             return parse_env_entry(text)
+        if kind == "verdicts":
+            try:
+                return recovery.parse_recovery_on(text)
+            except ValueError as exc:
+                raise ConfigError("BadValue", f"{flag}: {exc}") from None
         if "|" in kind:
             return _check_choice(flag, text, kind.split("|"))
         bounds, _, low_kind = kind.partition("!")
@@ -338,6 +344,9 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--recovery-inherit-env", _B, "", "", "child inherits the observer environment"),
         Flag("--recovery-capture-stdio", _B, "", "", "pipe child stdout/stderr, record sizes"),
         Flag("--recovery-capture-bytes", "64..1048576", "N", "4096", "capture cap, 64..=1048576"),
+        Flag("--recovery-on", "verdicts", "V,V", ",".join(
+                 v for v in recovery.VERDICTS if v in recovery.DEFAULT_RECOVERY_ON),
+             "recover only stalls with these verdicts (of hung,exited,crashed,vanished,unknown)"),
         Flag("--recovery-audit-file", "path", "PATH", "", "recovery audit log (v2, hash chain)"),
         Flag("--recovery-audit-max-bytes", "4096..u64", "N", "unbounded",
              "rotate the audit log at N bytes, >= 4096"),
@@ -512,6 +521,15 @@ def _cross_checks(cfg: WatchConfig) -> WatchConfig:
         )
     if cfg.recovery_inherit_env:
         warnings.append("--recovery-inherit-env: recovery children see the observer's environment")
+    network_recovery = (
+        cfg.secure_udp_i_accept_recovery_on_unauthenticated_transport
+        or cfg.plaintext_udp_i_accept_recovery_on_unauthenticated_transport
+    )
+    if network_recovery and cfg.recovery_configured and "unknown" not in cfg.recovery_on:
+        warnings.append(
+            "UDP agents' stalls have the verdict 'unknown' (no kernel attestation), which "
+            "--recovery-on does not include: they will not be recovered"
+        )
     # Prometheus (D8)
     if cfg.prom_token_file is not None and cfg.prom_addr is None:
         raise ConfigError("MutuallyExclusive", "--prom-token-file needs --prom-addr")

@@ -105,6 +105,37 @@ def native_observer_factory() -> ObserverFactory:
     return varta.Observer
 
 
+def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
+    """The log line for a stall, in words (``docs/verdicts.md``)."""
+    who = f"pid {ev.pid}" + (f" ({ev.comm})" if ev.comm else "")
+    silent_ms = max(threshold_ms, (ev.observer_ns - ev.last_ns) // 1_000_000)
+    cause = ev.cause
+    verdict = ev.verdict
+    if verdict is varta.Verdict.HUNG:
+        return f"{who} hung: alive but silent for {silent_ms} ms"
+    if verdict is varta.Verdict.EXITED:
+        return f"{who} exited cleanly" if cause in (None, "clean_exit") else f"{who} exited on {cause}"
+    if verdict is varta.Verdict.CRASHED:
+        return f"{who} crashed" + ("" if cause in (None, "crash") else f" ({cause})")
+    if verdict is varta.Verdict.VANISHED:
+        return f"{who} vanished: the process ended without a terminal frame (killed?)"
+    return f"{who} stalled: silent for {silent_ms} ms (no kernel attestation, verdict unknown)"
+
+
+def raise_fd_limit(capacity: int) -> None:
+    """Let the observer hold one pidfd per tracked agent (its exit watch):
+    raise the soft ``RLIMIT_NOFILE`` toward the hard limit as needed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = capacity + 1024
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         name = os.fsdecode(exc.filename) if exc.filename is not None else None
@@ -271,6 +302,7 @@ def recovery_config(cfg: WatchConfig) -> Optional[RecoveryConfig]:
         "inherit_env": cfg.recovery_inherit_env,
         "capture_stdio": cfg.recovery_capture_stdio,
         "capture_bytes": cfg.recovery_capture_bytes,
+        "recovery_on": cfg.recovery_on,
     }
     if cfg.recovery_exec is not None:
         try:
@@ -386,6 +418,7 @@ class Daemon:
             varta.NamespaceConflict: self._on_namespace_conflict,
             varta.Io: self._on_io,
             varta.CtrlTruncated: self._on_ctrunc,
+            varta.Blind: self._on_blind,
         }
 
     # --- entry point -------------------------------------------------------------
@@ -445,6 +478,7 @@ class Daemon:
         for warning in cfg.warnings:
             log.warning(warning)
         net = network_kwargs(cfg)
+        raise_fd_limit(cfg.tracker_capacity)
         factory = self._factory or native_observer_factory()
         kwargs: dict[str, Any] = {
             "socket_mode": cfg.socket_mode,
@@ -660,12 +694,13 @@ class Daemon:
         if handler is not None:
             handler(ev)
 
-    def _on_stall(self, ev: Any) -> None:
-        threshold_ns = self.cfg.threshold_ms * 1_000_000
-        silent_ms = max(threshold_ns, ev.observer_ns - ev.last_ns) // 1_000_000
-        log.warning(
-            f"pid {ev.pid} stalled: silent for {silent_ms} ms (last nonce {ev.last_nonce})",
-            extra={"pid": ev.pid},
+    def _on_stall(self, ev: varta.Stall) -> None:
+        verdict = ev.verdict
+        level = logging.INFO if verdict is varta.Verdict.EXITED else logging.WARNING
+        log.log(
+            level,
+            describe_stall(ev, self.cfg.threshold_ms),
+            extra={"pid": ev.pid, "verdict": str(verdict)},
         )
         recovery = self.recovery
         if recovery is None:
@@ -712,6 +747,13 @@ class Daemon:
 
     def _on_ctrunc(self, ev: Any) -> None:
         self.logs.log("ctrunc", logging.WARNING, f"control data truncated: {ev.error}")
+
+    def _on_blind(self, ev: varta.Blind) -> None:
+        log.warning(
+            f"observer was blind for {ev.duration_ns // 1_000_000} ms (stopped, or not "
+            "scheduled); stall deadlines extended by that much",
+            extra={"blind_ms": ev.duration_ns // 1_000_000},
+        )
 
     def _log_decision(self, d: Decision) -> None:
         if d.spawned:

@@ -1,9 +1,11 @@
-"""Recovery: run an operator command for a stalled agent (``observer.md`` §6).
+"""Recovery: run an operator command for a stalled agent (``docs/observer.md``).
 
 No shell is ever involved. The command line is split on Unicode whitespace
 into a program and its arguments; the stalled pid is substituted for every
 ``{pid}`` in the arguments, or appended as the last argument when no argument
-holds ``{pid}``. The child is started with ``fork``/``exec`` directly (through
+holds ``{pid}``; ``{verdict}`` becomes the stall's verdict (``hung``, …).
+Only stalls whose verdict is in ``recovery_on`` are acted on (default
+``hung,crashed,vanished``: a clean exit never triggers recovery). The child is started with ``fork``/``exec`` directly (through
 :class:`subprocess.Popen` with ``shell=False``), its ``PATH`` lookup uses the
 *child's* ``PATH`` (``/usr/bin:/bin`` unless ``--recovery-inherit-env``), and
 the observer never waits for it: :meth:`RecoveryRunner.reap` collects exited
@@ -11,7 +13,7 @@ children each tick without blocking and SIGKILLs those past the timeout.
 
 The runner is independent of the native module: a stall is any object with
 the attributes ``pid``, ``origin``, ``pid_ns_inode``, ``generation``,
-``last_nonce``, ``last_ns`` and ``observer_ns`` (``varta.Stall`` or a small
+``last_nonce``, ``last_ns``, ``observer_ns`` and ``verdict`` (``varta.Stall`` or a small
 dataclass in tests). Every outcome is counted under the 14 labels of §6.4 and
 written to an :class:`AuditSink` (``varta.watch.audit.AuditLog``).
 """
@@ -48,7 +50,14 @@ OUTCOMES: tuple[str, ...] = (
     "skipped_agent_resumed",
     "skipped_pid_recycled",
     "skipped_stall_unverifiable",
+    "skipped_verdict",
 )
+
+#: Every verdict name (``varta.Verdict`` values) and the ``--recovery-on`` default.
+VERDICTS: tuple[str, ...] = ("hung", "exited", "crashed", "vanished", "unknown")
+DEFAULT_RECOVERY_ON: frozenset[str] = frozenset({"hung", "crashed", "vanished"})
+#: Verdicts of agents whose process ended: nothing can resume, so no fire-time re-check.
+GONE_VERDICTS: frozenset[str] = frozenset({"exited", "crashed", "vanished"})
 
 #: ``varta_recovery_refused_total{reason}`` label values.
 REFUSED_REASONS: tuple[str, ...] = (
@@ -92,6 +101,18 @@ _SOCKET_MODE_ONLY = 1
 _WS_CHARS = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _WS_RUN = re.compile(f"[{_WS_CHARS}]+")
 _PID = "{pid}"
+_VERDICT = "{verdict}"
+
+
+def parse_recovery_on(text: str) -> frozenset[str]:
+    """``--recovery-on hung,crashed``: a non-empty comma list of verdict names."""
+    names = [n.strip().lower() for n in text.split(",")]
+    if not names or any(not n for n in names):
+        raise ValueError(f"expected a comma-separated list of verdicts, got {text!r}")
+    bad = [n for n in names if n not in VERDICTS]
+    if bad:
+        raise ValueError(f"unknown verdict {bad[0]!r} (expected {', '.join(VERDICTS)})")
+    return frozenset(names)
 
 
 # --- command and configuration ---------------------------------------------------------
@@ -123,12 +144,13 @@ class RecoveryCommand:
         """True when some argument holds ``{pid}`` (else the pid is appended)."""
         return any(_PID in a for a in self.args)
 
-    def argv(self, pid: int) -> list[str]:
+    def argv(self, pid: int, verdict: str = "unknown") -> list[str]:
         """The final argv for *pid* (the program itself is never substituted)."""
         p = str(int(pid))
+        args = [a.replace(_VERDICT, verdict) for a in self.args]
         if self.substitutes_pid:
-            return [self.program, *(a.replace(_PID, p) for a in self.args)]
-        return [self.program, *self.args, p]
+            return [self.program, *(a.replace(_PID, p) for a in args)]
+        return [self.program, *args, p]
 
 
 def strip_ws(text: str) -> str:
@@ -162,8 +184,12 @@ class RecoveryConfig:
     inherit_env: bool = False
     capture_stdio: bool = False
     capture_bytes: int = 4096
+    #: Verdicts recovery acts on (``--recovery-on``).
+    recovery_on: frozenset[str] = DEFAULT_RECOVERY_ON
 
     def __post_init__(self) -> None:
+        if not self.recovery_on or not self.recovery_on <= frozenset(VERDICTS):
+            raise ValueError(f"recovery_on must be a non-empty subset of {', '.join(VERDICTS)}")
         if self.debounce_ms < 0:
             raise ValueError("recovery debounce must be >= 0 ms")
         if self.timeout_ms is not None and self.timeout_ms < MIN_TIMEOUT_MS:
@@ -257,6 +283,14 @@ class AuditSink(Protocol):
 
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> object: ...
 
+    def verdict(self, observer_ns: int, agent_pid: int, verdict: str) -> object: ...
+
+
+def verdict_name(stall: object) -> str:
+    """The stall's verdict as its name (``"unknown"`` for stalls that carry none)."""
+    v = getattr(stall, "verdict", None)
+    return "unknown" if v is None else str(getattr(v, "value", v))
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -271,6 +305,8 @@ class Decision:
     reason: Optional[str] = None
     child_pid: Optional[int] = None
     error: Optional[str] = None
+    #: The stall's verdict, when the decision depended on it.
+    verdict: Optional[str] = None
 
     @property
     def spawned(self) -> bool:
@@ -480,7 +516,11 @@ class RecoveryRunner:
 
     def fire_time_verdict(self, stall: StallLike, agent: Optional[AgentLike]) -> Optional[str]:
         """The pure check: ``skipped_agent_resumed`` / ``skipped_pid_recycled`` /
-        ``skipped_stall_unverifiable`` or ``None``."""
+        ``skipped_stall_unverifiable`` or ``None``. A verdict of an ended
+        process is final: the kernel already said it is gone (its slot is
+        retired), so there is nothing that could have resumed."""
+        if verdict_name(stall) in GONE_VERDICTS:
+            return None
         if agent is not None and (not agent.stalled or agent.last_ns != stall.last_ns):
             return "skipped_agent_resumed"
         gen = stall.generation
@@ -503,6 +543,13 @@ class RecoveryRunner:
         self._tick_evaluations += 1
         pid = int(stall.pid)
         gen = stall.generation
+        verdict = verdict_name(stall)
+
+        # 0. verdict (--recovery-on): counted, not audited (a deploy's clean
+        #    exits would otherwise fill the log).
+        if verdict not in self.config.recovery_on:
+            self.outcomes["skipped_verdict"] += 1
+            return Decision("skipped_verdict", pid, reason=None, verdict=verdict)
 
         # 1. namespace
         peer_ns = stall.pid_ns_inode
@@ -563,7 +610,7 @@ class RecoveryRunner:
             del self._ledger[oldest_pid]
             self.last_fired_evictions += 1
         # 6. spawn
-        return self._spawn(pid, gen, now_ns)
+        return self._spawn(pid, gen, now_ns, verdict)
 
     def _prune_ledger(self, now_ns: int) -> None:
         horizon = 10 * self._debounce_ns
@@ -592,8 +639,8 @@ class RecoveryRunner:
         self.outstanding_recycle_resets += 1
         return None
 
-    def _spawn(self, pid: int, gen: Optional[int], now_ns: int) -> Decision:
-        argv = self.config.command.argv(pid)
+    def _spawn(self, pid: int, gen: Optional[int], now_ns: int, verdict: str) -> Decision:
+        argv = self.config.command.argv(pid, verdict)
         capture = self.config.capture_stdio
         try:
             popen = subprocess.Popen(
@@ -621,6 +668,8 @@ class RecoveryRunner:
         self._ledger.move_to_end(pid)
         self.outcomes["spawned"] += 1
         if self.audit is not None:
+            # Why this child runs, right before the record of its start.
+            self.audit.verdict(now_ns, pid, verdict)
             template = " ".join(argv).encode("utf-8", "surrogateescape")
             self.audit.spawn(
                 now_ns,
@@ -630,7 +679,7 @@ class RecoveryRunner:
                 self.config.source,
                 len(template),
             )
-        return Decision("spawned", pid, child_pid=popen.pid)
+        return Decision("spawned", pid, child_pid=popen.pid, verdict=verdict)
 
     def _finish(self, decision: Decision, now_ns: int) -> Decision:
         """Count and audit a decision that did not spawn."""

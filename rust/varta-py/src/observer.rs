@@ -38,6 +38,14 @@ fn opt_repr(v: Option<u64>) -> String {
     v.map_or_else(|| "None".to_owned(), |v| v.to_string())
 }
 
+/// Python's repr of an optional str (ASCII names; quotes escaped).
+fn py_str_repr(v: Option<&str>) -> String {
+    v.map_or_else(
+        || "None".to_owned(),
+        |s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+    )
+}
+
 fn status_repr(s: Status) -> String {
     format!("Status.{}", s.as_str().to_ascii_uppercase())
 }
@@ -193,7 +201,7 @@ impl PyStall {
 
     fn __repr__(&self) -> String {
         format!(
-            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={}, verdict=Verdict.{}, comm={:?}, cause={:?})",
+            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={}, verdict=Verdict.{}, comm={}, cause={})",
             self.pid,
             self.last_nonce,
             self.last_ns,
@@ -202,8 +210,8 @@ impl PyStall {
             opt_repr(self.generation),
             self.observer_ns,
             self.vd.as_str().to_ascii_uppercase(),
-            self.comm,
-            self.cause,
+            py_str_repr(self.comm.as_deref()),
+            py_str_repr(self.cause.as_deref()),
         )
     }
 }
@@ -833,7 +841,7 @@ impl PyObserver {
         global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
         clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
         master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576,
-        exit_watch=true
+        exit_watch=true, ingest_thread=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -859,6 +867,7 @@ impl PyObserver {
         udp_trust: &str,
         udp_rcvbuf_bytes: u32,
         exit_watch: bool,
+        ingest_thread: bool,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
@@ -916,7 +925,7 @@ impl PyObserver {
             .map_err(observer_error)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY)
+        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread)
             .map_err(|e| observer_error(ObserverError::Io(e)))?;
         Ok(PyObserver {
             pump,

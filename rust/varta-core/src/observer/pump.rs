@@ -22,6 +22,11 @@
 //!
 //! Lock order: the observer lock, then the queue lock. The consumer waits on
 //! the queue lock alone, so it never holds up ingest.
+//!
+//! Without the thread ([`Pump::start`] with `threaded = false`) the consumer
+//! drains the sockets itself in [`Pump::take_events`], as a single-threaded
+//! observer would: deterministic for tests that must control when a
+//! datagram is read, and for embedders who want no extra thread.
 
 use super::event::Event;
 use super::ingress::{Observer, Waiter};
@@ -107,6 +112,12 @@ pub struct Pump {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// The process that started the thread: a forked child has a copy of
+    /// this value but no thread behind it.
+    owner_pid: u32,
+    /// Readiness of the sockets, for the consumer's own waits (no thread).
+    waiter: Waiter,
+    threaded: bool,
 }
 
 impl std::fmt::Debug for Pump {
@@ -128,9 +139,9 @@ fn eventfd() -> io::Result<OwnedFd> {
 }
 
 impl Pump {
-    /// Start the ingest thread for `obs`, with an event queue of
-    /// `queue_capacity` (≥ 1) events.
-    pub fn start(obs: Observer, queue_capacity: usize) -> io::Result<Pump> {
+    /// Start the ingest thread for `obs` (unless `threaded` is false), with
+    /// an event queue of `queue_capacity` (≥ 1) events.
+    pub fn start(obs: Observer, queue_capacity: usize, threaded: bool) -> io::Result<Pump> {
         let capacity = queue_capacity.max(1);
         let wake = Arc::new(eventfd()?);
         let mut waiter = obs.waiter();
@@ -147,14 +158,24 @@ impl Pump {
             stop: AtomicBool::new(false),
             wake,
         });
-        let inner = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("varta-ingest".into())
-            .spawn(move || ingest(&inner, &waiter))?;
+        let thread = if threaded {
+            let inner = Arc::clone(&shared);
+            let waiter = waiter.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("varta-ingest".into())
+                    .spawn(move || ingest(&inner, &waiter))?,
+            )
+        } else {
+            None
+        };
         Ok(Pump {
             shared,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
             closed: AtomicBool::new(false),
+            owner_pid: std::process::id(),
+            waiter,
+            threaded,
         })
     }
 
@@ -177,6 +198,9 @@ impl Pump {
     /// was sent before the call is seen even with a zero timeout.
     pub fn take_events(&self, out: &mut Vec<Event>, max: usize, timeout: Duration) -> Taken {
         let deadline = Instant::now() + timeout;
+        if !self.threaded {
+            return self.take_unthreaded(out, max, deadline);
+        }
         {
             let mut q = lock(&self.shared.queue);
             if q.events.is_empty() && !q.done {
@@ -207,6 +231,40 @@ impl Pump {
         }
     }
 
+    /// [`Pump::take_events`] without a thread: wait on the sockets (at most
+    /// until the next deadline) and drain on the caller's thread.
+    fn take_unthreaded(&self, out: &mut Vec<Event>, max: usize, deadline: Instant) -> Taken {
+        loop {
+            self.drain_now();
+            {
+                let mut q = lock(&self.shared.queue);
+                if !q.events.is_empty() {
+                    let n = q.events.len().min(max.max(1));
+                    out.extend(q.events.drain(..n));
+                    return Taken::Events;
+                }
+                if q.done || self.is_closed() {
+                    return Taken::Closed;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Taken::Timeout;
+            }
+            let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+            let slice = lock(&self.shared.obs).wait_slice_ns(Some(left));
+            if let Err(e) = self.waiter.wait(Some(slice)) {
+                let now = lock(&self.shared.obs).now_ns();
+                out.push(Event::Io {
+                    error: format!("waiting for datagrams failed: {e}").into(),
+                    errno: e.raw_os_error(),
+                    observer_ns: now,
+                });
+                return Taken::Events;
+            }
+        }
+    }
+
     /// One drain on the caller's thread (the observer lock, then the queue).
     fn drain_now(&self) {
         let mut obs = lock(&self.shared.obs);
@@ -225,6 +283,12 @@ impl Pump {
     /// stays readable). Idempotent.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        if std::process::id() != self.owner_pid {
+            // A forked child: the thread (and whatever lock it held at the
+            // fork) lives only in the parent. Leave the parent's socket
+            // file and ingest alone; our descriptors close at exit.
+            return;
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: an 8-byte write to our eventfd; a full counter is fine.
