@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pytest
 
-from varta import BeatOrigin, DecodeError, Status
+from varta import NONCE_TERMINAL, BeatOrigin, DecodeError, Status, Verdict
 from varta.watch import export as export_mod
 from varta.watch.export import TsvExporter
 from varta.watch.secretfile import SecretFileError
@@ -85,6 +85,8 @@ class Stall:
     pid_ns_inode: Optional[int]
     generation: Optional[int]
     observer_ns: int
+    verdict: Verdict = Verdict.UNKNOWN
+    cause: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def test_event_objects(tmp_path: pathlib.Path) -> None:
     events: list[Any] = [
         Beat(5, Status.CRITICAL, 9, 3, ka, None, 100),
         Stall(5, 3, 100, ka, None, None, 200),
+        Stall(9, NONCE_TERMINAL, 150, ka, None, 4, 250, verdict=Verdict.EXITED, cause="SIGTERM"),
         Decode(DecodeError("BadNonce", nonce=0, status=Status.OK), 300),
         AuthFailure(6, 400),
         OriginConflict(7, BeatOrigin.SOCKET_MODE_ONLY, ka, 500),
@@ -147,6 +150,9 @@ def test_event_objects(tmp_path: pathlib.Path) -> None:
     assert rows(p) == [
         ["100", "beat", "5", "3", "critical", "9"],
         ["200", "stall", "5", "3", "stall", "-"],
+        ["200", "verdict", "5", "-", "unknown", "-"],
+        ["250", "stall", "9", str(NONCE_TERMINAL), "stall", "-"],
+        ["250", "verdict", "9", "-", "exited", "SIGTERM"],
         ["300", "decode", "-", "-", "-", "BadNonce { nonce: 0, status: Ok }"],
         ["400", "mismatch", "6", "-", "-", "auth_failure"],
         ["500", "mismatch", "7", "-", "-", "origin_conflict"],

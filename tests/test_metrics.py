@@ -63,6 +63,13 @@ varta_signal_handler_install_total c varta_watch_uptime_seconds g
 varta_watch_last_poll_loop_timestamp_seconds g varta_watch_pids_tracked g
 """.split()
 
+# Beyond upstream (docs/verdicts.md): verdicts, retirement, blindness, queue drops.
+VERDICT_FAMILIES = """
+varta_stall_verdicts_total c varta_tracker_retired_total c
+varta_observer_blind_intervals_total c varta_observer_blind_seconds_total c
+varta_observer_events_dropped_total c
+""".split()
+
 CORE_EMPTY = """\
 # HELP varta_beats_total Total accepted beats per agent pid.
 # TYPE varta_beats_total counter
@@ -91,9 +98,10 @@ def families_in(body: str) -> list[tuple[str, str]]:
 
 def test_all_65_families_in_spec_order() -> None:
     spec = list(zip(SPEC_FAMILIES[::2], SPEC_FAMILIES[1::2]))
+    spec += list(zip(VERDICT_FAMILIES[::2], VERDICT_FAMILIES[1::2]))
     types = {"c": "counter", "g": "gauge", "h": "histogram"}
     want = [(n, types[t]) for n, t in spec]
-    assert len(want) == len(FAMILIES) == 65
+    assert len(want) == len(FAMILIES) == 65 + 5
     got = families_in(body_for(Snapshot()))
     assert sorted(got) == sorted(want)
     assert got[:3] == want[:3]

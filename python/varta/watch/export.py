@@ -14,7 +14,14 @@ io / ctrunc  ``-``        ``-``       ``-``                error text
 mismatch     claimed pid  ``-``       ``-``                auth_failure / origin_conflict
                                                            / namespace_conflict
 eviction     pid          ``-``       ``-``                ``-``
+verdict      pid          ``-``       hung/exited/…        cause (``clean_exit``, ``SIGTERM``,
+                                                           ``crash``) or ``-``
 ===========  ===========  ==========  ===================  ============================
+
+Every ``stall`` row is followed by one ``verdict`` row for the same pid
+(``docs/verdicts.md``): upstream's six columns and its ``stall`` rows stay
+byte for byte as they were, and a consumer that skips kinds it does not know
+reads the file as before.
 
 Rows are buffered and written on :meth:`TsvExporter.flush` (and whenever the
 buffer grows past 64 KiB); ``sync_every`` > 0 adds an ``fdatasync`` every N
@@ -111,6 +118,9 @@ class TsvExporter:
     def stall(self, observer_ns: int, pid: int, last_nonce: int) -> None:
         self._row(observer_ns, "stall", str(int(pid)), str(int(last_nonce)), "stall", "-")
 
+    def verdict(self, observer_ns: int, pid: int, verdict: str, cause: Optional[str]) -> None:
+        self._row(observer_ns, "verdict", str(int(pid)), "-", _text(verdict), _text(cause or ""))
+
     def decode(self, observer_ns: int, error: object) -> None:
         self._row(observer_ns, "decode", "-", "-", "-", decode_payload(error))
 
@@ -142,6 +152,8 @@ class TsvExporter:
             self.beat(ns, ev.pid, ev.nonce, ev.status, ev.payload)
         elif kind == "Stall":
             self.stall(ns, ev.pid, ev.last_nonce)
+            verdict = getattr(ev, "verdict", None)
+            self.verdict(ns, ev.pid, str(verdict or "unknown"), getattr(ev, "cause", None))
         elif kind == "Decode":
             self.decode(ns, ev.error)
         elif kind == "Io":

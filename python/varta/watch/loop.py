@@ -847,6 +847,8 @@ class Daemon:
         assert obs is not None
         rows = obs.pid_rows()
         counters: dict[str, Any] = dict(obs.counters())
+        # The core counts nanoseconds; Prometheus wants seconds.
+        counters["observer_blind_seconds"] = counters.pop("observer_blind_ns", 0) / 1e9
         if self.recovery is not None:
             counters.update(self.recovery.counters())
         hists: dict[str, Histogram] = {

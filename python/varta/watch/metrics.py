@@ -3,7 +3,8 @@
 Data model: :class:`VartaCollector` is a ``prometheus_client`` custom collector
 on a private :class:`~prometheus_client.CollectorRegistry`; it yields
 ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetricFamily``
-for all 65 families of §9.2 from a :class:`Snapshot` that the poll loop
+for the 65 families of upstream's daemon and ours beyond it (verdicts,
+blindness) from a :class:`Snapshot` that the poll loop
 publishes (copies of ``Observer.counters()``/``pid_rows()``, the recovery runner
 and audit log counters, loop histograms) plus this thread's own HTTP counters.
 
@@ -68,6 +69,8 @@ RATE_LIMIT_REASONS = ("per_pid", "global")
 STAGES = ("drain_pending", "poll", "maintenance", "recovery_reap", "serve_pending", "housekeeping")
 DROP_REASONS = ("drain", "rate_limit", "ip_table_full")
 SIGNAL_MODES = ("direct", "libc")
+VERDICTS = ("hung", "exited", "crashed", "vanished", "unknown")
+DROPPED_EVENT_KINDS = ("beat", "other")
 BUCKETS = FSYNC_BUCKETS  # 0.001 … 1 seconds; +Inf added by Histogram.cumulative()
 
 C, G, H = "counter", "gauge", "histogram"
@@ -85,6 +88,8 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage": ("stage", STAGES),
     "reason:dropped": ("reason", DROP_REASONS),
     "mode": ("mode", SIGNAL_MODES),
+    "verdict": ("verdict", VERDICTS),
+    "kind:events": ("kind", DROPPED_EVENT_KINDS),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order (§9.1 first).
@@ -154,6 +159,11 @@ varta_signal_handler_install_total | c | mode | Signal handler installations by 
 varta_watch_uptime_seconds | g | - | Seconds since varta-watch started.
 varta_watch_last_poll_loop_timestamp_seconds | g | - | Unix time of the last loop iteration.
 varta_watch_pids_tracked | g | - | Pids currently tracked.
+varta_stall_verdicts_total | c | verdict | Stalls by verdict (docs/verdicts.md).
+varta_tracker_retired_total | c | - | Tracker slots retired because their agent ended.
+varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
+varta_observer_blind_seconds_total | c | - | Time the observer could not look; deadlines moved by it.
+varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
 """
 
 
@@ -272,7 +282,7 @@ class ServeStats:
 
 
 class VartaCollector(Collector):
-    """Yields the 65 families from the latest snapshot plus live thread-safe sources."""
+    """Yields every family of :data:`FAMILIES` from the latest snapshot plus live thread-safe sources."""
 
     def __init__(
         self,
