@@ -260,7 +260,20 @@ def test_connect_accepts_str_and_pathlike(listener: Listener) -> None:
     for p in (str(listener.path), listener.path):
         with Varta.connect(p) as a:
             assert a.beat().is_sent
-    assert [f.nonce for f in listener.frames(2)] == [1, 1]
+    # Leaving each block normally signs off with the clean-exit terminal frame.
+    assert [f.nonce for f in listener.frames(4)] == [1, NONCE_TERMINAL] * 2
+
+
+def test_leaving_a_with_block_by_an_exception_sends_no_terminal(listener: Listener) -> None:
+    with pytest.raises(RuntimeError), Varta.connect(listener.path) as a:
+        a.beat()
+        raise RuntimeError("the crash hook speaks for crashes")
+    assert a.closed
+    with Varta.connect(listener.path) as b:
+        b.beat()
+    frames = listener.frames(3)
+    assert [f.nonce for f in frames] == [1, 1, NONCE_TERMINAL]
+    assert varta.terminal_cause(frames[2].payload) == "clean_exit"
 
 
 def test_connect_rejects_too_long_paths_and_non_paths() -> None:
@@ -347,7 +360,7 @@ def test_close_is_idempotent_and_closed_agents_fail(listener: Listener) -> None:
         a.reconnect()
     assert info.value.errno == errno.EBADF
     assert "Closed" in str(info.value)
-    assert listener.pending() == 1
+    assert listener.pending() == 2  # the beat, and the clean-exit frame of the with block
     assert "closed" in repr(a)
 
 
@@ -390,6 +403,7 @@ def test_udp_beats_arrive() -> None:
                 assert "udp=127.0.0.1" in repr(a)
             f = varta.decode(rx.recv(64))
             assert (f.nonce, f.status, f.payload, f.pid) == (1, Status.DEGRADED, 9, os.getpid())
+            assert varta.decode(rx.recv(64)).nonce == varta.NONCE_TERMINAL  # the with block's
     finally:
         rx.close()
 

@@ -102,6 +102,7 @@ def test_upstream_agent_beats_stalls_and_crashes(upstream_python: str, sock_path
             (stall,) = stalls
             assert stall.pid == pid and stall.last_nonce == 4
             assert stall.origin is BeatOrigin.KERNEL_ATTESTED
+            assert stall.verdict is varta.Verdict.HUNG  # alive, silent (on stdin)
             info = obs.agent(pid)
             assert info is not None and info.stalled and info.stalls == 1
 
@@ -116,15 +117,21 @@ def test_upstream_agent_beats_stalls_and_crashes(upstream_python: str, sock_path
         assert child.returncode == 1, err
         assert "RuntimeError: upstream agent crashing on purpose" in err, err
 
-        seen += poll_until(obs, lambda e: isinstance(e, varta.Beat) and e.nonce == NONCE_TERMINAL)
+        # The terminal frame is read first (it was queued before the exit),
+        # then the exit: upstream's payload 0 reads as a crash, and the
+        # process is gone, so the verdict is "crashed" and the pid retires.
+        seen += poll_until(obs, lambda e: isinstance(e, varta.Stall) and e.verdict != "hung")
         terminal = next(e for e in seen if isinstance(e, varta.Beat) and e.nonce == NONCE_TERMINAL)
         assert (terminal.pid, terminal.status, terminal.payload) == (pid, Status.CRITICAL, 0)
         assert terminal.origin is BeatOrigin.KERNEL_ATTESTED
-        info = obs.agent(pid)
-        assert info is not None
-        assert not info.stalled and info.stalls == 1 and info.status is Status.CRITICAL
-        assert info.last_nonce == NONCE_TERMINAL
+        end = [e for e in seen if isinstance(e, varta.Stall)][-1]
+        assert (end.pid, end.verdict, end.cause) == (pid, varta.Verdict.CRASHED, "crash")
+        assert end.last_nonce == NONCE_TERMINAL
+        assert obs.agent(pid) is None
 
         assert {type(e) for e in seen} == {varta.Beat, varta.Stall}, seen
         c = obs.counters()
-        assert (c["beats"], c["stalls"], c["frame_auth_failures"], c["io_errors"]) == (5, 1, 0, 0)
+        assert (c["beats"], c["stalls"], c["frame_auth_failures"], c["io_errors"]) == (5, 2, 0, 0)
+        assert c["stall_verdicts"] == {
+            "hung": 1, "exited": 0, "crashed": 1, "vanished": 0, "unknown": 0
+        }

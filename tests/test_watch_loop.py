@@ -272,7 +272,10 @@ def test_queued_stalls_are_written_at_shutdown(tmp_path: Path) -> None:
     obs.batches.append([stall(31, last_nonce=4, observer_ns=99)])
     daemon.loop()
     daemon.shutdown()
-    assert tsv_rows(tsv) == [["99", "stall", "31", "4", "stall", "-"]]
+    assert tsv_rows(tsv) == [
+        ["99", "stall", "31", "4", "stall", "-"],
+        ["99", "verdict", "31", "-", "hung", "-"],
+    ]
 
 
 def test_heartbeat_file(tmp_path: Path) -> None:

@@ -75,7 +75,10 @@ class Watch:
         env: Optional[dict[str, str]] = None,
         wait_ready: bool = True,
         preexec: Optional[Callable[[], None]] = None,
+        log_file: Optional[Path] = None,
     ) -> None:
+        """``log_file``: stderr goes there (readable while the daemon runs)
+        instead of a pipe; :attr:`stderr` holds it once the daemon ended."""
         self.tmp = tmp
         self.sock = tmp / "watch.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -87,10 +90,12 @@ class Watch:
         full_env["NOTIFY_SOCKET"] = str(self.notify_path)
         self.argv = [*WATCH_CMD, "--socket", str(self.sock), "--threshold-ms", str(threshold_ms)]
         self.argv += args
+        self.log_file = log_file
+        self._log = None if log_file is None else open(log_file, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.argv,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.PIPE if self._log is None else self._log,
             text=True,
             env=full_env,
             preexec_fn=no_core if preexec is None else lambda: (no_core(), preexec()),
@@ -129,6 +134,9 @@ class Watch:
         """Wait for the process to end by itself; returns its exit status."""
         _, self.stderr = self.proc.communicate(timeout=timeout)
         self.notify.close()
+        if self._log is not None and self.log_file is not None:
+            self._log.close()
+            self.stderr = self.log_file.read_text()
         return self.proc.returncode
 
     def kill(self) -> None:

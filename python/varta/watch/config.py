@@ -128,6 +128,7 @@ class WatchConfig:
     strict_namespace_check: bool = False
     signal_handler_mode: str = "direct"
     inject_wedge_ms: Optional[int] = None
+    inject_wedge_after_ms: int = 0
     log_format: str = "text"
     #: Startup warnings found while validating (printed by the daemon, not errors).
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -399,6 +400,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              "SIGINT/SIGTERM handlers: raw rt_sigaction + readback + SIGUSR1 self-test, "
              "or sigaction(3); Linux only"),
         Flag("--inject-wedge-ms", "0..u64", "MS", "", "test aid: sleep once in iteration 1"),
+        Flag("--inject-wedge-after-ms", "0..u64", "MS", "0",
+             "test aid: the --inject-wedge-ms sleep waits for this uptime (varta addition)"),
         Flag("--log-format", "text|json", "text|json", "text",
              "stderr log lines (varta addition)"),
     ]),

@@ -749,7 +749,10 @@ class Daemon:
         self.logs.log("ctrunc", logging.WARNING, f"control data truncated: {ev.error}")
 
     def _on_blind(self, ev: varta.Blind) -> None:
-        log.warning(
+        # Short gaps are scheduling noise on a busy host; long ones matter.
+        long_gap = ev.duration_ns * 4 >= self.cfg.threshold_ms * 1_000_000
+        log.log(
+            logging.WARNING if long_gap else logging.INFO,
             f"observer was blind for {ev.duration_ns // 1_000_000} ms (stopped, or not "
             "scheduled); stall deadlines extended by that much",
             extra={"blind_ms": ev.duration_ns // 1_000_000},
@@ -814,9 +817,17 @@ class Daemon:
                     )
         if self.box.wanted:
             self.box.publish(self.snapshot())
-        if self._wedge_pending:
+        if self._wedge_pending and (
+            time.monotonic() - self.state.started >= self.cfg.inject_wedge_after_ms / 1000.0
+        ):
+            # Test aid: the Python side stops (ingest runs on; docs/verdicts.md).
             self._wedge_pending = False
             assert self.cfg.inject_wedge_ms is not None
+            tracked = obs.counters().get("watch_pids_tracked", 0)
+            log.warning(
+                f"test aid: wedging the poll loop for {self.cfg.inject_wedge_ms} ms "
+                f"({tracked} agents tracked)"
+            )
             time.sleep(self.cfg.inject_wedge_ms / 1000.0)
 
     def _housekeeping(self, obs: ObserverLike, t_iter: float, idle: float) -> None:

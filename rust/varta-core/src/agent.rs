@@ -411,6 +411,8 @@ pub struct Agent<T: Transport, H: Host = SystemHost> {
     /// [`Host::incarnation`] at connect / last recovery (`None`: unsupported).
     connect_incarnation: Option<u64>,
     fork_recoveries: u64,
+    /// The last frame sent was a terminal frame (until the next beat).
+    signed_off: bool,
     scratch: [u8; FRAME_LEN],
 }
 
@@ -471,6 +473,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
             connect_fork_epoch,
             connect_incarnation,
             fork_recoveries: 0,
+            signed_off: false,
             scratch: [0; FRAME_LEN],
         })
     }
@@ -583,11 +586,18 @@ impl<T: Transport, H: Host> Agent<T, H> {
         .encode_into(&mut self.scratch);
         let outcome = self.send_scratch();
         if outcome.is_sent() {
+            self.signed_off = true;
             if let Some(t) = self.transport.as_mut() {
                 t.commit_sent();
             }
         }
         outcome
+    }
+
+    /// The last frame sent was a terminal frame: the agent has signed off
+    /// (a clean close need not send another).
+    pub fn signed_off(&self) -> bool {
+        self.signed_off
     }
 
     /// Rebuild the transport (`agent.md` §7): transactional, keeps the nonce
@@ -758,6 +768,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// §6: only a `Sent` beat commits nonce, timestamp and transport state.
     #[inline]
     fn commit(&mut self, nonce: u64, timestamp: u64, wrapped: bool) {
+        self.signed_off = false;
         self.nonce = nonce;
         self.last_timestamp = timestamp;
         if let Some(t) = self.transport.as_mut() {

@@ -559,9 +559,15 @@ impl PyVarta {
         slf
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py, false)?;
+    /// Leaving the block normally is a clean exit: the agent signs off with
+    /// the clean-exit terminal frame, so an observer reports `exited`
+    /// instead of a stall (`docs/verdicts.md`). Leaving it by an exception
+    /// only closes: the crash hook, if installed, speaks for a crash.
+    #[pyo3(signature = (*exc))]
+    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        let clean = exc.iter().next().is_none_or(|t| t.is_none());
+        let signed_off = self.lock(py).signed_off();
+        self.close(py, clean && !signed_off)?;
         Ok(false)
     }
 
