@@ -133,5 +133,9 @@ def test_upstream_agent_beats_stalls_and_crashes(upstream_python: str, sock_path
         c = obs.counters()
         assert (c["beats"], c["stalls"], c["frame_auth_failures"], c["io_errors"]) == (5, 2, 0, 0)
         assert c["stall_verdicts"] == {
-            "hung": 1, "exited": 0, "crashed": 1, "vanished": 0, "unknown": 0
+            "hung": 1,
+            "exited": 0,
+            "crashed": 1,
+            "vanished": 0,
+            "unknown": 0,
         }

@@ -107,7 +107,10 @@ def test_a_deploy_recovers_nothing_and_a_kill_recovers_with_its_verdict(tmp_path
     assert code == 0, watch.stderr
     assert out.read_text() == f"vanished {killed}\n"  # the clean exit ran nothing
     kinds = [(r[3], r[4], r[5]) for r in audit_rows(audit) if r[3] in ("verdict", "spawn")]
-    assert kinds[0] == ("verdict", str(killed), "vanished") and kinds[1][:2] == ("spawn", str(killed))
+    assert kinds[0] == ("verdict", str(killed), "vanished") and kinds[1][:2] == (
+        "spawn",
+        str(killed),
+    )
     assert len(kinds) == 2
     assert f"pid {clean} (python) exited cleanly" in watch.stderr or (
         f"pid {clean} (" in watch.stderr and ") exited cleanly" in watch.stderr

@@ -91,7 +91,7 @@ class Watch:
         self.argv = [*WATCH_CMD, "--socket", str(self.sock), "--threshold-ms", str(threshold_ms)]
         self.argv += args
         self.log_file = log_file
-        self._log = None if log_file is None else open(log_file, "w")  # noqa: SIM115
+        self._log = None if log_file is None else open(log_file, "w")
         self.proc = subprocess.Popen(
             self.argv,
             stdout=subprocess.PIPE,

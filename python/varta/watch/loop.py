@@ -114,7 +114,9 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
     if verdict is varta.Verdict.HUNG:
         return f"{who} hung: alive but silent for {silent_ms} ms"
     if verdict is varta.Verdict.EXITED:
-        return f"{who} exited cleanly" if cause in (None, "clean_exit") else f"{who} exited on {cause}"
+        return (
+            f"{who} exited cleanly" if cause in (None, "clean_exit") else f"{who} exited on {cause}"
+        )
     if verdict is varta.Verdict.CRASHED:
         return f"{who} crashed" + ("" if cause in (None, "crash") else f" ({cause})")
     if verdict is varta.Verdict.VANISHED:

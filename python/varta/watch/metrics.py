@@ -162,7 +162,7 @@ varta_watch_pids_tracked | g | - | Pids currently tracked.
 varta_stall_verdicts_total | c | verdict | Stalls by verdict (docs/verdicts.md).
 varta_tracker_retired_total | c | - | Tracker slots retired because their agent ended.
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
-varta_observer_blind_seconds_total | c | - | Time the observer could not look; deadlines moved by it.
+varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
 varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
 """
 
@@ -282,7 +282,7 @@ class ServeStats:
 
 
 class VartaCollector(Collector):
-    """Yields every family of :data:`FAMILIES` from the latest snapshot plus live thread-safe sources."""
+    """Yields every family of :data:`FAMILIES` from the latest snapshot plus live sources."""
 
     def __init__(
         self,

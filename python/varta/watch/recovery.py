@@ -5,7 +5,8 @@ into a program and its arguments; the stalled pid is substituted for every
 ``{pid}`` in the arguments, or appended as the last argument when no argument
 holds ``{pid}``; ``{verdict}`` becomes the stall's verdict (``hung``, …).
 Only stalls whose verdict is in ``recovery_on`` are acted on (default
-``hung,crashed,vanished``: a clean exit never triggers recovery). The child is started with ``fork``/``exec`` directly (through
+``hung,crashed,vanished``: a clean exit never triggers recovery). The child
+is started with ``fork``/``exec`` directly (through
 :class:`subprocess.Popen` with ``shell=False``), its ``PATH`` lookup uses the
 *child's* ``PATH`` (``/usr/bin:/bin`` unless ``--recovery-inherit-env``), and
 the observer never waits for it: :meth:`RecoveryRunner.reap` collects exited

@@ -626,7 +626,11 @@ fn send_terminal_emits_critical_terminal_frames_without_touching_the_session() {
     assert!(a.send_terminal().is_sent());
     assert!(a.beat(Status::Ok, 0).is_sent());
     let f = fake.frames();
-    assert!(f[1].is_terminal() && f[1].status == Status::Critical && f[1].payload == varta_core::observer::verdict::PAYLOAD_CLEAN_EXIT);
+    assert!(
+        f[1].is_terminal()
+            && f[1].status == Status::Critical
+            && f[1].payload == varta_core::observer::verdict::PAYLOAD_CLEAN_EXIT
+    );
     assert!(f[1].timestamp >= 1 && f[2].timestamp > f[1].timestamp);
     assert_eq!(f[3].nonce, 2, "regular nonce unaffected");
     assert_eq!(fake.w().commits, 4);

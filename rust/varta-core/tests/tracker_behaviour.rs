@@ -5,11 +5,11 @@ use varta_core::observer::bench::{
     bench_tracker, bench_tracker_scaling, bench_tracker_scaling_layout, PidLayout,
 };
 use varta_core::observer::clock::{Clock, FakeClock};
+use varta_core::observer::tracker::ExitOutcome;
 use varta_core::observer::tracker::{
-    BeatOrigin, EvictionPolicy, RecordOutcome, StallInfo, StallDecision, Tracker, TrackerConfig,
+    BeatOrigin, EvictionPolicy, RecordOutcome, StallDecision, StallInfo, Tracker, TrackerConfig,
     TrackerConfigError, MAX_CAPACITY, NONCE_WRAP_THRESHOLD,
 };
-use varta_core::observer::tracker::ExitOutcome;
 use varta_core::observer::verdict::{TerminalCause, PAYLOAD_CLEAN_EXIT};
 use varta_core::observer::Verdict;
 
@@ -938,7 +938,13 @@ fn the_last_terminal_cause_is_kept_until_a_regular_beat() {
     let mut t = small();
     t.record(&beat(7, 1), KA, None, Some(5), 0);
     assert_eq!(t.get(7).unwrap().terminal_cause, None);
-    t.record(&terminal_with(7, 1, PAYLOAD_CLEAN_EXIT), KA, None, Some(5), 1);
+    t.record(
+        &terminal_with(7, 1, PAYLOAD_CLEAN_EXIT),
+        KA,
+        None,
+        Some(5),
+        1,
+    );
     assert_eq!(
         t.get(7).unwrap().terminal_cause,
         Some(TerminalCause::CleanExit)
@@ -953,7 +959,13 @@ fn the_last_terminal_cause_is_kept_until_a_regular_beat() {
 fn an_exit_is_reported_once_and_retires_the_slot() {
     let mut t = small();
     t.record(&beat(7, 1), KA, None, Some(5), 0);
-    t.record(&terminal_with(7, 1, PAYLOAD_CLEAN_EXIT), KA, None, Some(5), 1);
+    t.record(
+        &terminal_with(7, 1, PAYLOAD_CLEAN_EXIT),
+        KA,
+        None,
+        Some(5),
+        1,
+    );
     t.record(&beat(8, 1), KA, None, Some(6), 1);
     t.record(&beat(9, 1), BeatOrigin::SocketModeOnly, None, None, 1);
     // A different generation, or an unattested slot, is not that process.

@@ -139,9 +139,8 @@ pub fn verdict_obj(py: Python<'_>, v: Verdict) -> PyResult<Py<PyAny>> {
 /// Accept a `Verdict` member or its name.
 pub fn extract_verdict(v: &Bound<'_, PyAny>) -> PyResult<Verdict> {
     let name: String = v.str()?.extract()?;
-    Verdict::from_name(&name).ok_or_else(|| {
-        pyo3::exceptions::PyValueError::new_err(format!("unknown verdict {name:?}"))
-    })
+    Verdict::from_name(&name)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown verdict {name:?}")))
 }
 
 /// The cached `varta.BeatOrigin` member for a core origin.

@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(d.pop_due(109), None);
         // A deadline armed after the shift still sorts by its due time.
         d.arm(3, 112);
-        assert_eq!(d.iter().collect::<Vec<_>>(), vec![(1, 110), (3, 112), (2, 115)]);
+        assert_eq!(
+            d.iter().collect::<Vec<_>>(),
+            vec![(1, 110), (3, 112), (2, 115)]
+        );
         assert_eq!(d.pop_due(110), Some((1, 110)));
     }
 

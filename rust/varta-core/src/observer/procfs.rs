@@ -130,7 +130,9 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// `/proc/<pid>/stat` line.
 pub fn parse_stat_state(stat: &[u8]) -> Option<(u8, u64)> {
     let close = stat.iter().rposition(|&c| c == b')')?;
-    let state = *stat[close + 1..].iter().find(|c| !c.is_ascii_whitespace())?;
+    let state = *stat[close + 1..]
+        .iter()
+        .find(|c| !c.is_ascii_whitespace())?;
     Some((state, parse_stat_start_time(stat)?))
 }
 
@@ -284,12 +286,16 @@ mod tests {
 
     #[test]
     fn stat_state_and_comm() {
-        let line = b"1234 (a) b) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let line =
+            b"1234 (a) b) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat_state(line), Some((b'Z', 987_654)));
         let me = std::process::id();
         assert_eq!(stat_state(me).map(|s| s.1), start_time(me));
         assert!(!comm(me).unwrap().as_bytes().is_empty());
-        assert_eq!(Comm::new(b"0123456789abcdefXYZ").as_bytes(), b"0123456789abcdef");
+        assert_eq!(
+            Comm::new(b"0123456789abcdefXYZ").as_bytes(),
+            b"0123456789abcdef"
+        );
     }
 
     #[test]

@@ -292,13 +292,7 @@ impl Pump {
         self.shared.stop.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: an 8-byte write to our eventfd; a full counter is fine.
-        unsafe {
-            libc::write(
-                self.shared.wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                8,
-            )
-        };
+        unsafe { libc::write(self.shared.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         let thread = lock(&self.thread).take();
         if let Some(t) = thread {
             let _ = t.join();

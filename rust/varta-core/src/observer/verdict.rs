@@ -153,10 +153,7 @@ impl Verdict {
 
     /// The process is known to be gone: its slot is retired after the verdict.
     pub const fn process_gone(self) -> bool {
-        matches!(
-            self,
-            Verdict::Exited | Verdict::Crashed | Verdict::Vanished
-        )
+        matches!(self, Verdict::Exited | Verdict::Crashed | Verdict::Vanished)
     }
 }
 
@@ -236,7 +233,10 @@ mod tests {
         assert_eq!(&signal_payload(15).to_le_bytes()[..3], b"SIG");
         // Unknown payloads and a signal tag without a number are crashes.
         assert_eq!(TerminalCause::from_payload(7), TerminalCause::Crash);
-        assert_eq!(TerminalCause::from_payload(SIGNAL_TAG), TerminalCause::Crash);
+        assert_eq!(
+            TerminalCause::from_payload(SIGNAL_TAG),
+            TerminalCause::Crash
+        );
     }
 
     #[test]
@@ -257,8 +257,14 @@ mod tests {
         assert_eq!(judge(KernelAttested, segv, Gone), Verdict::Crashed);
         assert_eq!(judge(NetworkUnverified, None, Unknown), Verdict::Unknown);
         assert_eq!(judge(SocketModeOnly, None, Unknown), Verdict::Unknown);
-        assert_eq!(judge(OperatorAttestedTransport, clean, Unknown), Verdict::Exited);
-        assert_eq!(judge(OperatorAttestedTransport, crash, Unknown), Verdict::Crashed);
+        assert_eq!(
+            judge(OperatorAttestedTransport, clean, Unknown),
+            Verdict::Exited
+        );
+        assert_eq!(
+            judge(OperatorAttestedTransport, crash, Unknown),
+            Verdict::Crashed
+        );
         for v in Verdict::ALL {
             assert_eq!(Verdict::from_name(v.as_str()), Some(v));
             assert_eq!(Verdict::from_u8(v as u8), Some(v));
