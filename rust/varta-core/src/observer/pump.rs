@@ -146,6 +146,8 @@ impl Pump {
         let wake = Arc::new(eventfd()?);
         let mut waiter = obs.waiter();
         waiter.add(Arc::clone(&wake));
+        // Blindness is measured from now: a thread slow to start is late too.
+        let started_ns = obs.now_ns();
         let shared = Arc::new(Shared {
             obs: Mutex::new(obs),
             queue: Mutex::new(Queue {
@@ -164,7 +166,7 @@ impl Pump {
             Some(
                 std::thread::Builder::new()
                     .name("varta-ingest".into())
-                    .spawn(move || ingest(&inner, &waiter))?,
+                    .spawn(move || ingest(&inner, &waiter, started_ns))?,
             )
         } else {
             None
@@ -313,9 +315,9 @@ impl Drop for Pump {
     }
 }
 
-fn ingest(shared: &Shared, waiter: &Waiter) {
+fn ingest(shared: &Shared, waiter: &Waiter, started_ns: u64) {
     let mut batch: Vec<Event> = Vec::with_capacity(256);
-    let mut last_look = lock(&shared.obs).now_ns();
+    let mut last_look = started_ns;
     while !shared.stop.load(Ordering::SeqCst) {
         let slice = lock(&shared.obs).wait_slice_ns(None);
         let waited = waiter.wait(Some(slice));
