@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Optional
 
-from .._types import NONCE_TERMINAL
+from .._types import NONCE_TERMINAL, terminal_cause
 
 HANG_EVERY = 15
 POLL_S = 0.05
@@ -128,11 +128,15 @@ def describe_row(cols: Sequence[str]) -> str:
     """One TSV event row (``observer.md`` §8) as a line for people."""
     _, kind, pid, nonce, status, payload = cols
     if kind == "beat" and nonce == str(NONCE_TERMINAL):
-        return f"exit   pid {pid}: terminal frame ({status}), a clean shutdown"
+        cause = terminal_cause(int(payload)).replace("_", " ")
+        return f"exit   pid {pid}: terminal frame ({status}), announcing a {cause}"
     if kind == "beat":
         return f"beat   pid {pid} nonce {nonce} {status} payload {payload}"
     if kind == "stall":
-        return f"STALL  pid {pid} (last nonce {nonce})"
+        shown = "terminal" if nonce == str(NONCE_TERMINAL) else nonce
+        return f"STALL  pid {pid} (last nonce {shown})"
+    if kind == "verdict":
+        return f"       verdict: {status}" + ("" if payload == "-" else f" ({payload})")
     if kind == "eviction":
         return f"evicted pid {pid}"
     if kind == "mismatch":

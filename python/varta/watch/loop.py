@@ -768,6 +768,8 @@ class Daemon:
             )
         elif d.outcome == "debounced":
             log.info(f"recovery for pid {d.agent_pid}: debounced ({d.reason})")
+        elif d.outcome == "skipped_verdict":
+            log.info(f"no recovery for pid {d.agent_pid}: verdict {d.verdict} (see --recovery-on)")
         else:
             log.warning(
                 f"recovery for pid {d.agent_pid}: {d.outcome}"
