@@ -33,20 +33,25 @@ from ._varta import (
 )
 
 # --- observer (issue: observer core) ---
+# Linux only: the native observer is built on Linux socket and process
+# interfaces; elsewhere the extension has the agent side alone.
 # isort: split
-from ._varta import (
-    AgentInfo,
-    AuthFailure,
-    Beat,
-    CtrlTruncated,
-    Decode,
-    Io,
-    NamespaceConflict,
-    Observer,
-    OriginConflict,
-    PidRows,
-    Stall,
-)
+import sys as _sys
+
+if _sys.platform == "linux":
+    from ._varta import (
+        AgentInfo,
+        AuthFailure,
+        Beat,
+        CtrlTruncated,
+        Decode,
+        Io,
+        NamespaceConflict,
+        Observer,
+        OriginConflict,
+        PidRows,
+        Stall,
+    )
 
 # --- secure transport (issue: network transports) ---
 # isort: split
@@ -77,16 +82,18 @@ __all__ = [
     "crc32c",
     "decode",
     "encode",
-    # observer
-    "AgentInfo",
-    "AuthFailure",
-    "Beat",
-    "CtrlTruncated",
-    "Decode",
-    "Io",
-    "NamespaceConflict",
-    "Observer",
-    "OriginConflict",
-    "PidRows",
-    "Stall",
 ]
+if _sys.platform == "linux":
+    __all__ += [
+        "AgentInfo",
+        "AuthFailure",
+        "Beat",
+        "CtrlTruncated",
+        "Decode",
+        "Io",
+        "NamespaceConflict",
+        "Observer",
+        "OriginConflict",
+        "PidRows",
+        "Stall",
+    ]
