@@ -1,4 +1,5 @@
-"""``/metrics`` rendering and the HTTP server (observer.md §9), without the native observer."""
+"""``/metrics`` rendering and the HTTP server (docs/observer.md#metrics), without the native
+observer."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from varta.watch.metrics import (
 )
 from watch_e2e import http_get, http_request
 
-# observer.md §9.2, all 65 families (name, type).
+# docs/observer.md#metric-families, all 65 families (name, type).
 SPEC_FAMILIES = """
 varta_beats_total c varta_stalls_total c varta_status g varta_tracker_evicted_total c
 varta_frame_auth_failures_total c varta_decode_errors_total c varta_io_errors_total c

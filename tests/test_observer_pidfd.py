@@ -1,4 +1,5 @@
-"""SO_PASSPIDFD-verified identity (observer.md §3 step 7, §5.1, §5.3): the
+"""SO_PASSPIDFD-verified identity (docs/observer.md#ingress step 7, #credentials,
+#namespaces-and-generations): the
 observer takes each sender's pidfd with its credentials and trusts a /proc
 identity read only if the sender is alive before and after it. Every pidfd
 received is closed (no descriptor leaks)."""

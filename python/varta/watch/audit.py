@@ -1,4 +1,4 @@
-"""Recovery audit log, schema v2 (``observer.md`` §7), and its verifier.
+"""Recovery audit log, schema v2 (``docs/observer.md#audit-log``), and its verifier.
 
 File layout::
 

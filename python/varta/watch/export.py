@@ -1,4 +1,4 @@
-"""TSV event file (``--export-file``, ``observer.md`` §8).
+"""TSV event file (``--export-file``, ``docs/observer.md#event-file``).
 
 Six TAB-separated columns per row, no header, decimal numbers::
 

@@ -1,4 +1,4 @@
-"""Prometheus ``/metrics`` for ``varta-watch`` (``observer.md`` §9).
+"""Prometheus ``/metrics`` for ``varta-watch`` (``docs/observer.md#metrics``).
 
 Data model: :class:`VartaCollector` is a ``prometheus_client`` custom collector
 on a private :class:`~prometheus_client.CollectorRegistry`; it yields

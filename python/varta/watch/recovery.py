@@ -1,4 +1,4 @@
-"""Recovery: run an operator command for a stalled agent (``observer.md`` §6).
+"""Recovery: run an operator command for a stalled agent (``docs/observer.md#recovery``).
 
 No shell is ever involved. The command line is split on Unicode whitespace
 into a program and its arguments; the stalled pid is substituted for every
@@ -30,7 +30,7 @@ from typing import IO, Callable, Literal, Optional, Protocol, Union
 
 from .secretfile import PathLike, read_secret_file
 
-# --- labels (observer.md §6.4, §9.2) -------------------------------------------------
+# --- labels (docs/observer.md#recovery-outcomes, #metric-families) ------------------------
 
 #: ``varta_recovery_outcomes_total{outcome}`` label values, in spec order.
 OUTCOMES: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-//! The heartbeat sender (`agent.md` §1–§10, §12; `vlp.md` §7).
+//! The heartbeat sender (`docs/agent.md#the-varta-object`, `docs/agent.md#threads-closing-and-allocation`; `docs/protocol.md#sender-rules`).
 //!
 //! [`Agent`] owns one [`Transport`] and one session: the committed nonce, the
 //! session clock, fork detection and the auto-reconnect window.
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 // Outcomes
 // ---------------------------------------------------------------------------
 
-/// Why a beat was dropped (`agent.md` §5). Transient: the next beat retries.
+/// Why a beat was dropped (`docs/agent.md#outcomes`). Transient: the next beat retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DropReason {
@@ -200,7 +200,7 @@ impl fmt::Display for BeatOutcome {
     }
 }
 
-/// Map a send error to an outcome (`agent.md` §5, first match wins). Uses the
+/// Map a send error to an outcome (`docs/agent.md#outcomes`, first match wins). Uses the
 /// platform's errno constants. Errors without an errno (custom transports)
 /// are matched on their `io::ErrorKind` in the same order.
 pub fn classify_send_error(err: &io::Error) -> BeatOutcome {
@@ -390,10 +390,10 @@ fn warn_nonce_wrap_once() {
 }
 
 /// Largest timestamp a regular beat may carry (u64::MAX is reserved on the
-/// wire, `vlp.md` §7; varta saturates one below it).
+/// wire, `docs/protocol.md#sender-rules`; varta saturates one below it).
 pub const TIMESTAMP_MAX: u64 = TIMESTAMP_RESERVED - 1;
 
-/// One transport + one session (`agent.md` §1).
+/// One transport + one session (`docs/agent.md#the-varta-object`).
 pub struct Agent<T: Transport, H: Host = SystemHost> {
     /// `None` after [`close`](Agent::close).
     transport: Option<T>,
@@ -434,7 +434,7 @@ impl Agent<DgramTransport> {
     }
 
     /// Plain UDP agent: wildcard ephemeral bind of `addr`'s family, connect.
-    /// No liveness check (`agent.md` §2).
+    /// No liveness check (`docs/agent.md#connecting`).
     pub fn connect_udp(addr: SocketAddr) -> io::Result<Self> {
         fork::register()?;
         Agent::new(DgramTransport::connect_udp(addr)?)
@@ -475,7 +475,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         })
     }
 
-    /// Emit one frame (`agent.md` §4). Never blocks, never allocates after
+    /// Emit one frame (`docs/agent.md#beating`). Never blocks, never allocates after
     /// connect (only a reconnect may), never panics.
     pub fn beat(&mut self, status: Status, payload: u32) -> BeatOutcome {
         // 1. Validate: Stall and reserved pids are programming errors.
@@ -554,7 +554,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
     }
 
     /// Emit the clean-exit terminal frame: `Critical`, `NONCE_TERMINAL`,
-    /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
+    /// timestamp from the process-wide terminal mark (`docs/agent.md#fork-safety`, `docs/agent.md#beyond-the-upstream-client`).
     /// Does not touch the regular nonce/timestamp or the drop window.
     pub fn send_terminal(&mut self) -> BeatOutcome {
         let pid = self.current_pid();
@@ -588,7 +588,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         outcome
     }
 
-    /// Rebuild the transport (`agent.md` §7): transactional, keeps the nonce
+    /// Rebuild the transport (`docs/agent.md#reconnecting`): transactional, keeps the nonce
     /// and the session clock, refreshes the connect pid and fork epoch.
     /// After `close()` fails with `EBADF`.
     pub fn reconnect(&mut self) -> io::Result<()> {

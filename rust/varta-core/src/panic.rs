@@ -1,4 +1,4 @@
-//! Crash-terminal frames (`agent.md` §11, §13 gaps 2–3).
+//! Crash-terminal frames (`docs/agent.md#crash-hooks`, `docs/agent.md#beyond-the-upstream-client` gaps 2–3).
 //!
 //! A dying process sends one terminal frame — `Critical`, `pid = getpid()` at
 //! fire time, `nonce = NONCE_TERMINAL`, `payload = 0`, timestamp claimed from

@@ -1,4 +1,4 @@
-//! Session rules of the agent (`agent.md` §4–§10, `vlp.md` §7) against a
+//! Session rules of the agent (`docs/agent.md#beating`, `docs/protocol.md#sender-rules`) against a
 //! scripted fake transport and an injectable clock/pid/fork epoch.
 
 use std::collections::VecDeque;

@@ -1,8 +1,8 @@
-//! Tracker-side counters (`observer.md` §9.2). Cumulative since the tracker
+//! Tracker-side counters (`docs/observer.md#metric-families`). Cumulative since the tracker
 //! was built (never drained); the observer reads them for `counters()` and the
 //! Prometheus families. Every increment saturates.
 
-/// Cumulative tracker counters. Field → `counters()` key (observer.md §9.2
+/// Cumulative tracker counters. Field → `counters()` key (docs/observer.md#metric-families
 /// family name without `varta_` / `_total`) is given by [`TrackerCounters::entries`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerCounters {

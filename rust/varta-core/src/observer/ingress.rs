@@ -1,4 +1,4 @@
-//! The observer: listeners → gates → tracker → events (`observer.md` §3, §5,
+//! The observer: listeners → gates → tracker → events (`docs/observer.md#ingress`, `docs/observer.md#peer-authentication`,
 //! §10.1 D7).
 //!
 //! [`Observer::drain_ready`] never blocks: it takes whatever datagrams are
@@ -76,7 +76,7 @@ pub struct ObserverConfig {
 }
 
 impl ObserverConfig {
-    /// Defaults of `observer.md` §1 for `threshold_ns`.
+    /// Defaults of `docs/configuration.md` for `threshold_ns`.
     pub fn new(socket_path: Option<PathBuf>, threshold_ns: u64) -> ObserverConfig {
         ObserverConfig {
             socket_path,
@@ -293,7 +293,7 @@ fn uds_received(l: &UdsListener, i: usize, own_uid: u32) -> Received<'_> {
     classify_uds(l.datagram(i), own_uid)
 }
 
-/// The Unix listener's own checks (`observer.md` §5.1), in order: control
+/// The Unix listener's own checks (`docs/observer.md#credentials`), in order: control
 /// truncation, length, credentials present, same uid; a kernel pid of 0 (a
 /// sender the kernel cannot map into our pid namespace) is not attested.
 fn classify_uds(d: Datagram<'_>, own_uid: u32) -> Received<'_> {
@@ -1031,7 +1031,7 @@ impl Observer {
         t
     }
 
-    /// Every counter of `observer.md` §9.2 the core owns, keyed by family
+    /// Every counter of `docs/observer.md#metric-families` the core owns, keyed by family
     /// name without `varta_` and `_total`; labelled families zero-filled.
     pub fn counters(&self) -> Vec<(&'static str, CounterValue)> {
         use CounterValue::{Int, Labels};

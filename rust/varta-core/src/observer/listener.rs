@@ -1,4 +1,4 @@
-//! The Unix-domain datagram listener (`observer.md` §1.1, §3, §5.1).
+//! The Unix-domain datagram listener (`docs/configuration.md#listeners-and-transports`, `docs/observer.md#ingress`, `docs/observer.md#credentials`).
 //!
 //! Binding follows upstream: the umask is tightened while `bind(2)` creates
 //! the socket file, then the file is `chmod`ed to the requested mode; a stale
@@ -844,7 +844,7 @@ pub fn thread_cpu_ns() -> u64 {
 /// frame-sized datagrams whose pid field matches the kernel pid arrived, or
 /// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
 /// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
-/// datagram's pidfd (the credential set of `observer.md` §5.1 on kernels
+/// datagram's pidfd (the credential set of `docs/observer.md#credentials` on kernels
 /// that have it; `ENOPROTOOPT` where they do not).
 #[doc(hidden)]
 pub fn bench_recv_floor(

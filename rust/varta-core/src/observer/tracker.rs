@@ -1,4 +1,4 @@
-//! Per-pid liveness tracker (`observer.md` §4).
+//! Per-pid liveness tracker (`docs/observer.md#tracker`).
 //!
 //! # API
 //! ```text
@@ -29,7 +29,7 @@
 //!   tags at once). A full line passes new pids to the next, up to
 //!   [`MAX_PROBE_LINES`] lines, and counts them (F14-style overflow counts,
 //!   no tombstones). Exhaustion → CapacityExceeded, counted.
-//!   The spec sketches upstream's per-pid linear probing (`observer.md`
+//!   The spec sketches upstream's per-pid linear probing (`docs/observer.md`
 //!   §4.1); the observable contract is the same, but at 100,000 agents its
 //!   one cache miss per beat cost 1.2–1.5× the per-beat time at 100.
 //! * deadlines: [`DeadlineList`] — armed slots ordered by `last_ns +

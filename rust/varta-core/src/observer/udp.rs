@@ -1,4 +1,4 @@
-//! UDP listeners (`observer.md` §1.1, §5.2; `vlp.md` §10): plaintext VLP
+//! UDP listeners (`docs/configuration.md#listeners-and-transports`, `docs/observer.md#origins`; `docs/protocol.md#secure-receiver`): plaintext VLP
 //! frames and ChaCha20-Poly1305 sealed frames, batched with `recvmmsg(2)`
 //! like the Unix listener and judged in the same round-robin `poll()`.
 //!
@@ -310,7 +310,7 @@ impl UdpListener {
     }
 
     /// Upkeep that must not wait for traffic: a secure listener's periodic
-    /// replay-table sweep (`vlp.md` §10.3), so senders silent for
+    /// replay-table sweep (`docs/protocol.md#sender-table`), so senders silent for
     /// `EVICTION_TTL` are forgotten on a quiet listener too. O(1) unless the
     /// sweep is due (every `EVICTION_INTERVAL`), then O(`MAX_SENDER_STATES`).
     pub fn maintain(&mut self, now_ns: u64) {

@@ -1,4 +1,4 @@
-//! The secure transport's crypto layer (`vlp.md` §8–§10): keys and key files,
+//! The secure transport's crypto layer (`docs/protocol.md#secure-transport`): keys and key files,
 //! HKDF derivations, ChaCha20-Poly1305 seal/open of the 60- and 64-byte
 //! frames, the sender-side session state machine and the receiver with its
 //! replay protection. No sockets in here: the agent's transport and the

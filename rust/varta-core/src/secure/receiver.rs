@@ -1,4 +1,4 @@
-//! The secure receive path (`vlp.md` §10.1): length dispatch, constant-count
+//! The secure receive path (`docs/protocol.md#secure-receiver`): length dispatch, constant-count
 //! trial opens, master-key path, base-frame decode, replay check, counters.
 //!
 //! The observer's secure UDP listener does `recv_from` into a buffer of at
@@ -69,7 +69,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// Name of the counter this rejection increments (observer.md §9.2,
+    /// Name of the counter this rejection increments (docs/observer.md#metric-families,
     /// without `varta_` and `_total`).
     pub const fn counter_name(self) -> &'static str {
         match self {
@@ -94,7 +94,7 @@ pub enum Opened {
     Rejected(RejectReason),
 }
 
-/// The receiver's counters (observer.md §9.2 names without `varta_`/`_total`).
+/// The receiver's counters (docs/observer.md#metric-families names without `varta_`/`_total`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SecureCounters {
     pub frame_decrypt_failures: u64,

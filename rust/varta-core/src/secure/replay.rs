@@ -1,4 +1,4 @@
-//! Secure replay protection (`vlp.md` §10.2) in a bounded sender table
+//! Secure replay protection (`docs/protocol.md#replay-protection`) in a bounded sender table
 //! (§10.3).
 //!
 //! State is keyed by the **authenticated inner pid** and is only touched after
