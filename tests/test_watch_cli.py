@@ -153,7 +153,7 @@ def test_socket_mode_forms(text: str, mode: int) -> None:
 # (extra argv, error kind, text the message must contain)
 BAD = [
     (["--bogus"], "UnknownFlag", "--bogus"),
-    (["--socket=/x"], "UnknownFlag", "--socket=/x"),
+    (["--socket=/x"], "DuplicateFlag", "--socket given more than once"),
     (["stray"], "UnknownFlag", "stray"),
     (["--sd-notify"], "UnknownFlag", "--sd-notify"),
     (["--uds-path", "/x"], "UnknownFlag", "--uds-path"),
