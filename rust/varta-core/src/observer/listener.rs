@@ -51,6 +51,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
+#[cfg(not(target_env = "musl"))]
+pub(crate) type RecvMmsgFlags = libc::c_int;
+/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
+#[cfg(target_env = "musl")]
+pub(crate) type RecvMmsgFlags = libc::c_uint;
+
 /// Datagrams taken per `recvmmsg(2)` call.
 pub const RECV_BATCH: usize = 64;
 /// Receive buffer per datagram: a frame plus one byte to spot over-long ones.
@@ -613,7 +620,7 @@ impl UdsListener {
                     self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     RECV_BATCH as u32,
-                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                    (libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as RecvMmsgFlags,
                     std::ptr::null_mut(),
                 )
             };

@@ -18,7 +18,7 @@
 //! shared gates.
 
 use super::ingress::{IngressCounters, Peer, Received};
-use super::listener::{get_int_opt, set_int_opt, RECV_BATCH};
+use super::listener::{get_int_opt, set_int_opt, RecvMmsgFlags, RECV_BATCH};
 use super::tracker::BeatOrigin;
 use crate::frame::FRAME_LEN;
 use crate::secure::{Opened, SecureReceiver, RECV_BUF_LEN};
@@ -198,7 +198,7 @@ impl UdpListener {
                     self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     RECV_BATCH as u32,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_DONTWAIT as RecvMmsgFlags,
                     std::ptr::null_mut(),
                 )
             };
