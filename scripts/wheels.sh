@@ -127,8 +127,10 @@ if [ "${VARTA_SKIP_SDIST_PARITY:-0}" != 1 ]; then
   step "sdist parity: building $(basename "$sdist") from source (release; takes minutes)"
   python3 -m venv "$scratch/sdist-venv"
   # A clean environment for the source build: no RUSTFLAGS that would
-  # replace build.rustflags from the sdist's .cargo/config.toml.
+  # replace build.rustflags from the sdist's .cargo/config.toml, and a target
+  # directory of its own, so nothing the wheel builds compiled is reused.
   env -u RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+    CARGO_TARGET_DIR="$root/target/sdist-check" \
     "$scratch/sdist-venv/bin/python" -m pip install -q --disable-pip-version-check --no-binary varta "$sdist"
   "$scratch/sdist-venv/bin/python" -I "$root/scripts/wheel_smoke.py" "$version" >/dev/null || fail "sdist install smoke test"
   seal() { "$1" -I "$root/bench/seal.py" --json | "$1" -c 'import json,sys; print(round(json.load(sys.stdin)["seal_ns"]))'; }
