@@ -220,7 +220,7 @@ def promtool_check(body: str) -> subprocess.CompletedProcess[str]:
 
 def assert_promtool_accepts(body: str) -> None:
     """Parse errors exit 1; lint findings exit 3. The only lint findings allowed are
-    about varta_recovery_duration_ns_sum, whose name §9.2 fixes."""
+    about varta_recovery_duration_ns_sum, whose name docs/observer.md#metric-families fixes."""
     res = promtool_check(body)
     assert res.returncode in (0, 3), res.stderr + res.stdout
     for line in (res.stdout + res.stderr).splitlines():

@@ -142,8 +142,9 @@ def test_sender_reaped_before_the_read_gets_no_trusted_generation(sock_path: str
         events = poll_until(obs, lambda e: isinstance(e, varta.Beat), within=10.0)
         assert len(events) == 1, events
         beat = events[0]
-        # §5.3: the pidfd reports the exit, so the identity is not trusted;
-        # §3 step 8: a first contact without one is SocketModeOnly.
+        # docs/observer.md#namespaces-and-generations: the pidfd reports the exit, so the
+        # identity is not trusted;
+        # docs/observer.md#ingress step 8: a first contact without one is SocketModeOnly.
         assert beat.pid == pid
         assert beat.origin == BeatOrigin.SOCKET_MODE_ONLY
         assert beat.pid_ns_inode is None

@@ -532,7 +532,8 @@ def log_level(cfg: WatchConfig, environ: Optional[dict[str, str]] = None) -> str
 
 
 def _cross_checks(cfg: WatchConfig) -> WatchConfig:
-    """The rules that involve more than one flag (§1 end, D8)."""
+    """The rules that involve more than one flag (docs/configuration.md#rules-between-flags;
+    the token rule: docs/observer.md#differences-from-upstream)."""
     warnings: list[str] = []
     # read-timeout ceiling from the self-watchdog
     if (

@@ -70,8 +70,8 @@ def decode_payload(error: object) -> str:
 
 
 class TsvExporter:
-    """Appends §8 rows to *path* (created 0600; an existing file must be a regular
-    file owned by us with one hard link and not a symlink)."""
+    """Appends docs/observer.md#event-file rows to *path* (created 0600; an existing file
+    must be a regular file owned by us with one hard link and not a symlink)."""
 
     def __init__(
         self, path: PathLike, max_bytes: Optional[int] = None, sync_every: int = 0

@@ -22,7 +22,7 @@ from typing import Callable, Optional, TextIO
 LOGGER_NAME = "varta.watch"
 PROG = "varta-watch"
 
-#: ``varta_log_suppressed_total{kind}`` label values (§9.2).
+#: ``varta_log_suppressed_total{kind}`` label values (docs/observer.md#metric-families).
 SUPPRESSED_KINDS: tuple[str, ...] = (
     "file_export_io",
     "audit_io",

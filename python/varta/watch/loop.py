@@ -16,7 +16,8 @@ optional self-watchdog are daemon threads. Each iteration:
 6. **housekeeping** — heartbeat file, hardware watchdog kick, loop histograms.
 
 SIGINT/SIGTERM set a latch checked every iteration (the wait is bounded by
-``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows §10.2.
+``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows
+docs/observer.md#signals-and-shutdown.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from .secretfile import read_secret_file
 
 T = TypeVar("T")
 
-#: Self-watchdog limits per stage (§10.3), seconds.
+#: Self-watchdog limits per stage (docs/observer.md#systemd-and-watchdogs), seconds.
 STAGE_LIMITS_S: Mapping[str, float] = {
     "drain_pending": 2.0,
     "poll": 2.0,
@@ -174,7 +175,8 @@ class LoopState:
 
 
 class SelfWatchdog:
-    """§10.3: abort when the loop stops making progress; feed systemd's watchdog."""
+    """Abort when the loop stops making progress; feed systemd's watchdog
+    (docs/observer.md#systemd-and-watchdogs)."""
 
     def __init__(self, state: LoopState, limit_s: float, watchdog_usec: Optional[int]) -> None:
         self.state = state
@@ -215,7 +217,8 @@ class SelfWatchdog:
 
 
 class HwWatchdog:
-    """§10.4: a write-only character device kicked once per iteration."""
+    """A write-only character device kicked once per iteration
+    (docs/observer.md#systemd-and-watchdogs)."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -856,7 +859,7 @@ class Daemon:
             last_loop_unix=self.state.last_loop_unix,
         )
 
-    # --- shutdown (§10.2) ----------------------------------------------------------
+    # --- shutdown (docs/observer.md#signals-and-shutdown) -----------------------------
 
     def shutdown(self) -> None:
         self.stop_requested = True

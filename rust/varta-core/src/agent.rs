@@ -527,7 +527,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
                 if self.reconnect_after == 0 || self.consecutive_dropped < self.reconnect_after {
                     return outcome;
                 }
-                // §8: reconnect; on failure the count stays, so the next drop
+                // docs/agent.md#auto-reconnect: reconnect; on failure the count stays, so the next drop
                 // retries at once, and the original outcome is returned.
                 if self.reconnect_inner().is_err() {
                     return outcome;
@@ -601,7 +601,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         Ok(())
     }
 
-    /// `n = 0` disables auto-reconnect (§8). Resets the drop count.
+    /// `n = 0` disables auto-reconnect (docs/agent.md#auto-reconnect). Resets the drop count.
     pub fn set_reconnect_after(&mut self, n: u32) {
         self.reconnect_after = n;
         self.consecutive_dropped = 0;
@@ -676,7 +676,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
 
     // --- internals --------------------------------------------------------
 
-    /// §4 step 3 / §10: on a pid or epoch change, reconnect and reset the
+    /// docs/agent.md#beating step 3 / docs/agent.md#fork-safety: on a pid or epoch change, reconnect and reset the
     /// session. On failure nothing is touched.
     fn check_fork(&mut self, pid: u32) -> io::Result<()> {
         if pid == self.connect_pid
@@ -726,7 +726,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
     }
 
-    /// §4 step 5: ns since start, saturated below the reserved value, clamped
+    /// docs/agent.md#beating step 5: ns since start, saturated below the reserved value, clamped
     /// to the last committed timestamp; a backwards raw clock is counted.
     #[inline]
     fn candidate_timestamp(&mut self) -> u64 {
@@ -753,7 +753,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
     }
 
-    /// §6: only a `Sent` beat commits nonce, timestamp and transport state.
+    /// docs/agent.md#commit-on-success: only a `Sent` beat commits nonce, timestamp and transport state.
     #[inline]
     fn commit(&mut self, nonce: u64, timestamp: u64, wrapped: bool) {
         self.nonce = nonce;

@@ -527,7 +527,7 @@ fn manual_reconnect_refreshes_the_fork_snapshot() {
     assert_eq!(fake.nonces(), vec![1, 2]);
 }
 
-// --- auto-reconnect (§8, Rust contract) --------------------------------------
+// --- auto-reconnect (docs/agent.md#auto-reconnect, Rust contract) --------------------------------------
 
 #[test]
 fn auto_reconnect_after_n_drops_resends_the_same_frame() {

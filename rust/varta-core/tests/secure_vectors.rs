@@ -67,7 +67,7 @@ fn secure_frame_vectors() {
                 let mut back = [0u8; 32];
                 assert!(open_shared(&key, &want, &mut back), "{id}: open");
                 assert_eq!(back, pt, "{id}");
-                // The plaintext is a valid frame (the §8.5 example).
+                // The plaintext is a valid frame (the docs/protocol.md#reference-values example).
                 assert_eq!(
                     Frame::decode(&back).unwrap(),
                     Frame {

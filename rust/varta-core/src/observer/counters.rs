@@ -12,7 +12,7 @@ pub struct TrackerCounters {
     pub stalls: u64,
     /// Regular frames at or below the last nonce and repeated terminals.
     pub out_of_order: u64,
-    /// Slots reclaimed by eviction (§4.4).
+    /// Slots reclaimed by eviction (docs/observer.md#eviction).
     pub tracker_evicted: u64,
     /// New pids dropped because the table was full (or the index probe ran out).
     pub capacity_exceeded: u64,

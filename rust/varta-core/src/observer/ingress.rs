@@ -1,5 +1,5 @@
 //! The observer: listeners → gates → tracker → events (`docs/observer.md#ingress`, `docs/observer.md#peer-authentication`,
-//! §10.1 D7).
+//! docs/observer.md#main-loop).
 //!
 //! [`Observer::drain_ready`] never blocks: it takes whatever datagrams are
 //! queued (round-robin over listeners, one batch each per pass, bounded per
@@ -162,7 +162,7 @@ impl From<TrackerConfigError> for ObserverError {
 pub struct Peer {
     /// Kernel-attested sender pid (never 0); `None` = not verified.
     pub kernel_pid: Option<u32>,
-    /// Origin before the identity step (§3 step 8 may lower it).
+    /// Origin before the identity step (docs/observer.md#ingress step 8 may lower it).
     pub origin: BeatOrigin,
     /// A Unix-socket peer: its `/proc` identity is read and a raw
     /// credential cannot "repair" a downgraded slot past the limiter.
@@ -278,7 +278,7 @@ impl Listener {
 /// What a listener may use while judging one datagram.
 #[derive(Debug)]
 pub struct RecvCtx<'c> {
-    /// The observer's uid (same-uid rule, §5.1).
+    /// The observer's uid (same-uid rule, docs/observer.md#credentials).
     pub own_uid: u32,
     /// Observer time of the batch.
     pub now_ns: u64,
@@ -358,7 +358,7 @@ pub struct IngressCounters {
     pub identity_pidfd_verified: u64,
     /// `/proc` identity reads refused because the sender's pidfd showed it
     /// exited (or none came with the datagram): treated as unreadable
-    /// identity (§3 step 8). Not a Prometheus family.
+    /// identity (docs/observer.md#ingress step 8). Not a Prometheus family.
     pub identity_sender_exited: u64,
 }
 
@@ -382,7 +382,7 @@ pub enum CounterValue {
     Labels(Vec<(&'static str, u64)>),
 }
 
-/// Global token bucket in milli-tokens with lazy refill (§1.2).
+/// Global token bucket in milli-tokens with lazy refill (docs/configuration.md#rate-limits).
 #[derive(Clone, Copy, Debug)]
 struct TokenBucket {
     /// Tokens per second; 0 = off.
@@ -519,7 +519,7 @@ impl Gates {
     /// whenever something is unknown.
     ///
     /// A read is checked against the sender's pidfd when the listener has
-    /// one (§5.3: "trusted only if the sender is alive before and after"):
+    /// one (docs/observer.md#namespaces-and-generations: "trusted only if the sender is alive before and after"):
     /// a sender that exited before or during the read may have left its pid
     /// to another process, whose namespace and start time we would pin. Such
     /// a read — or a datagram whose pidfd the kernel could not supply — is
@@ -697,7 +697,7 @@ impl Gates {
             return;
         }
         self.tracker.expire_with(now, usize::MAX, &mut |s| {
-            // §4.5: a kernel-attested slot whose process was replaced
+            // docs/observer.md#release: a kernel-attested slot whose process was replaced
             // (live start time differs) is retired, not stalled.
             if s.origin == BeatOrigin::KernelAttested {
                 if let (Some(g), Some(live)) = (s.generation, procfs::start_time(s.pid)) {

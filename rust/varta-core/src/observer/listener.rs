@@ -5,7 +5,7 @@
 //! socket file (nobody answers a probe `connect`) is replaced, a live one or a
 //! non-socket file is refused with `EADDRINUSE`. `SO_PASSCRED` is mandatory,
 //! so every datagram carries the sender's kernel-attested pid/uid/gid.
-//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (§5.1):
+//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (docs/observer.md#credentials):
 //! every datagram then also carries a pidfd of its sender (`SCM_PIDFD`), which
 //! pins *that* process, so a `/proc` identity read can be checked against the
 //! sender's death (see [`crate::observer::procfs::pidfd_exited`]). A kernel

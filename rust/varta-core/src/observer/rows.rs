@@ -52,7 +52,7 @@ impl RowColumn {
     }
 }
 
-/// Rows sorted by pid (the §9.1 order); pids are unique in a tracker.
+/// Rows sorted by pid (the docs/observer.md#per-pid-families order); pids are unique in a tracker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PidRows {
     rows: Vec<PidRow>,

@@ -33,7 +33,7 @@ use std::sync::Arc;
 /// datagram is seen as such.
 pub const PLAIN_RECV_LEN: usize = FRAME_LEN + 1;
 
-/// How far the operator trusts a UDP listener's transport (§5.2).
+/// How far the operator trusts a UDP listener's transport (docs/observer.md#origins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TransportTrust {
     /// Beats are `NetworkUnverified` (recovery refused).

@@ -11,7 +11,7 @@
 //! | [`seal`] | wire layouts and the allocation-free seal/open primitives |
 //! | [`session`] | [`SecureSession`]: salt, prefix rotation, counter, commit-on-success (sender) |
 //! | [`replay`] | [`ReplayTable`]: per-pid replay state in a fixed, preallocated table |
-//! | [`receiver`] | [`SecureReceiver`]: the §10.1 receive path with counters |
+//! | [`receiver`] | [`SecureReceiver`]: the docs/protocol.md#secure-receiver receive path with counters |
 //!
 //! The cryptography is the RustCrypto crates (`chacha20poly1305`, `hkdf`,
 //! `sha2`); nothing here implements a primitive.

@@ -27,7 +27,7 @@ pub const RECV_BUF_LEN: usize = MAX_WIRE_LEN + 1;
 pub struct ReceiverConfig {
     pub shared_keys: Vec<Key>,
     pub master_key: Option<Key>,
-    /// `session_restart_gap` (§10.2) = the observer's threshold, in ns.
+    /// `session_restart_gap` (docs/protocol.md#replay-protection) = the observer's threshold, in ns.
     pub session_restart_gap_ns: u64,
 }
 
@@ -87,7 +87,7 @@ pub enum Opened {
     /// Authenticated, decoded and fresh. Trust level is `NetworkUnverified`
     /// (or operator-attested); the observer decides.
     Accepted(Frame),
-    /// Opened but not a valid frame (§4): emit a Decode event and count
+    /// Opened but not a valid frame (docs/protocol.md#decoding-order): emit a Decode event and count
     /// `decode_errors{kind}`. No replay state was allocated.
     Decode(DecodeError),
     /// Dropped without an event; the matching counter was incremented.
