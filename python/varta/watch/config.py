@@ -558,7 +558,7 @@ def _cross_checks(cfg: WatchConfig) -> WatchConfig:
         )
     if cfg.recovery_inherit_env:
         warnings.append("--recovery-inherit-env: recovery children see the observer's environment")
-    # Prometheus (D8)
+    # Prometheus (docs/observer.md#differences-from-upstream: the token rule)
     if cfg.prom_token_file is not None and cfg.prom_addr is None:
         raise ConfigError("MutuallyExclusive", "--prom-token-file needs --prom-addr")
     if cfg.prom_addr is not None:
