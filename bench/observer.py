@@ -7,7 +7,7 @@ Build first with ``maturin develop --release``, then ``python bench/observer.py`
    the observer thread's CPU time per accepted beat is set against a bare
    Rust ``recvmsg`` loop with credentials fed by the same agents (the floor).
    Where the kernel has ``SO_PASSPIDFD`` (the observer then takes a pidfd of
-   every sender, observer.md 5.1) the same loop is also run with it, each
+   every sender, docs/observer.md#credentials) the same loop is also run with it, each
    pidfd closed, and that ratio is printed beside the target one
    (informational: the target stays against the plain floor).
 2. Stall-detection latency: paced agents are SIGSTOPped at known instants

@@ -87,7 +87,10 @@ impl Child {
 
     fn tell(&self, b: u8) {
         // SAFETY: one byte into our pipe.
-        assert_eq!(unsafe { libc::write(self.cmd, (&b as *const u8).cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::write(self.cmd, (&b as *const u8).cast(), 1) },
+            1
+        );
     }
 
     fn reap(&self) {
