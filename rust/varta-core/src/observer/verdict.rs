@@ -146,7 +146,7 @@ mod tests {
         // Unknown payloads and a signal tag without a number are crashes.
         assert_eq!(TerminalCause::from_payload(7), TerminalCause::Crash);
         assert_eq!(
-            TerminalCause::from_payload(SIGNAL_TAG),
+            TerminalCause::from_payload(u32::from_le_bytes(*b"SIG\0")),
             TerminalCause::Crash
         );
     }
