@@ -2,11 +2,13 @@
 
 Build first with ``maturin develop --release``, then ``python bench/metrics.py``.
 
-The three per-pid families (§9.1) dominate the body: ~100 bytes per pid. The
+The three per-pid families (docs/observer.md#per-pid-families) dominate the body:
+~100 bytes per pid. The
 baseline is what the daemon did before ``varta.PidRows``: one Python row
 object per pid copied on the poll loop, then one prometheus_client sample per
 pid and family, formatted in Python on the metrics thread. The serve stage's
-self-watchdog limit is 2 s (§10.3), so the render must stay well under it at
+self-watchdog limit is 2 s (docs/observer.md#systemd-and-watchdogs), so the render
+must stay well under it at
 the largest capacity (1,000,000).
 """
 

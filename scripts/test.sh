@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, self-sufficient on a fresh machine:
-# venv + tools, lints, cargo test (core, no libpython), extension build, pytest.
+# venv + tools, lints, cargo test (core, no libpython), extension build, docs
+# build, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -33,7 +34,7 @@ export VARTA_REQUIRE_UPSTREAM=1
 . "$venv/bin/activate"
 step "installing test tools"
 python -m pip install -q --disable-pip-version-check \
-  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff
+  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff 'mkdocs>=1.6,<2'
 
 # Prometheus (server + promtool) for the metrics integration tests.
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
@@ -55,10 +56,13 @@ step "building the extension (dev profile)"
 maturin develop -q
 
 step "python lints"
-ruff check python tests bench
-ruff format --check python tests bench
+ruff check python tests bench scripts
+ruff format --check python tests bench scripts
 mypy
 python -m mypy.stubtest varta._varta --allowlist "$root/tests/stubtest-allowlist.txt"
+
+step "docs (mkdocs build --strict: no warnings, no broken links or anchors)"
+bash scripts/docs.sh
 
 step "pytest"
 python -m pytest -q --timeout=180 -p no:cacheprovider "$@"

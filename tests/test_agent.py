@@ -1,5 +1,5 @@
 """The Python agent ``varta.Varta``: surface, frames on a live listener, errors,
-commit-on-success, reconnect rules, custom transports (``agent.md``)."""
+commit-on-success, reconnect rules, custom transports (``docs/agent.md``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``varta.Varta`` under threads and ``fork``, and its steady-state allocation
-behaviour (``agent.md`` §10, §12)."""
+behaviour (``docs/agent.md#fork-safety``, ``docs/agent.md#threads-closing-and-allocation``)."""
 
 from __future__ import annotations
 

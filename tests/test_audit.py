@@ -1,4 +1,4 @@
-"""Recovery audit log v2 (observer.md §7): format, chain, probe/repair, ring, sync,
+"""Recovery audit log v2 (docs/observer.md#audit-log): format, chain, probe/repair, ring, sync,
 rotation, and the verifier CLI."""
 
 from __future__ import annotations

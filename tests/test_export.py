@@ -1,4 +1,5 @@
-"""TSV event file (observer.md §8): every row kind, event objects, file rules, rotation."""
+"""TSV event file (docs/observer.md#event-file): every row kind, event objects, file rules,
+rotation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``varta.Key``, the key-file rules (``vlp.md`` §9.5, ``agent.md`` §3) and ``keygen``."""
+"""``varta.Key``, the key-file rules (``docs/protocol.md#key-files``, ``docs/agent.md#keys``)
+and ``keygen``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``/metrics`` rendering and the HTTP server (observer.md §9), without the native observer."""
+"""``/metrics`` rendering and the HTTP server (docs/observer.md#metrics), without the native
+observer."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from varta.watch.metrics import (
 )
 from watch_e2e import http_get, http_request
 
-# observer.md §9.2, all 65 families (name, type).
+# docs/observer.md#metric-families, all 65 families (name, type).
 SPEC_FAMILIES = """
 varta_beats_total c varta_stalls_total c varta_status g varta_tracker_evicted_total c
 varta_frame_auth_failures_total c varta_decode_errors_total c varta_io_errors_total c
@@ -227,7 +228,7 @@ def promtool_check(body: str) -> subprocess.CompletedProcess[str]:
 
 def assert_promtool_accepts(body: str) -> None:
     """Parse errors exit 1; lint findings exit 3. The only lint findings allowed are
-    about varta_recovery_duration_ns_sum, whose name §9.2 fixes."""
+    about varta_recovery_duration_ns_sum, whose name docs/observer.md#metric-families fixes."""
     res = promtool_check(body)
     assert res.returncode in (0, 3), res.stderr + res.stdout
     for line in (res.stdout + res.stderr).splitlines():

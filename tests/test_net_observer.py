@@ -1,7 +1,7 @@
 """UDP listeners of varta.Observer: plaintext and secure frames.
 
 Secure frames are sealed here with `cryptography` (ChaCha20-Poly1305, HKDF)
-as an independent implementation of vlp.md §8: nonce = iv_random(8) ||
+as an independent implementation of docs/protocol.md#secure-transport: nonce = iv_random(8) ||
 u32le(counter); shared wire = nonce || ct||tag (empty AAD); master wire =
 pid LE(4) || nonce || ct||tag with AAD = wire[0:4] and the agent key
 HKDF-SHA256(master, salt=None, info=b"varta-agent-v1\\0" + pid LE).

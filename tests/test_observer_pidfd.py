@@ -1,4 +1,5 @@
-"""SO_PASSPIDFD-verified identity (observer.md §3 step 7, §5.1, §5.3): the
+"""SO_PASSPIDFD-verified identity (docs/observer.md#ingress step 7, #credentials,
+#namespaces-and-generations): the
 observer takes each sender's pidfd with its credentials and trusts a /proc
 identity read only if the sender is alive before and after it. Every pidfd
 received is closed (no descriptor leaks)."""
@@ -154,8 +155,9 @@ def test_sender_reaped_before_the_read_gets_no_trusted_generation(sock_path: str
         events = poll_until(obs, lambda e: isinstance(e, varta.Beat), within=10.0)
         assert len(events) == 1, events
         beat = events[0]
-        # §5.3: the pidfd reports the exit, so the identity is not trusted;
-        # §3 step 8: a first contact without one is SocketModeOnly.
+        # docs/observer.md#namespaces-and-generations: the pidfd reports the exit, so the
+        # identity is not trusted;
+        # docs/observer.md#ingress step 8: a first contact without one is SocketModeOnly.
         assert beat.pid == pid
         assert beat.origin == BeatOrigin.SOCKET_MODE_ONLY
         assert beat.pid_ns_inode is None

@@ -65,7 +65,7 @@ NOBODY = 65534
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sending as another uid needs root (setuid to 65534)")
 def test_sender_with_another_uid_is_refused(sock_path: str) -> None:
-    # observer.md §5.1: a peer whose kernel uid differs from ours is an Io
+    # docs/observer.md#credentials: a peer whose kernel uid differs from ours is an Io
     # event (permission denied) and never reaches the tracker, even with a
     # socket mode that lets it send.
     os.chmod(os.path.dirname(sock_path), 0o755)

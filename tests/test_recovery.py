@@ -1,4 +1,4 @@
-"""Recovery runner (observer.md §6) with real child processes.
+"""Recovery runner (docs/observer.md#recovery) with real child processes.
 
 Time is injected: every ``now_ns`` the runner sees comes from the test, so
 debounce windows and timeouts are crossed by passing a later value, never by

@@ -1,4 +1,4 @@
-"""Secret-file and output-file open rules (observer.md §1, vlp.md §9.5)."""
+"""Secret-file and output-file open rules (docs/configuration.md, docs/protocol.md#key-files)."""
 
 from __future__ import annotations
 

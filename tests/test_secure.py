@@ -1,4 +1,5 @@
-"""Secure transport crypto (``vlp.md`` §8-§10) against an independent implementation.
+"""Secure transport crypto (``docs/protocol.md#secure-transport``) against an independent
+implementation.
 
 The reference side is the ``cryptography`` package (OpenSSL's ChaCha20-Poly1305
 and HKDF); our side is the native core through the underscored test helpers.
@@ -39,7 +40,8 @@ M = bytes(range(32))
 
 
 def ref_hkdf(ikm: bytes, info: bytes, length: int) -> bytes:
-    """Full HKDF-SHA256 with an EMPTY salt (salt=None), as vlp.md §9 requires."""
+    """Full HKDF-SHA256 with an EMPTY salt (salt=None), as docs/protocol.md#key-derivation
+    requires."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(ikm)
 
 
@@ -145,7 +147,8 @@ def test_every_secure_vector_both_implementations(vectors: dict[str, Any]) -> No
 
 def test_iv_prefix_vector_description_salt_is_wrong() -> None:
     # The vector's description says the session salt is also the HKDF salt;
-    # that gives 30cfa718..., the expected value needs an empty salt (vlp.md §9).
+    # that gives 30cfa718..., the expected value needs an empty salt
+    # (docs/protocol.md#key-derivation).
     salt = bytes(range(1, 17))
     info = b"varta-iv-prefix-v1\0\x07\0\0\0"
     wrong = HKDF(algorithm=hashes.SHA256(), length=8, salt=salt, info=info).derive(salt)
@@ -313,8 +316,8 @@ def test_replayed_and_stale_prefix_frames_are_refused() -> None:
     assert r.open(first, 4 * SEC) == ("rejected", "secure_replay_refused")
     assert r.counters()["secure_replay_refused"] == 4
     # ...but after the sender has been silent past the eviction TTL its state is
-    # gone and one captured frame is accepted again: the residual risk vlp.md
-    # §10.2 documents (one forged liveness beat; recovery stays gated).
+    # gone and one captured frame is accepted again: the residual risk
+    # docs/protocol.md#replay-protection documents (one forged liveness beat; recovery stays gated).
     assert r.open(first, 3600 * SEC)[0] == "accepted"
     assert r.open(first, 3600 * SEC) == ("rejected", "secure_replay_refused")
 

@@ -1,13 +1,18 @@
-"""``varta-watch`` command line: every flag parses, bad input exits 2 naming the flag."""
+"""``varta-watch`` command line: every flag parses, bad input exits 2 with one line
+naming the flag, ``--version``, ``--flag=value``, ``--log-level``."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import varta
 from varta.watch import cli
 from varta.watch.config import (
     FLAGS,
@@ -15,13 +20,15 @@ from varta.watch.config import (
     ConfigError,
     HelpRequested,
     PromAddr,
+    VersionRequested,
     WatchConfig,
+    log_level,
     parse_args,
 )
 
 BASE = ["--socket", "/tmp/varta-test.sock", "--threshold-ms", "100"]
 
-# Every flag of observer.md §1 (the help and the parser must know all of them).
+# Every flag of docs/configuration.md (the help and the parser must know all of them).
 SPEC_FLAGS = """
 --socket --threshold-ms --socket-mode --read-timeout-ms --uds-rcvbuf-bytes --udp-port
 --udp-bind-addr --key-file --accepted-key-file --master-key-file --i-accept-plaintext-udp
@@ -146,7 +153,7 @@ def test_socket_mode_forms(text: str, mode: int) -> None:
 # (extra argv, error kind, text the message must contain)
 BAD = [
     (["--bogus"], "UnknownFlag", "--bogus"),
-    (["--socket=/x"], "UnknownFlag", "--socket=/x"),
+    (["--socket=/x"], "DuplicateFlag", "--socket given more than once"),
     (["stray"], "UnknownFlag", "stray"),
     (["--sd-notify"], "UnknownFlag", "--sd-notify"),
     (["--uds-path", "/x"], "UnknownFlag", "--uds-path"),
@@ -232,10 +239,12 @@ def test_bad_flags_exit_2_naming_the_flag(
     code, out, err = run_main([*BASE, *extra], capsys)
     assert code == 2
     assert out == ""
+    assert err.count("\n") == 1, err  # one line, never the whole help
     first = err.splitlines()[0]
     assert first.startswith(f"varta-watch: {kind}: "), first
     assert needle in first
-    assert "usage: varta-watch" in err and "--shutdown-grace-ms" in err  # full help follows
+    assert first.endswith(" (see --help)")
+    assert "usage:" not in err
 
 
 @pytest.mark.parametrize("flag", sorted(REMOVED))
@@ -308,3 +317,154 @@ def test_real_process_exit_codes(tmp_path: object) -> None:
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("varta-watch: RemovedFlag: --recovery-cmd")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["--version"], capsys)
+    assert (code, out, err) == (0, f"varta-watch {varta.__version__}\n", "")
+    # wins over other tokens, like --help
+    assert run_main([*BASE, "--version"], capsys)[:2] == (0, f"varta-watch {varta.__version__}\n")
+    with pytest.raises(VersionRequested):
+        parse_args(["--version"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--socket=/tmp/x.sock", "--threshold-ms=250", "--recovery-env=K=V=W"],
+        ["--socket", "/tmp/x.sock", "--threshold-ms=250", "--recovery-env", "K=V=W"],
+    ],
+)
+def test_flag_equals_value(argv: list[str]) -> None:
+    cfg = parse_args([*argv, "--prom-addr=[::1]:0", "--log-level=debug"])
+    assert (cfg.socket, cfg.threshold_ms) == ("/tmp/x.sock", 250)
+    assert cfg.recovery_env == (("K", "V=W"),)
+    assert cfg.prom_addr == PromAddr("::1", 0)
+    assert cfg.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    "extra,kind,needle",
+    [
+        (["--threshold-ms=abc"], "DuplicateFlag", "--threshold-ms"),
+        (["--read-timeout-ms=0"], "BadValue", "--read-timeout-ms"),
+        (["--i-accept-plaintext-udp=yes"], "BadValue", "--i-accept-plaintext-udp takes no value"),
+        (["--bogus=1"], "UnknownFlag", "--bogus"),
+        (["--recovery-cmd=x"], "RemovedFlag", "--recovery-cmd"),
+        (["--recovery-exec", "--socket=/y"], "MissingValue", "--recovery-exec"),
+        (["--log-level", "loud"], "BadValue", "--log-level"),
+    ],
+)
+def test_flag_equals_value_errors(
+    extra: list[str], kind: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main([*BASE, *extra], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"varta-watch: {kind}: ") and needle in err, err
+    assert err.endswith(" (see --help)\n")
+
+
+def test_log_level_flag_env_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_args(BASE)
+    assert cfg.log_level is None
+    assert log_level(cfg, {}) == "info"
+    assert log_level(cfg, {"VARTA_LOG_LEVEL": "WARN"}) == "warn"
+    flagged = parse_args([*BASE, "--log-level", "error"])
+    assert log_level(flagged, {"VARTA_LOG_LEVEL": "debug"}) == "error"  # the flag wins
+    with pytest.raises(ConfigError) as info:
+        log_level(cfg, {"VARTA_LOG_LEVEL": "chatty"})
+    assert "VARTA_LOG_LEVEL" in str(info.value)
+    # the entry point turns a bad environment value into the one-line exit 2
+    monkeypatch.setenv("VARTA_LOG_LEVEL", "chatty")
+    assert cli.main([*BASE]) == 2
+
+
+def test_log_level_filters_lines(tmp_path: Path) -> None:
+    """A real daemon: warn hides the info startup lines, debug keeps them."""
+    sock = str(tmp_path / "w.sock")
+    argv = ["--socket", sock, "--threshold-ms", "100", "--shutdown-after-secs", "0"]
+    env = dict(os.environ, VARTA_LOG_LEVEL="warn")
+    quiet = subprocess.run(
+        [sys.executable, "-m", "varta", "watch", *argv],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr
+    assert "listening on" not in quiet.stderr
+    loud = subprocess.run(
+        [sys.executable, "-m", "varta", "watch", *argv, "--log-level=info"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert loud.returncode == 0, loud.stderr
+    assert f"listening on unix datagram socket {sock} (mode 0600)" in loud.stderr
+
+
+def test_startup_names_every_listener(tmp_path: Path) -> None:
+    sock = str(tmp_path / "w.sock")
+    out = subprocess.run(
+        [sys.executable, "-m", "varta", "watch", "--socket", sock, "--threshold-ms", "100",
+         "--udp-port", "0", "--udp-bind-addr", "127.0.0.1", "--i-accept-plaintext-udp",
+         "--prom-addr", "127.0.0.1:0", "--shutdown-after-secs", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"listening on unix datagram socket {sock}" in out.stderr
+    assert re.search(r"listening on UDP 127\.0\.0\.1:[1-9]\d* \(plaintext\)", out.stderr)
+    assert re.search(r"listening on http://127\.0\.0\.1:[1-9]\d*/metrics", out.stderr)
+
+
+def test_udp_port_in_use_names_the_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        sock = str(tmp_path / "w.sock")
+        out = subprocess.run(
+            [sys.executable, "-m", "varta", "watch", "--socket", sock, "--threshold-ms", "100",
+             "--udp-port", str(port), "--udp-bind-addr", "127.0.0.1", "--i-accept-plaintext-udp"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert f"cannot listen on UDP 127.0.0.1:{port} (--udp-port {port})" in out.stderr
+    assert "in use" in out.stderr
+    assert f"cannot listen on {sock}" not in out.stderr
+    assert not os.path.exists(sock)  # the Unix listener opened first is closed again
+
+
+def test_missing_socket_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    out = subprocess.run(
+        [sys.executable, "-m", "varta", "watch", "--socket", str(missing / "w.sock"),
+         "--threshold-ms", "100"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"socket directory {missing} does not exist" in out.stderr
+
+
+def test_python_m_varta_version_and_errors() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "varta", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"varta {varta.__version__}\n", "")
+    watch = subprocess.run(
+        [sys.executable, "-m", "varta", "watch", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (watch.returncode, watch.stdout) == (0, f"varta-watch {varta.__version__}\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "varta", "frobnicate"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == "varta: unknown command 'frobnicate' (see --help)\n"
+
+
+def test_console_scripts_are_declared() -> None:
+    """``varta`` and ``varta-watch`` console scripts point at the two entry points."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {
+        "varta-watch": "varta.watch.cli:main",
+        "varta": "varta.cli:main",
+    }

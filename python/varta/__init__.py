@@ -37,21 +37,26 @@ from ._varta import (
 )
 
 # --- observer (issue: observer core) ---
+# Linux only: the native observer is built on Linux socket and process
+# interfaces; elsewhere the extension has the agent side alone.
 # isort: split
-from ._varta import (
-    AgentInfo,
-    AuthFailure,
-    Beat,
-    Blind,
-    CtrlTruncated,
-    Decode,
-    Io,
-    NamespaceConflict,
-    Observer,
-    OriginConflict,
-    PidRows,
-    Stall,
-)
+import sys as _sys
+
+if _sys.platform == "linux":
+    from ._varta import (
+        AgentInfo,
+        AuthFailure,
+        Beat,
+        Blind,
+        CtrlTruncated,
+        Decode,
+        Io,
+        NamespaceConflict,
+        Observer,
+        OriginConflict,
+        PidRows,
+        Stall,
+    )
 
 # --- secure transport (issue: network transports) ---
 # isort: split
@@ -79,24 +84,26 @@ __all__ = [
     "StatusLike",
     "Varta",
     "__version__",
+    "Verdict",
     "classify_send_error",
     "signal_payload",
     "terminal_cause",
     "crc32c",
     "decode",
     "encode",
-    # observer
-    "AgentInfo",
-    "AuthFailure",
-    "Beat",
-    "Blind",
-    "CtrlTruncated",
-    "Decode",
-    "Io",
-    "NamespaceConflict",
-    "Observer",
-    "OriginConflict",
-    "PidRows",
-    "Stall",
-    "Verdict",
 ]
+if _sys.platform == "linux":
+    __all__ += [
+        "AgentInfo",
+        "AuthFailure",
+        "Beat",
+        "Blind",
+        "CtrlTruncated",
+        "Decode",
+        "Io",
+        "NamespaceConflict",
+        "Observer",
+        "OriginConflict",
+        "PidRows",
+        "Stall",
+    ]

@@ -18,7 +18,7 @@ NONCE_TERMINAL = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class Status(IntEnum):
-    """Beat status byte (``vlp.md`` §2.2). ``STALL`` is observer-only."""
+    """Beat status byte (``docs/protocol.md#status-byte``). ``STALL`` is observer-only."""
 
     OK = 0
     DEGRADED = 1
@@ -47,7 +47,7 @@ StatusLike = Union[Status, int, str]
 
 
 class BeatOrigin(IntEnum):
-    """How far the observer trusts the pid a beat claims (``observer.md`` §5.2).
+    """How far the observer trusts the pid a beat claims (``docs/observer.md#origins``).
 
     The value is the rank: a stronger origin replaces a slot's pin, a weaker
     one is an ``OriginConflict``. Recovery runs only for ``OPERATOR_ATTESTED_TRANSPORT``
@@ -303,7 +303,7 @@ _DROPPED = {r: BeatOutcome("dropped", reason=r) for r in DropReason}
 
 
 def classify_send_error(exc: OSError) -> BeatOutcome:
-    """Map a send ``OSError`` to an outcome (``agent.md`` §5, first match wins)."""
+    """Map a send ``OSError`` to an outcome (``docs/agent.md#outcomes``, first match wins)."""
     code = exc.errno
     if code == _errno.ENOBUFS:
         return _DROPPED[DropReason.KERNEL_QUEUE_FULL]

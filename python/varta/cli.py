@@ -1,4 +1,5 @@
-"""Dispatcher for ``python -m varta``. Each subcommand lives with its subsystem."""
+"""Dispatcher for ``python -m varta`` and the ``varta`` console script. Each
+subcommand lives with its subsystem."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import importlib
 import sys
 from typing import Callable, Optional, Sequence, cast
 
-USAGE = """usage: python -m varta <command> [args]
+USAGE = """usage: python -m varta <command> [args]   (or: varta <command> [args])
 
 commands:
   watch ...          run the varta-watch observer daemon (same flags as varta-watch)
   demo [--socket P]  varta-watch plus a demo agent beating into it (the main job)
   audit verify FILE  verify a recovery audit log's hash chain
   keygen FILE        write a new 32-byte key file (mode 0600)
+
+  -h, --help         print this help and exit
+  --version          print the version and exit
 """
 
 # command -> "module:function"; imported only when that command runs.
@@ -29,9 +33,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
+    if args[0] == "--version":
+        from ._varta import __version__
+
+        sys.stdout.write(f"varta {__version__}\n")
+        return 0
     target = COMMANDS.get(args[0])
     if target is None:
-        sys.stderr.write(f"varta: unknown command {args[0]!r}\n{USAGE}")
+        sys.stderr.write(f"varta: unknown command {args[0]!r} (see --help)\n")
         return 2
     module, func = target.split(":")
     entry = cast(Callable[[list[str]], int], getattr(importlib.import_module(module), func))

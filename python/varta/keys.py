@@ -1,4 +1,4 @@
-"""Key files for the secure UDP transport (``vlp.md`` §9.5).
+"""Key files for the secure UDP transport (``docs/protocol.md#key-files``).
 
 Format: 64 hex characters (either case, no ``0x``); surrounding whitespace is
 ignored. Secret-file rules (the default everywhere, and always for the

@@ -1,4 +1,4 @@
-"""Recovery audit log, schema v2 (``observer.md`` §7), and its verifier.
+"""Recovery audit log, schema v2 (``docs/observer.md#audit-log``), and its verifier.
 
 File layout::
 
@@ -52,7 +52,7 @@ RING_CAPACITY = 256
 WATERMARK_WARN = (RING_CAPACITY * 75 + 99) // 100  # 192
 WATERMARK_CRITICAL = (RING_CAPACITY * 95 + 99) // 100  # 244
 GENERATIONS = 5
-#: Default per-tick drain budget (§7: drained ≤ 10 ms per tick).
+#: Default per-tick drain budget (docs/observer.md#audit-log: drained ≤ 10 ms per tick).
 DRAIN_BUDGET_MS = 10
 #: ``varta_audit_fsync_seconds`` bucket bounds.
 FSYNC_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -302,7 +302,8 @@ class AuditLog:
     # --- startup probe ------------------------------------------------------------
 
     def _probe_and_boot(self) -> str:
-        """Inspect the existing file, repair it, write the boot record (§7)."""
+        """Inspect the existing file, repair it, write the boot record
+        (docs/observer.md#audit-log)."""
         fd, size = self._fd, self._size
         self._seq = 1
         self._prev = ZERO_CHAIN

@@ -1,8 +1,9 @@
 """``varta-watch`` entry point (console script and ``python -m varta watch``).
 
-Exit codes: 0 clean shutdown or ``--help``; 1 runtime failure (bind refused,
-unreadable key/token/exec file, …) with the reason on stderr; 2 bad command
-line — ``varta-watch: <Kind>: <detail>`` then the full help on stderr.
+Exit codes: 0 clean shutdown, ``--help`` or ``--version``; 1 runtime failure
+(bind refused, unreadable key/token/exec file, …) with the reason on stderr;
+2 bad command line — one line ``varta-watch: <Kind>: <detail> (see --help)``
+on stderr.
 """
 
 from __future__ import annotations
@@ -11,25 +12,49 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from .config import PROG, ConfigError, HelpRequested, help_text, parse_args
+from .config import (
+    PROG,
+    ConfigError,
+    HelpRequested,
+    VersionRequested,
+    help_text,
+    log_level,
+    parse_args,
+)
+
+
+def version_line(prog: str = PROG) -> str:
+    from .._varta import __version__
+
+    return f"{prog} {__version__}\n"
+
+
+def usage_error(prog: str, message: str) -> int:
+    """One line on stderr naming what was wrong, then exit status 2."""
+    sys.stderr.write(f"{prog}: {message} (see --help)\n")
+    return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_args(args)
+        level = log_level(cfg)
     except HelpRequested:
         sys.stdout.write(help_text())
         sys.stdout.flush()
         return 0
+    except VersionRequested:
+        sys.stdout.write(version_line())
+        sys.stdout.flush()
+        return 0
     except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n\n{help_text()}")
-        return 2
+        return usage_error(PROG, str(exc))
 
     from . import logsetup
     from .loop import run
 
-    logsetup.setup(cfg.log_format)
+    logsetup.setup(cfg.log_format, level=level)
     return run(cfg)
 
 

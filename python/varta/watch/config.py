@@ -1,13 +1,14 @@
-"""``varta-watch`` command line → :class:`WatchConfig` (``observer.md`` §1).
+"""``varta-watch`` command line → :class:`WatchConfig` (``docs/configuration.md``).
 
 A hand-written parser, because upstream's contract is not argparse's:
 
-* ``--flag value`` is always two tokens (``--flag=value`` is an unknown token);
-  booleans are bare; integers are unsigned decimal (digits only).
+* ``--flag value`` or ``--flag=value``; booleans are bare; integers are
+  unsigned decimal (digits only).
 * Any token that is not a known flag → ``UnknownFlag`` naming it.
-* ``-h``/``--help`` → help (every flag) on stdout, exit 0.
-* Parse/validation error → ``varta-watch: <Kind>: <detail>`` then the full help
-  on stderr, exit 2 (see :mod:`varta.watch.cli`).
+* ``-h``/``--help`` → help (every flag) on stdout, exit 0; ``--version`` →
+  ``varta-watch <version>`` on stdout, exit 0.
+* Parse/validation error → one line ``varta-watch: <Kind>: <detail> (see
+  --help)`` on stderr, exit 2 (see :mod:`varta.watch.cli`).
 
 Everything that needs the file system or the network (reading the recovery
 exec file, key and token files, binding) happens later, at startup, and fails
@@ -44,6 +45,10 @@ class ConfigError(Exception):
 
 class HelpRequested(Exception):
     """``-h``/``--help`` was given."""
+
+
+class VersionRequested(Exception):
+    """``--version`` was given."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class WatchConfig:
     inject_wedge_ms: Optional[int] = None
     inject_wedge_after_ms: int = 0
     log_format: str = "text"
+    log_level: Optional[str] = None
     #: Startup warnings found while validating (printed by the daemon, not errors).
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -404,6 +410,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              "test aid: the --inject-wedge-ms sleep waits for this uptime (varta addition)"),
         Flag("--log-format", "text|json", "text|json", "text",
              "stderr log lines (varta addition)"),
+        Flag("--log-level", "debug|info|warn|error", "LEVEL", "$VARTA_LOG_LEVEL, else info",
+             "least severe stderr log line shown (varta addition)"),
     ]),
 ]
 # fmt: on
@@ -445,8 +453,11 @@ def help_text() -> str:
         "",
         "Other:",
         f"  {'-h, --help':<32}print this help and exit",
+        f"  {'--version':<32}print the version and exit",
         "",
-        "Environment: NOTIFY_SOCKET (sd_notify), WATCHDOG_USEC (systemd watchdog).",
+        "Flags take their value as the next argument or after '=' (--flag=value).",
+        "Environment: NOTIFY_SOCKET (sd_notify), WATCHDOG_USEC (systemd watchdog),",
+        "VARTA_LOG_LEVEL (default for --log-level).",
         "Exit: 0 clean shutdown, 1 runtime failure, 2 bad command line.",
         "",
     ]
@@ -462,6 +473,8 @@ def parse_args(argv: Sequence[str]) -> WatchConfig:
     """Parse and validate; raises :class:`ConfigError` or :class:`HelpRequested`."""
     if any(tok in ("-h", "--help") for tok in argv):
         raise HelpRequested()
+    if "--version" in argv:
+        raise VersionRequested()
     values: dict[str, object] = {}
     repeated: dict[str, list[object]] = {}
     seen: set[str] = set()
@@ -469,6 +482,9 @@ def parse_args(argv: Sequence[str]) -> WatchConfig:
     while i < len(argv):
         tok = argv[i]
         i += 1
+        inline: Optional[str] = None
+        if tok.startswith("--") and "=" in tok:
+            tok, _, inline = tok.partition("=")
         if tok in REMOVED:
             raise ConfigError("RemovedFlag", f"{tok} was removed: {REMOVED[tok]}")
         spec = FLAGS.get(tok)
@@ -478,12 +494,17 @@ def parse_args(argv: Sequence[str]) -> WatchConfig:
             raise ConfigError("DuplicateFlag", f"{tok} given more than once")
         seen.add(tok)
         if not spec.takes_value:
+            if inline is not None:
+                raise ConfigError("BadValue", f"{tok} takes no value, got {tok}={inline}")
             values[spec.attr] = True
             continue
-        if i >= len(argv) or argv[i] in FLAGS or argv[i] in REMOVED:
-            raise ConfigError("MissingValue", f"{tok} requires a value ({spec.metavar})")
-        value = spec.parse(argv[i])
-        i += 1
+        if inline is not None:
+            value = spec.parse(inline)
+        else:
+            if i >= len(argv) or _flag_name(argv[i]) in FLAGS or _flag_name(argv[i]) in REMOVED:
+                raise ConfigError("MissingValue", f"{tok} requires a value ({spec.metavar})")
+            value = spec.parse(argv[i])
+            i += 1
         if spec.repeat:
             repeated.setdefault(spec.attr, []).append(value)
         else:
@@ -498,8 +519,33 @@ def parse_args(argv: Sequence[str]) -> WatchConfig:
     return _cross_checks(cfg)
 
 
+def _flag_name(tok: str) -> str:
+    """The flag part of ``--flag`` or ``--flag=value``."""
+    return tok.partition("=")[0] if tok.startswith("--") else tok
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_LEVEL_ENV = "VARTA_LOG_LEVEL"
+
+
+def log_level(cfg: WatchConfig, environ: Optional[dict[str, str]] = None) -> str:
+    """``--log-level``, else ``$VARTA_LOG_LEVEL`` (checked like the flag), else ``info``."""
+    if cfg.log_level is not None:
+        return cfg.log_level
+    env: Union[dict[str, str], os._Environ[str]] = os.environ if environ is None else environ
+    raw = env.get(LOG_LEVEL_ENV, "").strip().lower()
+    if not raw:
+        return "info"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(
+            "BadValue", f"{LOG_LEVEL_ENV}={raw!r} must be one of {', '.join(LOG_LEVELS)}"
+        )
+    return raw
+
+
 def _cross_checks(cfg: WatchConfig) -> WatchConfig:
-    """The rules that involve more than one flag (§1 end, D8)."""
+    """The rules that involve more than one flag (docs/configuration.md#rules-between-flags;
+    the token rule: docs/observer.md#differences-from-upstream)."""
     warnings: list[str] = []
     # read-timeout ceiling from the self-watchdog
     if (
@@ -533,7 +579,7 @@ def _cross_checks(cfg: WatchConfig) -> WatchConfig:
             "UDP agents' stalls have the verdict 'unknown' (no kernel attestation), which "
             "--recovery-on does not include: they will not be recovered"
         )
-    # Prometheus (D8)
+    # Prometheus (docs/observer.md#differences-from-upstream: the token rule)
     if cfg.prom_token_file is not None and cfg.prom_addr is None:
         raise ConfigError("MutuallyExclusive", "--prom-token-file needs --prom-addr")
     if cfg.prom_addr is not None:

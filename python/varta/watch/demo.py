@@ -125,7 +125,7 @@ def _pump(stream: IO[str], prefix: str) -> None:
 
 
 def describe_row(cols: Sequence[str]) -> str:
-    """One TSV event row (``observer.md`` §8) as a line for people."""
+    """One TSV event row (``docs/observer.md#event-file``) as a line for people."""
     _, kind, pid, nonce, status, payload = cols
     if kind == "beat" and nonce == str(NONCE_TERMINAL):
         cause = terminal_cause(int(payload)).replace("_", " ")

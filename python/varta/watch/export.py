@@ -1,4 +1,4 @@
-"""TSV event file (``--export-file``, ``observer.md`` §8).
+"""TSV event file (``--export-file``, ``docs/observer.md#event-file``).
 
 Six TAB-separated columns per row, no header, decimal numbers::
 
@@ -77,8 +77,8 @@ def decode_payload(error: object) -> str:
 
 
 class TsvExporter:
-    """Appends §8 rows to *path* (created 0600; an existing file must be a regular
-    file owned by us with one hard link and not a symlink)."""
+    """Appends docs/observer.md#event-file rows to *path* (created 0600; an existing file
+    must be a regular file owned by us with one hard link and not a symlink)."""
 
     def __init__(
         self, path: PathLike, max_bytes: Optional[int] = None, sync_every: int = 0

@@ -1,4 +1,4 @@
-"""Logging for ``varta-watch`` (``observer.md`` §10.5).
+"""Logging for ``varta-watch`` (``docs/observer.md#logging``).
 
 Lines go to stderr through the stdlib :mod:`logging` module: text
 ``varta-watch: <message>`` by default, or one JSON object per line with
@@ -22,7 +22,7 @@ from typing import Callable, Optional, TextIO
 LOGGER_NAME = "varta.watch"
 PROG = "varta-watch"
 
-#: ``varta_log_suppressed_total{kind}`` label values (§9.2).
+#: ``varta_log_suppressed_total{kind}`` label values (docs/observer.md#metric-families).
 SUPPRESSED_KINDS: tuple[str, ...] = (
     "file_export_io",
     "audit_io",
@@ -64,14 +64,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"))
 
 
-def setup(fmt: str = "text", stream: Optional[TextIO] = None) -> logging.Logger:
-    """Route :data:`LOGGER_NAME` to *stream* (stderr) in *fmt* (``text``/``json``)."""
+#: ``--log-level`` / ``$VARTA_LOG_LEVEL`` names → :mod:`logging` levels.
+LEVEL_NAMES = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def setup(
+    fmt: str = "text", stream: Optional[TextIO] = None, level: str = "info"
+) -> logging.Logger:
+    """Route :data:`LOGGER_NAME` to *stream* (stderr) in *fmt* (``text``/``json``),
+    showing records at *level* (``debug``/``info``/``warn``/``error``) and above."""
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     for old in list(log.handlers):
         log.removeHandler(old)
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(LEVEL_NAMES[level])
     log.propagate = False
     return log
 

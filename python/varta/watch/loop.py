@@ -1,4 +1,4 @@
-"""The ``varta-watch`` poll loop, startup and shutdown (``observer.md`` §10).
+"""The ``varta-watch`` poll loop, startup and shutdown (``docs/observer.md#main-loop``).
 
 One main thread runs :meth:`Daemon.run`; the ``/metrics`` server and the
 optional self-watchdog are daemon threads. Each iteration:
@@ -16,7 +16,8 @@ optional self-watchdog are daemon threads. Each iteration:
 6. **housekeeping** — heartbeat file, hardware watchdog kick, loop histograms.
 
 SIGINT/SIGTERM set a latch checked every iteration (the wait is bounded by
-``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows §10.2.
+``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows
+docs/observer.md#signals-and-shutdown.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from .secretfile import read_secret_file
 
 T = TypeVar("T")
 
-#: Self-watchdog limits per stage (§10.3), seconds.
+#: Self-watchdog limits per stage (docs/observer.md#systemd-and-watchdogs), seconds.
 STAGE_LIMITS_S: Mapping[str, float] = {
     "drain_pending": 2.0,
     "poll": 2.0,
@@ -87,7 +88,7 @@ class StartupError(Exception):
 
 
 class ObserverLike(Protocol):
-    """What the daemon uses of ``varta.Observer`` (the API in INTERFACES.md)."""
+    """What the daemon uses of ``varta.Observer`` (the API in docs/observer.md#python-api)."""
 
     def poll(self, timeout: Optional[float] = None) -> Iterable[Any]: ...
     def pid_rows(self) -> varta.PidRows: ...
@@ -145,6 +146,34 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _listen_error(cfg: WatchConfig, exc: OSError) -> str:
+    """Name the listener that failed: the UDP port, a missing socket directory, or the socket."""
+    if cfg.udp_port is not None and "UDP" in str(exc):
+        where = f"{cfg.effective_udp_bind_addr}:{cfg.udp_port}"
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE or "in use" in why.lower():
+            why = "address already in use (another process has this UDP port)"
+        return f"cannot listen on UDP {where} (--udp-port {cfg.udp_port}): {why}"
+    directory = os.path.dirname(os.path.abspath(cfg.socket))
+    if exc.errno == errno.ENOENT and not os.path.isdir(directory):
+        return (
+            f"cannot listen on {cfg.socket}: socket directory {directory} does not exist "
+            "(create it first, e.g. RuntimeDirectory= in the systemd unit)"
+        )
+    return f"cannot listen on {cfg.socket}: {_reason(exc)}"
+
+
+def _log_listeners(cfg: WatchConfig, obs: Any) -> None:
+    """One startup line per listener the observer opened."""
+    log.info(f"listening on unix datagram socket {cfg.socket} (mode {cfg.socket_mode:04o})")
+    udp = getattr(obs, "udp_address", None)
+    if cfg.udp_port is not None:
+        host, port = udp if udp is not None else (cfg.effective_udp_bind_addr, cfg.udp_port)
+        kind = "secure (ChaCha20-Poly1305)" if cfg.has_keys else "plaintext"
+        shown = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        log.info(f"listening on UDP {shown} ({kind})")
+
+
 # --- shared loop state (read by the watchdog and metrics threads) ---------------------
 
 
@@ -179,7 +208,8 @@ class LoopState:
 
 
 class SelfWatchdog:
-    """§10.3: abort when the loop stops making progress; feed systemd's watchdog."""
+    """Abort when the loop stops making progress; feed systemd's watchdog
+    (docs/observer.md#systemd-and-watchdogs)."""
 
     def __init__(self, state: LoopState, limit_s: float, watchdog_usec: Optional[int]) -> None:
         self.state = state
@@ -220,7 +250,8 @@ class SelfWatchdog:
 
 
 class HwWatchdog:
-    """§10.4: a write-only character device kicked once per iteration."""
+    """A write-only character device kicked once per iteration
+    (docs/observer.md#systemd-and-watchdogs)."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -332,7 +363,7 @@ def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
     """Observer keyword arguments for ``--udp-port`` and the key files.
 
     The key files are loaded here (``varta.keys``: secret-file rules, line rules
-    of ``vlp.md`` §9.5) so an unreadable or malformed one fails startup with
+    of ``docs/protocol.md#key-files``) so an unreadable or malformed one fails startup with
     exit 1 whatever the observer build supports. Keys stay native ``varta.Key``
     objects.
     """
@@ -505,8 +536,9 @@ class Daemon:
                 ) from None
             raise
         except OSError as exc:
-            raise StartupError(f"cannot listen on {cfg.socket}: {_reason(exc)}") from None
+            raise StartupError(_listen_error(cfg, exc)) from None
         obs = self.observer
+        _log_listeners(cfg, obs)
 
         rc = recovery_config(cfg)
         if cfg.recovery_audit_file is not None:
@@ -572,6 +604,7 @@ class Daemon:
                 raise StartupError(
                     f"cannot listen on --prom-addr {cfg.prom_addr}: {_reason(exc)}"
                 ) from None
+            log.info(f"listening on http://{self.server.address}/metrics (--prom-addr)")
             self._stdout.write(self.server.address + "\n")
             self._stdout.flush()
             self.box.publish(self.snapshot())
@@ -885,7 +918,7 @@ class Daemon:
             last_loop_unix=self.state.last_loop_unix,
         )
 
-    # --- shutdown (§10.2) ----------------------------------------------------------
+    # --- shutdown (docs/observer.md#signals-and-shutdown) -----------------------------
 
     def shutdown(self) -> None:
         self.stop_requested = True

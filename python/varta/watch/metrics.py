@@ -1,10 +1,10 @@
-"""Prometheus ``/metrics`` for ``varta-watch`` (``observer.md`` §9).
+"""Prometheus ``/metrics`` for ``varta-watch`` (``docs/observer.md#metrics``).
 
 Data model: :class:`VartaCollector` is a ``prometheus_client`` custom collector
 on a private :class:`~prometheus_client.CollectorRegistry`; it yields
 ``CounterMetricFamily`` / ``GaugeMetricFamily`` / ``HistogramMetricFamily``
-for the 65 families of upstream's daemon and ours beyond it (verdicts,
-blindness) from a :class:`Snapshot` that the poll loop
+for the 65 families of docs/observer.md#metric-families and ours beyond upstream
+(verdicts, blindness; docs/verdicts.md) from a :class:`Snapshot` that the poll loop
 publishes (copies of ``Observer.counters()``/``pid_rows()``, the recovery runner
 and audit log counters, loop histograms) plus this thread's own HTTP counters.
 
@@ -52,7 +52,7 @@ from .recovery import OUTCOMES, REFUSED_REASONS
 
 CounterValue = Union[int, Mapping[str, int]]
 
-# --- label sets (§9.2) -----------------------------------------------------------------
+# --- label sets (docs/observer.md#metric-families) -------------------------------------
 
 DECODE_KINDS = (
     "bad_magic",
@@ -92,7 +92,8 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "kind:events": ("kind", DROPPED_EVENT_KINDS),
 }
 
-# family | type (c/g/h) | label key or - | HELP.  Order = exposition order (§9.1 first).
+# family | type (c/g/h) | label key or - | HELP.  Order = exposition order
+# (docs/observer.md#per-pid-families first).
 _TABLE = """
 varta_beats_total | c | pid | Total accepted beats per agent pid.
 varta_stalls_total | c | pid | Total observer-detected stalls per agent pid.
@@ -425,7 +426,7 @@ def _format_value(metric: Metric, sample_name: str, value: float) -> str:
 
 
 def render(registry: CollectorRegistry) -> bytes:
-    """The §9 text body for everything *registry* collects."""
+    """The docs/observer.md#metrics text body for everything *registry* collects."""
     out: list[bytes] = []
     text: list[str] = []  # lines since the last native block
     for metric in registry.collect():
@@ -521,7 +522,8 @@ class _Bucket:
 
 
 class IpRateLimiter:
-    """Per-source-IP token bucket (§9.3); disabled when rate or burst is 0."""
+    """Per-source-IP token bucket (docs/observer.md#http-endpoint); disabled when rate or
+    burst is 0."""
 
     def __init__(
         self,

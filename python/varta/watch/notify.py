@@ -1,4 +1,4 @@
-"""``sd_notify`` without libsystemd (``observer.md`` §10.3).
+"""``sd_notify`` without libsystemd (``docs/observer.md#systemd-and-watchdogs``).
 
 Messages go to ``$NOTIFY_SOCKET`` (a path, or ``@name`` for an abstract
 socket) as one datagram each. Every failure is silent: the daemon runs the

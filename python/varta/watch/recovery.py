@@ -1,4 +1,4 @@
-"""Recovery: run an operator command for a stalled agent (``docs/observer.md``).
+"""Recovery: run an operator command for a stalled agent (``docs/observer.md#recovery``).
 
 No shell is ever involved. The command line is split on Unicode whitespace
 into a program and its arguments; the stalled pid is substituted for every
@@ -15,7 +15,8 @@ children each tick without blocking and SIGKILLs those past the timeout.
 The runner is independent of the native module: a stall is any object with
 the attributes ``pid``, ``origin``, ``pid_ns_inode``, ``generation``,
 ``last_nonce``, ``last_ns``, ``observer_ns`` and ``verdict`` (``varta.Stall`` or a small
-dataclass in tests). Every outcome is counted under the 14 labels of §6.4 and
+dataclass in tests). Every outcome is counted under the labels of
+docs/observer.md#recovery-outcomes (and ``skipped_verdict``, docs/verdicts.md) and
 written to an :class:`AuditSink` (``varta.watch.audit.AuditLog``).
 """
 
@@ -33,7 +34,7 @@ from typing import IO, Callable, Literal, Optional, Protocol, Union
 
 from .secretfile import PathLike, read_secret_file
 
-# --- labels (observer.md §6.4, §9.2) -------------------------------------------------
+# --- labels (docs/observer.md#recovery-outcomes, #metric-families) ------------------------
 
 #: ``varta_recovery_outcomes_total{outcome}`` label values, in spec order.
 OUTCOMES: tuple[str, ...] = (
@@ -84,7 +85,7 @@ DEFAULT_CHILD_PATH = "/usr/bin:/bin"
 LEDGER_CAPACITY = 4096
 #: Children given a non-blocking wait per :meth:`RecoveryRunner.reap`.
 REAP_PER_TICK = 64
-#: Per-tick stall evaluations and spawns (§6.3); the loop defers the rest.
+#: Per-tick stall evaluations and spawns (docs/observer.md#recovery); the loop defers the rest.
 EVALUATIONS_PER_TICK = 256
 SPAWNS_PER_TICK = 16
 #: Shutdown poll period.
@@ -387,7 +388,8 @@ def _same_lineage(a: Optional[int], b: Optional[int]) -> bool:
 
 
 class RecoveryRunner:
-    """Decides, spawns, reaps and kills recovery children (§6.2-§6.4).
+    """Decides, spawns, reaps and kills recovery children (docs/observer.md#recovery,
+    #recovery-outcomes).
 
     All ``now_ns`` arguments are on one clock (the observer clock); *clock*
     returns "now" on that same clock for :meth:`shutdown` and for audit rows
@@ -504,7 +506,7 @@ class RecoveryRunner:
     def fire_time_check(
         self, stall: StallLike, agent: Optional[AgentLike], now_ns: int
     ) -> Optional[Decision]:
-        """Re-check a deferred stall before acting on it (§6.3).
+        """Re-check a deferred stall before acting on it (docs/observer.md#recovery).
 
         *agent* is ``Observer.agent(stall.pid)`` now. Returns ``None`` to go on
         with :meth:`on_stall`, or a ``skipped_*`` decision (counted and audited).
@@ -538,7 +540,8 @@ class RecoveryRunner:
         return None
 
     def on_stall(self, stall: StallLike, now_ns: int) -> Decision:
-        """Decide for one stall (§6.2) and spawn without waiting when allowed."""
+        """Decide for one stall (docs/observer.md#recovery) and spawn without waiting when
+        allowed."""
         if self._closed:
             raise RuntimeError("recovery runner is shut down")
         self._tick_evaluations += 1

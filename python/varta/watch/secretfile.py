@@ -1,4 +1,5 @@
-"""Open rules for files the daemon trusts or owns (``observer.md`` §1, ``vlp.md`` §9.5).
+"""Open rules for files the daemon trusts or owns (``docs/configuration.md``,
+``docs/protocol.md#key-files``).
 
 *Secret files* (``--recovery-exec-file``, ``--prom-token-file``, key files) are
 opened with ``O_NOFOLLOW`` (a symlink is refused with "must not be a symlink"),

@@ -1,4 +1,4 @@
-//! The heartbeat sender (`agent.md` §1–§10, §12; `vlp.md` §7).
+//! The heartbeat sender (`docs/agent.md#the-varta-object`, `docs/agent.md#threads-closing-and-allocation`; `docs/protocol.md#sender-rules`).
 //!
 //! [`Agent`] owns one [`Transport`] and one session: the committed nonce, the
 //! session clock, fork detection and the auto-reconnect window.
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 // Outcomes
 // ---------------------------------------------------------------------------
 
-/// Why a beat was dropped (`agent.md` §5). Transient: the next beat retries.
+/// Why a beat was dropped (`docs/agent.md#outcomes`). Transient: the next beat retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DropReason {
@@ -200,7 +200,7 @@ impl fmt::Display for BeatOutcome {
     }
 }
 
-/// Map a send error to an outcome (`agent.md` §5, first match wins). Uses the
+/// Map a send error to an outcome (`docs/agent.md#outcomes`, first match wins). Uses the
 /// platform's errno constants. Errors without an errno (custom transports)
 /// are matched on their `io::ErrorKind` in the same order.
 pub fn classify_send_error(err: &io::Error) -> BeatOutcome {
@@ -390,10 +390,10 @@ fn warn_nonce_wrap_once() {
 }
 
 /// Largest timestamp a regular beat may carry (u64::MAX is reserved on the
-/// wire, `vlp.md` §7; varta saturates one below it).
+/// wire, `docs/protocol.md#sender-rules`; varta saturates one below it).
 pub const TIMESTAMP_MAX: u64 = TIMESTAMP_RESERVED - 1;
 
-/// One transport + one session (`agent.md` §1).
+/// One transport + one session (`docs/agent.md#the-varta-object`).
 pub struct Agent<T: Transport, H: Host = SystemHost> {
     /// `None` after [`close`](Agent::close).
     transport: Option<T>,
@@ -436,7 +436,7 @@ impl Agent<DgramTransport> {
     }
 
     /// Plain UDP agent: wildcard ephemeral bind of `addr`'s family, connect.
-    /// No liveness check (`agent.md` §2).
+    /// No liveness check (`docs/agent.md#connecting`).
     pub fn connect_udp(addr: SocketAddr) -> io::Result<Self> {
         fork::register()?;
         Agent::new(DgramTransport::connect_udp(addr)?)
@@ -478,7 +478,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         })
     }
 
-    /// Emit one frame (`agent.md` §4). Never blocks, never allocates after
+    /// Emit one frame (`docs/agent.md#beating`). Never blocks, never allocates after
     /// connect (only a reconnect may), never panics.
     pub fn beat(&mut self, status: Status, payload: u32) -> BeatOutcome {
         // 1. Validate: Stall and reserved pids are programming errors.
@@ -530,7 +530,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
                 if self.reconnect_after == 0 || self.consecutive_dropped < self.reconnect_after {
                     return outcome;
                 }
-                // §8: reconnect; on failure the count stays, so the next drop
+                // docs/agent.md#auto-reconnect: reconnect; on failure the count stays, so the next drop
                 // retries at once, and the original outcome is returned.
                 if self.reconnect_inner().is_err() {
                     return outcome;
@@ -559,7 +559,8 @@ impl<T: Transport, H: Host> Agent<T, H> {
     /// Emit the clean-exit terminal frame: `Critical`, `NONCE_TERMINAL`,
     /// payload `"EXIT"` (the clean-exit cause our observer turns into an
     /// `exited` verdict; upstream's ignores the payload, `docs/verdicts.md`),
-    /// timestamp from the process-wide terminal mark (`agent.md` §10, §13).
+    /// timestamp from the process-wide terminal mark (`docs/agent.md#fork-safety`,
+    /// `docs/agent.md#beyond-the-upstream-client`).
     /// Does not touch the regular nonce/timestamp or the drop window.
     pub fn send_terminal(&mut self) -> BeatOutcome {
         let pid = self.current_pid();
@@ -581,7 +582,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
             pid,
             timestamp,
             nonce: NONCE_TERMINAL,
-            payload: crate::observer::verdict::PAYLOAD_CLEAN_EXIT,
+            payload: crate::cause::PAYLOAD_CLEAN_EXIT,
         }
         .encode_into(&mut self.scratch);
         let outcome = self.send_scratch();
@@ -600,7 +601,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         self.signed_off
     }
 
-    /// Rebuild the transport (`agent.md` §7): transactional, keeps the nonce
+    /// Rebuild the transport (`docs/agent.md#reconnecting`): transactional, keeps the nonce
     /// and the session clock, refreshes the connect pid and fork epoch.
     /// After `close()` fails with `EBADF`.
     pub fn reconnect(&mut self) -> io::Result<()> {
@@ -613,7 +614,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         Ok(())
     }
 
-    /// `n = 0` disables auto-reconnect (§8). Resets the drop count.
+    /// `n = 0` disables auto-reconnect (docs/agent.md#auto-reconnect). Resets the drop count.
     pub fn set_reconnect_after(&mut self, n: u32) {
         self.reconnect_after = n;
         self.consecutive_dropped = 0;
@@ -688,7 +689,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
 
     // --- internals --------------------------------------------------------
 
-    /// §4 step 3 / §10: on a pid or epoch change, reconnect and reset the
+    /// docs/agent.md#beating step 3 / docs/agent.md#fork-safety: on a pid or epoch change, reconnect and reset the
     /// session. On failure nothing is touched.
     fn check_fork(&mut self, pid: u32) -> io::Result<()> {
         if pid == self.connect_pid
@@ -738,7 +739,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
     }
 
-    /// §4 step 5: ns since start, saturated below the reserved value, clamped
+    /// docs/agent.md#beating step 5: ns since start, saturated below the reserved value, clamped
     /// to the last committed timestamp; a backwards raw clock is counted.
     #[inline]
     fn candidate_timestamp(&mut self) -> u64 {
@@ -765,7 +766,7 @@ impl<T: Transport, H: Host> Agent<T, H> {
         }
     }
 
-    /// §6: only a `Sent` beat commits nonce, timestamp and transport state.
+    /// docs/agent.md#commit-on-success: only a `Sent` beat commits nonce, timestamp and transport state.
     #[inline]
     fn commit(&mut self, nonce: u64, timestamp: u64, wrapped: bool) {
         self.signed_off = false;

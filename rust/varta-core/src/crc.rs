@@ -1,4 +1,4 @@
-//! CRC-32C (Castagnoli) as VLP uses it (`vlp.md` §5).
+//! CRC-32C (Castagnoli) as VLP uses it (`docs/protocol.md#crc-32c`).
 //!
 //! The `crc32c` crate picks the SSE4.2 / ARMv8 CRC instruction at run time and
 //! falls back to a slicing table; both give identical results. We keep our own

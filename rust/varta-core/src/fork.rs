@@ -1,4 +1,4 @@
-//! Process-wide fork epoch (`agent.md` §10).
+//! Process-wide fork epoch (`docs/agent.md#fork-safety`).
 //!
 //! A `pthread_atfork` child handler bumps an atomic; senders compare both the
 //! pid *and* this epoch before each frame, because pid alone misses a

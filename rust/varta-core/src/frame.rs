@@ -1,5 +1,5 @@
 //! The 32-byte VLP v0.2 frame: encoding and normative-order decoding
-//! (`vlp.md` §2–§4). Knows nothing of sockets or Python.
+//! (`docs/protocol.md#frame-layout`). Knows nothing of sockets or Python.
 
 use crate::crc::crc32c;
 use core::fmt;
@@ -12,7 +12,7 @@ pub const NONCE_TERMINAL: u64 = u64::MAX;
 /// Timestamp value that must never appear on the wire.
 pub const TIMESTAMP_RESERVED: u64 = u64::MAX;
 
-/// Status byte (`vlp.md` §2.2). `Stall` is synthesised by the observer and is
+/// Status byte (`docs/protocol.md#status-byte`). `Stall` is synthesised by the observer and is
 /// never valid on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -69,7 +69,7 @@ pub struct Frame {
     pub payload: u32,
 }
 
-/// Why a 32-byte buffer is not a valid frame. The set is closed (`vlp.md` §4.2).
+/// Why a 32-byte buffer is not a valid frame. The set is closed (`docs/protocol.md#decode-errors`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DecodeError {
     BadMagic,
@@ -172,7 +172,7 @@ impl Frame {
         out
     }
 
-    /// Decode with the normative check order (`vlp.md` §4.1): the first
+    /// Decode with the normative check order (`docs/protocol.md#decoding-order`): the first
     /// failing check wins.
     pub fn decode(buf: &[u8; FRAME_LEN]) -> Result<Frame, DecodeError> {
         if buf[0..2] != MAGIC {

@@ -5,13 +5,17 @@
 //! | [`crc`], [`frame`] | the 32-byte VLP v0.2 codec |
 //! | [`secure`] | ChaCha20-Poly1305 seal/open, HKDF derivations, key files, replay window |
 //! | [`agent`], [`transport`] | the sending side: nonce/timestamp/fork rules over UDS, UDP, secure UDP |
-//! | [`panic`] | crash-terminal frames from hooks and fatal-signal handlers |
-//! | [`observer`] | listeners, tracker, deadline structure, counters |
+//! | [`panic`], [`cause`] | crash-terminal frames from hooks and fatal-signal handlers; what a terminal frame's payload announces |
+//! | [`observer`] | listeners, tracker, deadline structure, counters (Linux only) |
 
 pub mod agent;
+pub mod cause;
 pub mod crc;
 pub mod fork;
 pub mod frame;
+// The observer is built on Linux interfaces (SO_PASSCRED/SO_PASSPIDFD,
+// recvmmsg, pidfds, /proc); other platforms get the agent side only.
+#[cfg(target_os = "linux")]
 pub mod observer;
 pub mod panic;
 pub mod panic_secure;

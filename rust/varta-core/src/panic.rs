@@ -1,4 +1,4 @@
-//! Crash-terminal frames (`agent.md` §11, §13 gaps 2–3).
+//! Crash-terminal frames (`docs/agent.md#crash-hooks`, `docs/agent.md#beyond-the-upstream-client` gaps 2–3).
 //!
 //! A dying process sends one terminal frame — `Critical`, `pid = getpid()` at
 //! fire time, `nonce = NONCE_TERMINAL`, `payload = 0`, timestamp claimed from
@@ -171,7 +171,7 @@ impl Emitter {
     }
 
     /// [`Emitter::fire`] with `payload` as the terminal cause
-    /// ([`crate::observer::verdict::TerminalCause`]).
+    /// ([`crate::cause::TerminalCause`]).
     pub fn fire_with(&self, payload: u32) -> Fire {
         let pid = fork::getpid();
         if pid <= 1 {
@@ -329,7 +329,7 @@ pub fn fire() -> Fire {
 }
 
 /// Fire the active emitter with `payload` as the terminal cause (e.g.
-/// [`crate::observer::verdict::signal_payload`]).
+/// [`crate::cause::signal_payload`]).
 pub fn fire_with(payload: u32) -> Fire {
     READERS.fetch_add(1, Ordering::SeqCst);
     let p = ACTIVE.load(Ordering::SeqCst);
@@ -392,7 +392,7 @@ extern "C" fn on_fatal_signal(
     ctx: *mut libc::c_void,
 ) {
     let saved_errno = nix::errno::Errno::last_raw();
-    let _ = fire_with(crate::observer::verdict::signal_payload(sig as u8));
+    let _ = fire_with(crate::cause::signal_payload(sig as u8));
     if let Some(i) = FATAL_SIGNALS.iter().position(|&s| s == sig) {
         if let Some(prev) = PREV[i].get() {
             chain(prev, sig, info, ctx);
@@ -719,7 +719,7 @@ mod tests {
             let f = second.recv_frame();
             assert_eq!(
                 f.payload,
-                crate::observer::verdict::signal_payload(sig as u8),
+                crate::cause::signal_payload(sig as u8),
                 "the frame names the signal"
             );
             assert_terminal(&Frame { payload: 0, ..f }, child as u32);

@@ -1,4 +1,4 @@
-//! Secure crash frames (`vlp.md` §9.4, `agent.md` §11, §13 item 12).
+//! Secure crash frames (`docs/protocol.md#secure-crash-frames`, `docs/agent.md#crash-hooks`, `docs/agent.md#beyond-the-upstream-client` item 12).
 //!
 //! [`SharedPanicSealer`] and [`MasterPanicSealer`] implement
 //! [`TerminalSealer`] for [`crate::panic::Wire::Sealed`]:

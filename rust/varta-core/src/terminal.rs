@@ -1,5 +1,5 @@
 //! The process-wide high-water mark for crash-terminal frame timestamps
-//! (`vlp.md` §7, `agent.md` §11): strictly increasing across threads,
+//! (`docs/protocol.md#sender-rules`, `docs/agent.md#crash-hooks`): strictly increasing across threads,
 //! re-installs and repeated crashes; ≥ 1; never u64::MAX.
 //!
 //! Lock-free and allocation-free so that signal handlers may call it.

@@ -1,4 +1,4 @@
-//! Agent transports (`agent.md` §2, §6, §7).
+//! Agent transports (`docs/agent.md#connecting`, `docs/agent.md#commit-on-success`, `docs/agent.md#reconnecting`).
 //!
 //! [`Transport`] is what [`crate::agent::Agent`] sends through. The agent owns
 //! every session rule (nonce, timestamp, fork, commit-on-success); a transport
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 ///   [`expected_send_len`](Transport::expected_send_len). It must not block
 ///   and must not allocate.
 /// - [`commit_sent`](Transport::commit_sent) is called right after a send the
-///   agent counted as `Sent`, and only then (commit-on-success, `agent.md` §6):
+///   agent counted as `Sent`, and only then (commit-on-success, `docs/agent.md#commit-on-success`):
 ///   a secure transport advances its counter / prefix here, so a dropped send
 ///   never burns AEAD state.
 /// - Reconnect is transactional: [`prepare_reconnect`](Transport::prepare_reconnect)

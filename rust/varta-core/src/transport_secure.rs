@@ -1,4 +1,4 @@
-//! Secure UDP agent transport (`vlp.md` §8–§9, `agent.md` §2, §6, §7).
+//! Secure UDP agent transport (`docs/protocol.md#secure-transport`, `docs/agent.md#connecting`, `docs/agent.md#commit-on-success`, `docs/agent.md#reconnecting`).
 //!
 //! [`SecureUdpTransport`] = a plain UDP [`DgramTransport`] (wildcard-bound,
 //! connected, non-blocking) + a [`SecureSession`]. The agent hands it the
@@ -21,7 +21,7 @@
 //!
 //! Fork handling lives in [`crate::agent::Agent`]: its fork check calls
 //! `reconnect()`, which reseeds. A caller driving this transport without the
-//! agent must reconnect in a forked child itself (`vlp.md` §9.6).
+//! agent must reconnect in a forked child itself (`docs/protocol.md#fork-rotation`).
 
 use crate::agent::Agent;
 use crate::fork;
@@ -160,7 +160,7 @@ impl Transport for SecureUdpTransport {
 }
 
 impl Agent<SecureUdpTransport> {
-    /// Secure UDP agent, shared key: 60-byte frames (`agent.md` §2).
+    /// Secure UDP agent, shared key: 60-byte frames (`docs/agent.md#connecting`).
     pub fn connect_secure_udp(addr: SocketAddr, key: Key) -> io::Result<Self> {
         fork::register()?;
         Agent::new(SecureUdpTransport::connect_shared(addr, key)?)

@@ -1,4 +1,4 @@
-//! `agent.md` §12: after connect, `beat()` performs no heap allocation.
+//! `docs/agent.md#threads-closing-and-allocation`: after connect, `beat()` performs no heap allocation.
 //!
 //! A counting global allocator counts allocations made by the measuring
 //! thread while armed (other test-harness threads are ignored). The receiver

@@ -1,4 +1,4 @@
-//! Session rules of the agent (`agent.md` §4–§10, `vlp.md` §7) against a
+//! Session rules of the agent (`docs/agent.md#beating`, `docs/protocol.md#sender-rules`) against a
 //! scripted fake transport and an injectable clock/pid/fork epoch.
 
 use std::collections::VecDeque;
@@ -527,7 +527,7 @@ fn manual_reconnect_refreshes_the_fork_snapshot() {
     assert_eq!(fake.nonces(), vec![1, 2]);
 }
 
-// --- auto-reconnect (§8, Rust contract) --------------------------------------
+// --- auto-reconnect (docs/agent.md#auto-reconnect, Rust contract) --------------------------------------
 
 #[test]
 fn auto_reconnect_after_n_drops_resends_the_same_frame() {
@@ -629,7 +629,7 @@ fn send_terminal_emits_critical_terminal_frames_without_touching_the_session() {
     assert!(
         f[1].is_terminal()
             && f[1].status == Status::Critical
-            && f[1].payload == varta_core::observer::verdict::PAYLOAD_CLEAN_EXIT
+            && f[1].payload == varta_core::cause::PAYLOAD_CLEAN_EXIT
     );
     assert!(f[1].timestamp >= 1 && f[2].timestamp > f[1].timestamp);
     assert_eq!(f[3].nonce, 2, "regular nonce unaffected");

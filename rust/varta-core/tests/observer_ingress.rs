@@ -444,7 +444,7 @@ fn a_sender_reaped_before_the_read_gets_no_trusted_identity() {
     let mut obs = real_observer(&p, 10_000);
     let child = send_from_exited_child(&p, false);
     let events = poll_until(&mut obs, |e| matches!(e, Event::Beat { .. }));
-    // §3 step 8: a first-contact UDS peer without a trusted identity is
+    // docs/observer.md#ingress step 8: a first-contact UDS peer without a trusted identity is
     // SocketModeOnly; the slot pins no namespace and no generation.
     assert!(
         matches!(
@@ -490,7 +490,7 @@ fn an_exited_sender_is_not_vouched_for_even_while_proc_still_answers() {
     }
     // A zombie still has /proc/<pid>/stat and ns/pid, so a read without the
     // pidfd would pin it as KernelAttested; its pid is free for reuse the
-    // moment it is reaped, so §5.3 does not trust it.
+    // moment it is reaped, so docs/observer.md#namespaces-and-generations does not trust it.
     let child = send_from_exited_child(&p, true);
     assert!(varta_core::observer::procfs::start_time(child).is_some());
     let events = poll_until(&mut obs, |e| matches!(e, Event::Beat { .. }));

@@ -1,5 +1,5 @@
 //! The observer with a secure UDP listener: lifetime of the per-sender
-//! replay state (`vlp.md` §10.2, §10.3) against the observer's clock and the
+//! replay state (`docs/protocol.md#replay-protection`, `docs/protocol.md#sender-table`) against the observer's clock and the
 //! tracker. Real loopback sockets, fake observer clock.
 
 use std::net::UdpSocket;

@@ -2,7 +2,7 @@
 //! real Unix socket: a forked child is the agent, so its exit is real.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use varta_core::frame::{Frame, Status, NONCE_TERMINAL};
@@ -25,8 +25,8 @@ fn sock_path(tag: &str) -> PathBuf {
     dir.join("obs.sock")
 }
 
-fn observer(path: &PathBuf, threshold_ns: u64) -> Observer {
-    let mut cfg = ObserverConfig::new(Some(path.clone()), threshold_ns);
+fn observer(path: &Path, threshold_ns: u64) -> Observer {
+    let mut cfg = ObserverConfig::new(Some(path.to_path_buf()), threshold_ns);
     cfg.max_beat_rate = 0;
     let clock = MonotonicClock::new(ClockSource::Monotonic).unwrap();
     Observer::new(cfg, Box::new(clock)).unwrap()
@@ -56,7 +56,7 @@ struct Child {
 }
 
 impl Child {
-    fn spawn(path: &PathBuf) -> Child {
+    fn spawn(path: &Path) -> Child {
         let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
         sock.connect(path).unwrap();
         let mut fds = [0; 2];
@@ -87,7 +87,10 @@ impl Child {
 
     fn tell(&self, b: u8) {
         // SAFETY: one byte into our pipe.
-        assert_eq!(unsafe { libc::write(self.cmd, (&b as *const u8).cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::write(self.cmd, (&b as *const u8).cast(), 1) },
+            1
+        );
     }
 
     fn reap(&self) {

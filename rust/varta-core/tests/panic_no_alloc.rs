@@ -1,4 +1,4 @@
-//! The crash-frame emit path allocates nothing (`agent.md` §11 "safety"):
+//! The crash-frame emit path allocates nothing (`docs/agent.md#crash-hooks` "safety"):
 //! a counting global allocator sees zero allocations on the firing thread
 //! over 10,000 firings, both while the observer's queue has room and once
 //! it is full (the send then fails with EAGAIN, also without allocating).

@@ -1,4 +1,4 @@
-//! `agent.md` §12 and §11 for the secure transport: after connect, secure
+//! `docs/agent.md#threads-closing-and-allocation`, `docs/agent.md#crash-hooks` for the secure transport: after connect, secure
 //! beats (shared and master key) allocate nothing, and neither does firing a
 //! secure crash emitter (shared, master, and the master path of a pid other
 //! than the installing one, i.e. a forked child's first crash).

@@ -1,4 +1,4 @@
-//! Key files (`vlp.md` §9.5): secret-file rules, sender whole-file format,
+//! Key files (`docs/protocol.md#key-files`): secret-file rules, sender whole-file format,
 //! the observer's line-based variants, the 8-key cap, keygen.
 
 use std::fs;

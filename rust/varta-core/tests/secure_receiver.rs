@@ -1,4 +1,4 @@
-//! The secure receive path (`vlp.md` §10): round trips, every rejection with
+//! The secure receive path (`docs/protocol.md#secure-receiver`): round trips, every rejection with
 //! its counter, trial-count accounting, master path, replay rules, the
 //! bounded sender table.
 

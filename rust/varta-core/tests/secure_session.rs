@@ -1,4 +1,4 @@
-//! Sender-side session (`vlp.md` §9.1–§9.3, §9.6): counter lifecycle,
+//! Sender-side session (`docs/protocol.md#session-salt-and-iv-prefix`, `docs/protocol.md#fork-rotation`): counter lifecycle,
 //! speculative prefix rotation committed only on success, reseed, master mode.
 
 use varta_core::frame::{Frame, Status};

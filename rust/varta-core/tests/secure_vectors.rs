@@ -1,5 +1,5 @@
 //! Every `secure_frame_vectors` entry of upstream's conformance vectors, plus
-//! the extra reference values of `vlp.md` §8.5 / §9 (panic IV prefix, agent
+//! the extra reference values of `docs/protocol.md#reference-values`, `docs/protocol.md#key-derivation` (panic IV prefix, agent
 //! key for pid 2), checked against the core's seal/open and HKDF.
 
 use hkdf::Hkdf;
@@ -67,7 +67,7 @@ fn secure_frame_vectors() {
                 let mut back = [0u8; 32];
                 assert!(open_shared(&key, &want, &mut back), "{id}: open");
                 assert_eq!(back, pt, "{id}");
-                // The plaintext is a valid frame (the §8.5 example).
+                // The plaintext is a valid frame (the docs/protocol.md#reference-values example).
                 assert_eq!(
                     Frame::decode(&back).unwrap(),
                     Frame {
@@ -151,7 +151,7 @@ fn secure_frame_vectors() {
 
 #[test]
 fn iv_prefix_vector_description_is_wrong_about_the_salt() {
-    // vlp.md §9: using the session salt as HKDF salt (as the vector's
+    // docs/protocol.md#key-derivation: using the session salt as HKDF salt (as the vector's
     // description claims) gives 30cfa718…, not the expected 9fee777f….
     let salt: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
     let mut okm = [0u8; 8];
@@ -177,7 +177,7 @@ fn m_00_1f() -> Key {
 
 #[test]
 fn spec_reference_table_values() {
-    // vlp.md §9 reference values not in the vectors file.
+    // docs/protocol.md#key-derivation reference values not in the vectors file.
     assert_eq!(
         hex::encode(derive_agent_key(&m_00_1f(), 2).as_bytes()),
         "db292f5843a0737aec785a9df270561b343d06e5fe8f89fce72f0869ba77afd5"

@@ -1,4 +1,4 @@
-//! Tracker transitions (`observer.md` §4) driven by a fake clock: no sleeps.
+//! Tracker transitions (`docs/observer.md#tracker`) driven by a fake clock: no sleeps.
 
 use varta_core::frame::{Frame, Status, NONCE_TERMINAL};
 use varta_core::observer::bench::{

@@ -1,6 +1,6 @@
 //! The deadline structure against brute force: over random beat / advance /
 //! expire sequences, the pids that stall at each expiry pass are exactly
-//! those a full scan would find (`observer.md` §4.3).
+//! those a full scan would find (`docs/observer.md#stall-detection`).
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;

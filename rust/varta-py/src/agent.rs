@@ -1,7 +1,7 @@
 //! `varta.Varta`: the Python agent over the core [`Agent`].
 //!
 //! One frozen class with the core agent behind a [`ForkSafeMutex`], held from
-//! nonce choice to commit (wire order == nonce order, `agent.md` §12). The
+//! nonce choice to commit (wire order == nonce order, `docs/agent.md#threads-closing-and-allocation`). The
 //! beat path keeps the GIL: it is one non-blocking `send(2)` (≈1 µs), and
 //! releasing and re-taking the GIL would cost more than the send itself.
 //! If the lock is contended (only when a custom Python transport runs Python
@@ -234,7 +234,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for StatusArg {
 }
 
 /// `payload`: an int in `0..=0xFFFF_FFFF`; `TypeError` / `ValueError`
-/// otherwise, raised before anything is sent (`agent.md` §4 step 1).
+/// otherwise, raised before anything is sent (`docs/agent.md#beating` step 1).
 struct Payload(u32);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for Payload {

@@ -7,11 +7,15 @@ use pyo3::prelude::*;
 
 mod agent;
 mod codec;
+// The observer side needs the core's Linux-only observer module.
+#[cfg(target_os = "linux")]
 mod observer;
 mod panic;
 mod pytypes;
+#[cfg(target_os = "linux")]
 mod rows;
 mod secure;
+#[cfg(target_os = "linux")]
 mod signals;
 
 #[pymodule]
@@ -20,10 +24,13 @@ fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     codec::register(m)?;
     agent::register(m)?;
+    #[cfg(target_os = "linux")]
     observer::register(m)?;
+    #[cfg(target_os = "linux")]
     rows::register(m)?;
     panic::register(m)?;
     secure::register(m)?;
+    #[cfg(target_os = "linux")]
     signals::register(m)?;
     Ok(())
 }

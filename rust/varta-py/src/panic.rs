@@ -148,7 +148,7 @@ fn _panic_connect_secure_udp_master(
 #[pyfunction]
 #[pyo3(signature = (signum=None))]
 fn _panic_fire(signum: Option<u8>) -> bool {
-    let payload = signum.map_or(0, varta_core::observer::verdict::signal_payload);
+    let payload = signum.map_or(0, varta_core::cause::signal_payload);
     core_panic::fire_with(payload) == Fire::Sent
 }
 

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use varta_core::frame::{DecodeError, Status};
+#[cfg(target_os = "linux")]
 use varta_core::observer::{BeatOrigin, Verdict};
 
 // The agent binding is the consumer of the outcome types.
@@ -113,8 +114,10 @@ pub fn decode_error_err(py: Python<'_>, e: &DecodeError) -> PyErr {
 
 // --- observer: cached `varta.BeatOrigin` members ---
 
+#[cfg(target_os = "linux")]
 static ORIGINS: PyOnceLock<[Py<PyAny>; 4]> = PyOnceLock::new();
 
+#[cfg(target_os = "linux")]
 /// `BeatOrigin` members indexed by rank (0..=3).
 pub fn origins(py: Python<'_>) -> PyResult<&[Py<PyAny>; 4]> {
     ORIGINS.get_or_try_init(py, || {
@@ -124,9 +127,11 @@ pub fn origins(py: Python<'_>) -> PyResult<&[Py<PyAny>; 4]> {
     })
 }
 
+#[cfg(target_os = "linux")]
 static VERDICTS: PyOnceLock<[Py<PyAny>; 5]> = PyOnceLock::new();
 
 /// The cached `varta.Verdict` member for a core verdict.
+#[cfg(target_os = "linux")]
 pub fn verdict_obj(py: Python<'_>, v: Verdict) -> PyResult<Py<PyAny>> {
     let all = VERDICTS.get_or_try_init(py, || {
         let cls = py.import("varta._types")?.getattr("Verdict")?;
@@ -137,17 +142,20 @@ pub fn verdict_obj(py: Python<'_>, v: Verdict) -> PyResult<Py<PyAny>> {
 }
 
 /// Accept a `Verdict` member or its name.
+#[cfg(target_os = "linux")]
 pub fn extract_verdict(v: &Bound<'_, PyAny>) -> PyResult<Verdict> {
     let name: String = v.str()?.extract()?;
     Verdict::from_name(&name)
         .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown verdict {name:?}")))
 }
 
+#[cfg(target_os = "linux")]
 /// The cached `varta.BeatOrigin` member for a core origin.
 pub fn origin_obj(py: Python<'_>, o: BeatOrigin) -> PyResult<Py<PyAny>> {
     Ok(origins(py)?[o.rank() as usize].clone_ref(py))
 }
 
+#[cfg(target_os = "linux")]
 /// Accept a `BeatOrigin` (or its int rank / member name).
 pub fn extract_origin(v: &Bound<'_, PyAny>) -> PyResult<BeatOrigin> {
     if !v.is_instance_of::<pyo3::types::PyBool>() {

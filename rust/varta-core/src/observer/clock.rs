@@ -1,4 +1,4 @@
-//! Observer time (`observer.md` §4.3): nanoseconds since observer start on the
+//! Observer time (`docs/observer.md#stall-detection`): nanoseconds since observer start on the
 //! configured clock source, clamped forward.
 //!
 //! The tracker never reads a clock itself — every method takes `now_ns` — so

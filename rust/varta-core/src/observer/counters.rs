@@ -1,8 +1,8 @@
-//! Tracker-side counters (`observer.md` §9.2). Cumulative since the tracker
+//! Tracker-side counters (`docs/observer.md#metric-families`). Cumulative since the tracker
 //! was built (never drained); the observer reads them for `counters()` and the
 //! Prometheus families. Every increment saturates.
 
-/// Cumulative tracker counters. Field → `counters()` key (observer.md §9.2
+/// Cumulative tracker counters. Field → `counters()` key (docs/observer.md#metric-families
 /// family name without `varta_` / `_total`) is given by [`TrackerCounters::entries`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerCounters {
@@ -12,7 +12,7 @@ pub struct TrackerCounters {
     pub stalls: u64,
     /// Regular frames at or below the last nonce and repeated terminals.
     pub out_of_order: u64,
-    /// Slots reclaimed by eviction (§4.4).
+    /// Slots reclaimed by eviction (docs/observer.md#eviction).
     pub tracker_evicted: u64,
     /// New pids dropped because the table was full (or the index probe ran out).
     pub capacity_exceeded: u64,

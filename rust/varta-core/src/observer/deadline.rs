@@ -1,4 +1,4 @@
-//! Stall deadlines (`observer.md` §4.3): which armed slot is due next, in
+//! Stall deadlines (`docs/observer.md#stall-detection`): which armed slot is due next, in
 //! O(1) per re-arm and O(expired) per expiry pass.
 //!
 //! Every armed deadline is `last accepted beat + threshold` with one global

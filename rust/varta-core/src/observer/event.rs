@@ -1,4 +1,4 @@
-//! Observer events (`observer.md` §2). Plain values; the binding turns them
+//! Observer events (`docs/observer.md#events`). Plain values; the binding turns them
 //! into Python objects and the daemon exports them.
 
 use super::tracker::{BeatOrigin, StallInfo};

@@ -1,5 +1,5 @@
-//! The observer: listeners → gates → tracker → events (`observer.md` §3, §5,
-//! §10.1 D7).
+//! The observer: listeners → gates → tracker → events (`docs/observer.md#ingress`, `docs/observer.md#peer-authentication`,
+//! docs/observer.md#main-loop).
 //!
 //! [`Observer::drain_ready`] never blocks: it takes whatever datagrams are
 //! queued (round-robin over listeners, one batch each per pass, bounded per
@@ -81,7 +81,7 @@ pub struct ObserverConfig {
 }
 
 impl ObserverConfig {
-    /// Defaults of `observer.md` §1 for `threshold_ns`.
+    /// Defaults of `docs/configuration.md` for `threshold_ns`.
     pub fn new(socket_path: Option<PathBuf>, threshold_ns: u64) -> ObserverConfig {
         ObserverConfig {
             socket_path,
@@ -168,7 +168,7 @@ impl From<TrackerConfigError> for ObserverError {
 pub struct Peer {
     /// Kernel-attested sender pid (never 0); `None` = not verified.
     pub kernel_pid: Option<u32>,
-    /// Origin before the identity step (§3 step 8 may lower it).
+    /// Origin before the identity step (docs/observer.md#ingress step 8 may lower it).
     pub origin: BeatOrigin,
     /// A Unix-socket peer: its `/proc` identity is read and a raw
     /// credential cannot "repair" a downgraded slot past the limiter.
@@ -284,7 +284,7 @@ impl Listener {
 /// What a listener may use while judging one datagram.
 #[derive(Debug)]
 pub struct RecvCtx<'c> {
-    /// The observer's uid (same-uid rule, §5.1).
+    /// The observer's uid (same-uid rule, docs/observer.md#credentials).
     pub own_uid: u32,
     /// Observer time of the batch.
     pub now_ns: u64,
@@ -299,7 +299,7 @@ fn uds_received(l: &UdsListener, i: usize, own_uid: u32) -> Received<'_> {
     classify_uds(l.datagram(i), own_uid)
 }
 
-/// The Unix listener's own checks (`observer.md` §5.1), in order: control
+/// The Unix listener's own checks (`docs/observer.md#credentials`), in order: control
 /// truncation, length, credentials present, same uid; a kernel pid of 0 (a
 /// sender the kernel cannot map into our pid namespace) is not attested.
 fn classify_uds(d: Datagram<'_>, own_uid: u32) -> Received<'_> {
@@ -364,7 +364,7 @@ pub struct IngressCounters {
     pub identity_pidfd_verified: u64,
     /// `/proc` identity reads refused because the sender's pidfd showed it
     /// exited (or none came with the datagram): treated as unreadable
-    /// identity (§3 step 8). Not a Prometheus family.
+    /// identity (docs/observer.md#ingress step 8). Not a Prometheus family.
     pub identity_sender_exited: u64,
 }
 
@@ -388,7 +388,7 @@ pub enum CounterValue {
     Labels(Vec<(&'static str, u64)>),
 }
 
-/// Global token bucket in milli-tokens with lazy refill (§1.2).
+/// Global token bucket in milli-tokens with lazy refill (docs/configuration.md#rate-limits).
 #[derive(Clone, Copy, Debug)]
 struct TokenBucket {
     /// Tokens per second; 0 = off.
@@ -531,7 +531,7 @@ impl Gates {
     /// whenever something is unknown.
     ///
     /// A read is checked against the sender's pidfd when the listener has
-    /// one (§5.3: "trusted only if the sender is alive before and after"):
+    /// one (docs/observer.md#namespaces-and-generations: "trusted only if the sender is alive before and after"):
     /// a sender that exited before or during the read may have left its pid
     /// to another process, whose namespace and start time we would pin. Such
     /// a read — or a datagram whose pidfd the kernel could not supply — is
@@ -1159,7 +1159,7 @@ impl Observer {
         t
     }
 
-    /// Every counter of `observer.md` §9.2 the core owns, keyed by family
+    /// Every counter of `docs/observer.md#metric-families` the core owns, keyed by family
     /// name without `varta_` and `_total`; labelled families zero-filled.
     pub fn counters(&self) -> Vec<(&'static str, CounterValue)> {
         use CounterValue::{Int, Labels};

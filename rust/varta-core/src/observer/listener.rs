@@ -1,11 +1,11 @@
-//! The Unix-domain datagram listener (`observer.md` §1.1, §3, §5.1).
+//! The Unix-domain datagram listener (`docs/configuration.md#listeners-and-transports`, `docs/observer.md#ingress`, `docs/observer.md#credentials`).
 //!
 //! Binding follows upstream: the umask is tightened while `bind(2)` creates
 //! the socket file, then the file is `chmod`ed to the requested mode; a stale
 //! socket file (nobody answers a probe `connect`) is replaced, a live one or a
 //! non-socket file is refused with `EADDRINUSE`. `SO_PASSCRED` is mandatory,
 //! so every datagram carries the sender's kernel-attested pid/uid/gid.
-//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (§5.1):
+//! `SO_PASSPIDFD` (Linux ≥ 6.5) is enabled when the kernel has it (docs/observer.md#credentials):
 //! every datagram then also carries a pidfd of its sender (`SCM_PIDFD`), which
 //! pins *that* process, so a `/proc` identity read can be checked against the
 //! sender's death (see [`crate::observer::procfs::pidfd_exited`]). A kernel
@@ -50,6 +50,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
+#[cfg(not(target_env = "musl"))]
+pub(crate) type RecvMmsgFlags = libc::c_int;
+/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
+#[cfg(target_env = "musl")]
+pub(crate) type RecvMmsgFlags = libc::c_uint;
 
 /// Datagrams taken per `recvmmsg(2)` call.
 pub const RECV_BATCH: usize = 64;
@@ -613,7 +620,7 @@ impl UdsListener {
                     self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     RECV_BATCH as u32,
-                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                    (libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as RecvMmsgFlags,
                     std::ptr::null_mut(),
                 )
             };
@@ -844,7 +851,7 @@ pub fn thread_cpu_ns() -> u64 {
 /// frame-sized datagrams whose pid field matches the kernel pid arrived, or
 /// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
 /// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
-/// datagram's pidfd (the credential set of `observer.md` §5.1 on kernels
+/// datagram's pidfd (the credential set of `docs/observer.md#credentials` on kernels
 /// that have it; `ENOPROTOOPT` where they do not).
 #[doc(hidden)]
 pub fn bench_recv_floor(

@@ -1,4 +1,4 @@
-//! The observer core (`observer.md`): listeners with kernel peer
+//! The observer core (`docs/observer.md`): listeners with kernel peer
 //! credentials, ingress gates, the per-pid tracker with its deadline
 //! structure, and the events they produce. Knows nothing of Python.
 //!

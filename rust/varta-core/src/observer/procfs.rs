@@ -1,5 +1,5 @@
 //! Allocation-free reads of the `/proc` identity of a sender
-//! (`observer.md` §5.3): pid-namespace inode, start time (generation) and
+//! (`docs/observer.md#namespaces-and-generations`): pid-namespace inode, start time (generation) and
 //! `pid_max`. Every function returns `None` (or a documented default) when
 //! the file is missing or malformed; callers treat that as "unknown".
 //!
@@ -10,7 +10,7 @@
 
 use std::io;
 
-/// `pid_max` when `/proc/sys/kernel/pid_max` cannot be read (`observer.md` §5.3).
+/// `pid_max` when `/proc/sys/kernel/pid_max` cannot be read (`docs/observer.md#namespaces-and-generations`).
 pub const PID_MAX_FALLBACK: u32 = 4_194_304;
 
 /// A NUL-terminated path built on the stack: `/proc/<pid>/<tail>`.

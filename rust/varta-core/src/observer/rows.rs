@@ -1,4 +1,4 @@
-//! Per-pid exporter rows (`observer.md` §9.1): a compact copy of the
+//! Per-pid exporter rows (`docs/observer.md#per-pid-families`): a compact copy of the
 //! tracker's per-pid counts and the Prometheus sample lines for them.
 //!
 //! The daemon renders `varta_beats_total`, `varta_stalls_total` and
@@ -52,7 +52,7 @@ impl RowColumn {
     }
 }
 
-/// Rows sorted by pid (the §9.1 order); pids are unique in a tracker.
+/// Rows sorted by pid (the docs/observer.md#per-pid-families order); pids are unique in a tracker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PidRows {
     rows: Vec<PidRow>,

@@ -1,4 +1,4 @@
-//! The daemon's stop signals (`observer.md` §2 `--signal-handler-mode`):
+//! The daemon's stop signals (`docs/observer.md#signals-and-shutdown`, `--signal-handler-mode`):
 //! SIGINT/SIGTERM set a process-wide latch that the poll loop reads.
 //!
 //! * `direct` (Linux x86_64/aarch64): the handler is installed with the raw

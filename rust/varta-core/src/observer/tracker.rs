@@ -1,16 +1,16 @@
-//! Per-pid liveness tracker (`observer.md` §4).
+//! Per-pid liveness tracker (`docs/observer.md#tracker`).
 //!
 //! # API
 //! ```text
 //! Tracker::new(TrackerConfig) -> Result<Tracker, TrackerConfigError>   // pre-allocates everything
-//! t.record(&frame, origin, ns_inode, generation, now_ns) -> RecordOutcome   // §4.2, O(1) expected
-//! t.expire(now_ns, &mut |stall: StallInfo| ..) -> usize               // §4.3, O(expired)
+//! t.record(&frame, origin, ns_inode, generation, now_ns) -> RecordOutcome   // docs/observer.md#tracker, O(1) expected
+//! t.expire(now_ns, &mut |stall: StallInfo| ..) -> usize               // docs/observer.md#stall-detection, O(expired)
 //! t.expire_with(now_ns, limit, &mut |s: &StallInfo| StallDecision) -> usize  // verdicts, retirement
 //! t.take_exit(pid, generation, now_ns) -> ExitOutcome                 // the process ended (docs/verdicts.md)
 //! t.extend_deadlines(by_ns)         // the observer was blind: push every armed deadline back
 //! t.next_deadline_ns() -> Option<u64>                                  // when the next stall is due
 //! t.get(pid) -> Option<AgentView>;  t.iter() -> impl Iterator<Item = AgentView>
-//! t.retire(pid) -> bool             // §4.5 KernelAttested generation-mismatch release
+//! t.retire(pid) -> bool             // docs/observer.md#release KernelAttested generation-mismatch release
 //! t.take_removed(&mut Vec<u32>)     // pids evicted / retired since the last call
 //! t.len(); t.capacity(); t.config(); t.counters() -> &TrackerCounters
 //! t.prefetch(pid)                   // cache hint: call per frame of a recvmmsg batch, then record
@@ -31,8 +31,8 @@
 //!   tags at once). A full line passes new pids to the next, up to
 //!   [`MAX_PROBE_LINES`] lines, and counts them (F14-style overflow counts,
 //!   no tombstones). Exhaustion → CapacityExceeded, counted.
-//!   The spec sketches upstream's per-pid linear probing (`observer.md`
-//!   §4.1); the observable contract is the same, but at 100,000 agents its
+//!   Upstream uses per-pid linear probing (`docs/observer.md#tracker`);
+//!   the observable contract is the same, but at 100,000 agents its
 //!   one cache miss per beat cost 1.2–1.5× the per-beat time at 100.
 //! * deadlines: [`DeadlineList`] — armed slots ordered by `last_ns +
 //!   threshold`; a beat re-arms in O(1), expiry pops only due entries.
@@ -46,7 +46,7 @@
 //!   network recycle, stronger-origin replacement): they back the per-pid
 //!   Prometheus counters, which must not go backwards while the pid's row
 //!   lives. They restart at 0 only for a pid inserted into a free slot.
-//! * Wrap rule exactly as §4.2: `last ≥ 2^64−1−2^20 && new ≤ 2^20`.
+//! * Wrap rule exactly as docs/observer.md#tracker: `last ≥ 2^64−1−2^20 && new ≤ 2^20`.
 //! * `eviction_scan_truncated` counts once per attempt that ran at least one
 //!   pass and found no victim (a skipped strict pass alone does not count).
 //! * A new pid is refused as exhausted only when all 64 lines from its home
@@ -70,14 +70,14 @@ pub const DEFAULT_SCAN_WINDOW: usize = 256;
 pub const MAX_SCAN_WINDOW: usize = 4096;
 /// A slot is evictable only once silent for more than this × threshold.
 pub const EVICTION_MULTIPLIER: u64 = 10;
-/// Wrap rule (§4.2 step 6): last ≥ 2^64−1−2^20 and new ≤ 2^20.
+/// Wrap rule (docs/observer.md#tracker step 6): last ≥ 2^64−1−2^20 and new ≤ 2^20.
 pub const NONCE_WRAP_THRESHOLD: u64 = 1 << 20;
 /// Pid-index probe budget, in 64-byte lines of 15 entries.
 pub const MAX_PROBE_LINES: usize = 64;
 /// Minimum length of the removed-pid list (it is `max(capacity, this)`).
 pub const MIN_REMOVED_LIST: usize = 64;
 
-/// How a beat reached the observer; ordered by trust rank (§5.2).
+/// How a beat reached the observer; ordered by trust rank (docs/observer.md#origins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum BeatOrigin {
@@ -113,7 +113,7 @@ impl BeatOrigin {
         }
     }
 
-    /// Recovery may act on stalls of this origin (§5.2).
+    /// Recovery may act on stalls of this origin (docs/observer.md#origins).
     pub const fn allows_recovery(self) -> bool {
         matches!(
             self,
@@ -122,7 +122,7 @@ impl BeatOrigin {
     }
 }
 
-/// Eviction policy when the table is full and a new pid arrives (§4.4).
+/// Eviction policy when the table is full and a new pid arrives (docs/observer.md#eviction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum EvictionPolicy {
     /// Victim must be stall-latched and silent > 10 × threshold.
@@ -255,9 +255,9 @@ pub enum StallDecision {
     /// `Stall`); the slot stays until it beats again or is evicted.
     Emit(Verdict),
     /// Count a stall with this verdict and retire the slot: the agent ended
-    /// (`docs/verdicts.md`, "Retirement").
+    /// (`docs/verdicts.md#retirement`).
     EmitAndRetire(Verdict),
-    /// §4.5 without a stall: remove the slot, `pid_recycle++`.
+    /// docs/observer.md#release without a stall: remove the slot, `pid_recycle++`.
     Retire,
 }
 
@@ -846,7 +846,7 @@ impl Tracker {
         last_ns.saturating_add(self.cfg.threshold_ns)
     }
 
-    /// Record one decoded frame (§4.2 in order). `origin`, `ns_inode`
+    /// Record one decoded frame (docs/observer.md#tracker in order). `origin`, `ns_inode`
     /// (`/proc/<pid>/ns/pid` inode) and `generation` (start time) come from
     /// the ingress gates; `None` = unknown.
     pub fn record(
@@ -1020,7 +1020,7 @@ impl Tracker {
             return RecordOutcome::CapacityExceeded;
         };
         if self.free.is_empty() {
-            // 7. Full: evict (§4.4) or drop.
+            // 7. Full: evict (docs/observer.md#eviction) or drop.
             let Some(victim) = self.find_victim(now) else {
                 bump(&mut self.counters.capacity_exceeded);
                 return RecordOutcome::CapacityExceeded;
@@ -1043,7 +1043,7 @@ impl Tracker {
         RecordOutcome::Inserted
     }
 
-    /// §4.4: strict pass (only if some slot is latched), then for balanced a
+    /// docs/observer.md#eviction: strict pass (only if some slot is latched), then for balanced a
     /// pass over any slot; each pass ≤ `scan_window` slots from the cursor.
     fn find_victim(&mut self, now: u64) -> Option<u32> {
         let age = self.cfg.threshold_ns.saturating_mul(EVICTION_MULTIPLIER);
@@ -1109,8 +1109,8 @@ impl Tracker {
         }
     }
 
-    /// Emit one stall per due, unlatched slot (§4.3); returns how many.
-    /// Verdicts are left [`Verdict::Unknown`] (no kernel is asked).
+    /// Emit one stall per due, unlatched slot (docs/observer.md#stall-detection);
+    /// returns how many. Verdicts are left [`Verdict::Unknown`] (no kernel is asked).
     pub fn expire(&mut self, now_ns: u64, sink: &mut impl FnMut(StallInfo)) -> usize {
         self.expire_with(now_ns, usize::MAX, &mut |s: &StallInfo| {
             sink(*s);
@@ -1225,7 +1225,7 @@ impl Tracker {
         self.slots.iter().filter(|s| s.has(F_USED)).map(Slot::view)
     }
 
-    /// Remove `pid` (§4.5 KernelAttested generation mismatch): no stall,
+    /// Remove `pid` (docs/observer.md#release KernelAttested generation mismatch): no stall,
     /// `pid_recycle++`, pid goes to the removed list. False if not tracked.
     pub fn retire(&mut self, pid: u32) -> bool {
         match self.index.probe(pid, &self.slots) {

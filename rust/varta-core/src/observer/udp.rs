@@ -1,4 +1,4 @@
-//! UDP listeners (`observer.md` §1.1, §5.2; `vlp.md` §10): plaintext VLP
+//! UDP listeners (`docs/configuration.md#listeners-and-transports`, `docs/observer.md#origins`; `docs/protocol.md#secure-receiver`): plaintext VLP
 //! frames and ChaCha20-Poly1305 sealed frames, batched with `recvmmsg(2)`
 //! like the Unix listener and judged in the same round-robin `poll()`.
 //!
@@ -18,7 +18,7 @@
 //! shared gates.
 
 use super::ingress::{IngressCounters, Peer, Received};
-use super::listener::{get_int_opt, set_int_opt, RECV_BATCH};
+use super::listener::{get_int_opt, set_int_opt, RecvMmsgFlags, RECV_BATCH};
 use super::tracker::BeatOrigin;
 use crate::frame::FRAME_LEN;
 use crate::secure::{Opened, SecureReceiver, RECV_BUF_LEN};
@@ -33,7 +33,7 @@ use std::sync::Arc;
 /// datagram is seen as such.
 pub const PLAIN_RECV_LEN: usize = FRAME_LEN + 1;
 
-/// How far the operator trusts a UDP listener's transport (§5.2).
+/// How far the operator trusts a UDP listener's transport (docs/observer.md#origins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TransportTrust {
     /// Beats are `NetworkUnverified` (recovery refused).
@@ -198,7 +198,7 @@ impl UdpListener {
                     self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     RECV_BATCH as u32,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_DONTWAIT as RecvMmsgFlags,
                     std::ptr::null_mut(),
                 )
             };
@@ -310,7 +310,7 @@ impl UdpListener {
     }
 
     /// Upkeep that must not wait for traffic: a secure listener's periodic
-    /// replay-table sweep (`vlp.md` §10.3), so senders silent for
+    /// replay-table sweep (`docs/protocol.md#sender-table`), so senders silent for
     /// `EVICTION_TTL` are forgotten on a quiet listener too. O(1) unless the
     /// sweep is due (every `EVICTION_INTERVAL`), then O(`MAX_SENDER_STATES`).
     pub fn maintain(&mut self, now_ns: u64) {

@@ -1,4 +1,4 @@
-//! HKDF-SHA256 derivations (`vlp.md` §9): full Extract + Expand, EMPTY salt
+//! HKDF-SHA256 derivations (`docs/protocol.md#key-derivation`): full Extract + Expand, EMPTY salt
 //! everywhere; the key or session/fork salt is the IKM. Info = ASCII label,
 //! one NUL byte, then the listed integers little-endian, back to back.
 //!
@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn label_lengths_match_the_info_offsets() {
-        // vlp.md §9: integers start at 15, 19, 18, 15.
+        // docs/protocol.md#key-derivation: integers start at 15, 19, 18, 15.
         assert_eq!(LABEL_AGENT.len(), 15);
         assert_eq!(LABEL_IV_PREFIX.len(), 19);
         assert_eq!(LABEL_PANIC_IV.len(), 18);

@@ -1,5 +1,5 @@
-//! 32-byte keys, their hex encoding and the secret-file rules (`vlp.md` §9.5,
-//! `agent.md` §3).
+//! 32-byte keys, their hex encoding and the secret-file rules (`docs/protocol.md#key-files`,
+//! `docs/agent.md#keys`).
 //!
 //! Key material lives only in [`Key`] (zeroized on drop, never printed) and in
 //! `Zeroizing` scratch buffers while a file is being parsed.
@@ -16,7 +16,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 pub const KEY_LEN: usize = 32;
 /// Hex characters in an encoded key.
 pub const KEY_HEX_LEN: usize = 2 * KEY_LEN;
-/// varta decision (`vlp.md` §10.1): at most 8 shared keys (primary + accepted).
+/// varta decision (`docs/protocol.md#secure-receiver`): at most 8 shared keys (primary + accepted).
 pub const MAX_SHARED_KEYS: usize = 8;
 /// Key files larger than this are refused (a key file is a few lines).
 pub const MAX_KEY_FILE_LEN: usize = 64 * 1024;

@@ -1,4 +1,4 @@
-//! The secure transport's crypto layer (`vlp.md` §8–§10): keys and key files,
+//! The secure transport's crypto layer (`docs/protocol.md#secure-transport`): keys and key files,
 //! HKDF derivations, ChaCha20-Poly1305 seal/open of the 60- and 64-byte
 //! frames, the sender-side session state machine and the receiver with its
 //! replay protection. No sockets in here: the agent's transport and the
@@ -11,7 +11,7 @@
 //! | [`seal`] | wire layouts and the allocation-free seal/open primitives |
 //! | [`session`] | [`SecureSession`]: salt, prefix rotation, counter, commit-on-success (sender) |
 //! | [`replay`] | [`ReplayTable`]: per-pid replay state in a fixed, preallocated table |
-//! | [`receiver`] | [`SecureReceiver`]: the §10.1 receive path with counters |
+//! | [`receiver`] | [`SecureReceiver`]: the docs/protocol.md#secure-receiver receive path with counters |
 //!
 //! The cryptography is the RustCrypto crates (`chacha20poly1305`, `hkdf`,
 //! `sha2`); nothing here implements a primitive.

@@ -1,4 +1,4 @@
-//! The secure receive path (`vlp.md` §10.1): length dispatch, constant-count
+//! The secure receive path (`docs/protocol.md#secure-receiver`): length dispatch, constant-count
 //! trial opens, master-key path, base-frame decode, replay check, counters.
 //!
 //! The observer's secure UDP listener does `recv_from` into a buffer of at
@@ -27,7 +27,7 @@ pub const RECV_BUF_LEN: usize = MAX_WIRE_LEN + 1;
 pub struct ReceiverConfig {
     pub shared_keys: Vec<Key>,
     pub master_key: Option<Key>,
-    /// `session_restart_gap` (§10.2) = the observer's threshold, in ns.
+    /// `session_restart_gap` (docs/protocol.md#replay-protection) = the observer's threshold, in ns.
     pub session_restart_gap_ns: u64,
 }
 
@@ -69,7 +69,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// Name of the counter this rejection increments (observer.md §9.2,
+    /// Name of the counter this rejection increments (docs/observer.md#metric-families,
     /// without `varta_` and `_total`).
     pub const fn counter_name(self) -> &'static str {
         match self {
@@ -87,14 +87,14 @@ pub enum Opened {
     /// Authenticated, decoded and fresh. Trust level is `NetworkUnverified`
     /// (or operator-attested); the observer decides.
     Accepted(Frame),
-    /// Opened but not a valid frame (§4): emit a Decode event and count
+    /// Opened but not a valid frame (docs/protocol.md#decoding-order): emit a Decode event and count
     /// `decode_errors{kind}`. No replay state was allocated.
     Decode(DecodeError),
     /// Dropped without an event; the matching counter was incremented.
     Rejected(RejectReason),
 }
 
-/// The receiver's counters (observer.md §9.2 names without `varta_`/`_total`).
+/// The receiver's counters (docs/observer.md#metric-families names without `varta_`/`_total`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SecureCounters {
     pub frame_decrypt_failures: u64,

@@ -1,5 +1,5 @@
-//! Secure replay protection (`vlp.md` §10.2) in a bounded sender table
-//! (§10.3).
+//! Secure replay protection (`docs/protocol.md#replay-protection`) in a bounded sender table
+//! (docs/protocol.md#sender-table).
 //!
 //! State is keyed by the **authenticated inner pid** and is only touched after
 //! an AEAD open and a successful base-frame decode. The table holds at most
@@ -15,7 +15,7 @@
 //!
 //! # Lifetime: independent of the tracker
 //!
-//! A state lives until the §10.3 sweep finds it silent for
+//! A state lives until the docs/protocol.md#sender-table sweep finds it silent for
 //! [`EVICTION_TTL_NS`]; it is deliberately **not** dropped when the
 //! observer's tracker evicts or retires the pid. Forgetting it would make
 //! every captured frame of that pid an "unknown pid, any counter" frame
@@ -247,7 +247,7 @@ impl ReplayTable {
         }
     }
 
-    /// Apply the §10.2 rules to an opened and decoded frame. `pid` must be
+    /// Apply the docs/protocol.md#replay-protection rules to an opened and decoded frame. `pid` must be
     /// the frame's (authenticated inner) pid; `iv_random`/`iv_counter` come
     /// from the wire nonce. Updates state only on acceptance.
     pub fn check(

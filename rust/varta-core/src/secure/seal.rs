@@ -1,5 +1,5 @@
 //! Wire layouts of the secure frames and the seal/open primitives
-//! (`vlp.md` §8). IETF ChaCha20-Poly1305 (RFC 8439), 12-byte nonce =
+//! (`docs/protocol.md#secure-transport`). IETF ChaCha20-Poly1305 (RFC 8439), 12-byte nonce =
 //! `iv_random(8) || u32le(iv_counter)` = the 12 wire bytes after the optional
 //! pid, tag after the ciphertext.
 //!
@@ -151,7 +151,7 @@ pub(crate) fn seal_master_with(
     seal_body(c, &pid[..], body);
 }
 
-/// A secure crash frame (`vlp.md` §9.4): prefix =
+/// A secure crash frame (`docs/protocol.md#secure-crash-frames`): prefix =
 /// `derive_panic_iv_prefix(fork_salt, pid, timestamp, counter)`, wire counter
 /// = `counter`, sealed in the shared layout. `pid`/`timestamp` must be the
 /// ones encoded in `plaintext`. Allocation-free and entropy-free.

@@ -1,4 +1,4 @@
-//! Sender-side secure session (`vlp.md` §9.1–§9.3, §9.6): session salt, IV
+//! Sender-side secure session (`docs/protocol.md#session-salt-and-iv-prefix`, `docs/protocol.md#fork-rotation`): session salt, IV
 //! prefix rotation and the AEAD counter, with commit-on-success.
 //!
 //! The agent's secure transport owns one [`SecureSession`] next to its UDP
