@@ -19,7 +19,7 @@ single-threaded path (``ingest_thread=False``) matters it is printed beside.
    (``/proc/self/task/<tid>/schedstat``) and its datagrams per wake-up
    (voluntary context switches) are printed too, and the same run with
    ``ingest_thread=False``. Where the kernel has ``SO_PASSPIDFD`` (the
-   observer then takes a pidfd of every sender, observer.md 5.1) the floor is
+   observer then takes a pidfd of every sender, docs/observer.md#credentials) the floor is
    also run with it, each pidfd closed, and that ratio is printed beside the
    target one (informational: the target stays against the plain floor).
 2. Stall-detection latency for hung agents: paced agents are SIGSTOPped at

@@ -51,6 +51,11 @@ pub const WAIT_SLICE_NS: u64 = 50_000_000;
 /// Datagrams handled per [`Observer::drain_ready`] call at most (bounds the
 /// time a caller holds the observer).
 pub const DRAIN_BUDGET: usize = 4096;
+/// With blindness watched ([`Observer::watch_for_blindness`]), a drain
+/// later than one wait slice after the previous one by more than this means
+/// the observer could not look. Below it, a late drain is ordinary
+/// scheduling noise and the kernel's queue absorbs what arrived meanwhile.
+pub const BLIND_TOLERANCE_NS: u64 = 25_000_000;
 /// `pid_max` is re-read at most this often (observer ns).
 pub const PID_MAX_REFRESH_NS: u64 = 60_000_000_000;
 
@@ -844,6 +849,10 @@ pub struct Observer {
     socket_path: Option<PathBuf>,
     uds_rcvbuf_bytes: u64,
     closed: bool,
+    /// Blindness is judged at each drain ([`Observer::watch_for_blindness`]).
+    blind_watch: bool,
+    /// Observer time the last drain finished.
+    last_look_ns: u64,
 }
 
 impl fmt::Debug for Observer {
@@ -906,6 +915,8 @@ impl Observer {
             socket_path: cfg.socket_path,
             uds_rcvbuf_bytes,
             closed: false,
+            blind_watch: false,
+            last_look_ns: now,
         })
     }
 
@@ -1031,9 +1042,20 @@ impl Observer {
     /// not scheduled. Every armed deadline moves back by that long, so no
     /// agent is blamed for beats the observer could not receive (the kernel
     /// drops them once the socket queue is full); a [`Event::Blind`] says
-    /// so. The caller decides what counts as blind ([`super::pump`] does).
+    /// so.
     pub fn observer_was_blind(&mut self, from_ns: u64, to_ns: u64, out: &mut Vec<Event>) {
         self.gates.blind(from_ns, to_ns, out);
+    }
+
+    /// Judge blindness at every [`Observer::drain_ready`]: a drain more than
+    /// one wait slice ([`WAIT_SLICE_NS`]) plus [`BLIND_TOLERANCE_NS`] after
+    /// the previous one means nobody was looking for the excess, which is
+    /// then handed to [`Observer::observer_was_blind`]. For owners that drain
+    /// at least once a slice while they look ([`super::pump`]); off by
+    /// default, so callers with a fake clock drain when they please.
+    pub fn watch_for_blindness(&mut self, on: bool) {
+        self.blind_watch = on;
+        self.last_look_ns = self.clock.now_ns();
     }
 
     /// Take queued datagrams (≤ [`DRAIN_BUDGET`]) from every listener
@@ -1044,6 +1066,15 @@ impl Observer {
             return;
         }
         let mut now = self.clock.now_ns();
+        if self.blind_watch {
+            // Before anything can expire: whoever drains (the ingest thread
+            // or a consumer) sees the same gap, so no path judges deadlines
+            // that blind time should have moved.
+            let expected = self.last_look_ns.saturating_add(WAIT_SLICE_NS);
+            if now > expected.saturating_add(BLIND_TOLERANCE_NS) {
+                self.gates.blind(expected, now, out);
+            }
+        }
         self.gates.refresh_pid_max(now);
         // Runs on every wake-up, traffic or not: an idle listener's expired
         // replay state is swept too.
@@ -1118,6 +1149,7 @@ impl Observer {
             self.gates.reap_exits(now, out);
         }
         self.gates.expire(now, out);
+        self.last_look_ns = self.clock.now_ns();
     }
 
     /// Blocking convenience for Rust callers: wait (in slices of at most

@@ -14,11 +14,14 @@
 //! so they stay bounded by the tracker).
 //!
 //! Blindness: each wait lasts at most one slice (≤ 50 ms, and never past the
-//! next deadline). When the thread comes back later than the slice plus
+//! next deadline), so the observer drains at least once a slice while it
+//! looks. A drain that comes later than that by more than
 //! [`BLIND_TOLERANCE_NS`] — the process was stopped (SIGSTOP), the host or
-//! the VM stalled, the thread was not scheduled, or the clock jumped — the
-//! observer was blind for the excess, and [`Observer::observer_was_blind`]
-//! extends every armed deadline by it before anything is declared stalled.
+//! the VM stalled, the thread was not scheduled, or the clock jumped — means
+//! the observer was blind for the excess, and every armed deadline moves back
+//! by it before anything is declared stalled. The check runs inside
+//! [`Observer::drain_ready`] ([`Observer::watch_for_blindness`]), so the
+//! consumer's own drains judge the same gap as the ingest thread's.
 //!
 //! Lock order: the observer lock, then the queue lock. The consumer waits on
 //! the queue lock alone, so it never holds up ingest.
@@ -29,6 +32,7 @@
 //! datagram is read, and for embedders who want no extra thread.
 
 use super::event::Event;
+pub use super::ingress::BLIND_TOLERANCE_NS;
 use super::ingress::{Observer, Waiter};
 use std::collections::VecDeque;
 use std::io;
@@ -38,10 +42,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A wake-up later than the wait slice by more than this counts as blind.
-/// Below it, a late wake-up is ordinary scheduling noise and the kernel's
-/// queue absorbs what arrived meanwhile.
-pub const BLIND_TOLERANCE_NS: u64 = 25_000_000;
 /// Default bound of the event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 
@@ -141,13 +141,14 @@ fn eventfd() -> io::Result<OwnedFd> {
 impl Pump {
     /// Start the ingest thread for `obs` (unless `threaded` is false), with
     /// an event queue of `queue_capacity` (≥ 1) events.
-    pub fn start(obs: Observer, queue_capacity: usize, threaded: bool) -> io::Result<Pump> {
+    pub fn start(mut obs: Observer, queue_capacity: usize, threaded: bool) -> io::Result<Pump> {
+        // The thread looks at least once a slice; without it, the caller
+        // looks only when it polls, which is its own business.
+        obs.watch_for_blindness(threaded);
         let capacity = queue_capacity.max(1);
         let wake = Arc::new(eventfd()?);
         let mut waiter = obs.waiter();
         waiter.add(Arc::clone(&wake));
-        // Blindness is measured from now: a thread slow to start is late too.
-        let started_ns = obs.now_ns();
         let shared = Arc::new(Shared {
             obs: Mutex::new(obs),
             queue: Mutex::new(Queue {
@@ -166,7 +167,7 @@ impl Pump {
             Some(
                 std::thread::Builder::new()
                     .name("varta-ingest".into())
-                    .spawn(move || ingest(&inner, &waiter, started_ns))?,
+                    .spawn(move || ingest(&inner, &waiter))?,
             )
         } else {
             None
@@ -315,9 +316,8 @@ impl Drop for Pump {
     }
 }
 
-fn ingest(shared: &Shared, waiter: &Waiter, started_ns: u64) {
+fn ingest(shared: &Shared, waiter: &Waiter) {
     let mut batch: Vec<Event> = Vec::with_capacity(256);
-    let mut last_look = started_ns;
     while !shared.stop.load(Ordering::SeqCst) {
         let slice = lock(&shared.obs).wait_slice_ns(None);
         let waited = waiter.wait(Some(slice));
@@ -341,12 +341,7 @@ fn ingest(shared: &Shared, waiter: &Waiter, started_ns: u64) {
             std::thread::sleep(Duration::from_nanos(slice.max(1_000_000)));
             continue;
         }
-        let expected = last_look.saturating_add(slice);
-        if now > expected.saturating_add(BLIND_TOLERANCE_NS) {
-            obs.observer_was_blind(expected, now, &mut batch);
-        }
         obs.drain_ready(&mut batch);
-        last_look = obs.now_ns();
         if !batch.is_empty() {
             // Pushed under the observer lock, so a consumer's own drain can
             // never queue newer events ahead of these.
