@@ -717,7 +717,7 @@ def test_counters_have_every_label() -> None:
     runner = make("x")
     c = runner.counters()
     assert list(c["recovery_outcomes"]) == list(OUTCOMES)  # type: ignore[arg-type]
-    assert len(OUTCOMES) == 14
+    assert len(OUTCOMES) == 15  # §6.4's 14 + refused_audit_unavailable (write-ahead audit)
     assert list(c["recovery_refused"]) == list(REFUSED_REASONS)  # type: ignore[arg-type]
     for key in (
         "recovery_duration_ns_sum",

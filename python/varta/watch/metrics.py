@@ -45,6 +45,7 @@ from prometheus_client.samples import Sample
 
 from varta import PidRows
 
+from .audit import DROP_REASONS as AUDIT_DROP_REASONS
 from .audit import FSYNC_BUCKETS, Histogram
 from .logsetup import SUPPRESSED_KINDS, RateLimiter
 from .recovery import OUTCOMES, REFUSED_REASONS
@@ -85,6 +86,7 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage": ("stage", STAGES),
     "reason:dropped": ("reason", DROP_REASONS),
     "mode": ("mode", SIGNAL_MODES),
+    "reason:audit": ("reason", AUDIT_DROP_REASONS),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order (§9.1 first).
@@ -154,6 +156,13 @@ varta_signal_handler_install_total | c | mode | Signal handler installations by 
 varta_watch_uptime_seconds | g | - | Seconds since varta-watch started.
 varta_watch_last_poll_loop_timestamp_seconds | g | - | Unix time of the last loop iteration.
 varta_watch_pids_tracked | g | - | Pids currently tracked.
+varta_recovery_audit_dropped_by_reason_total | c | reason:audit | Audit records lost, by reason.
+varta_recovery_audit_gap_records_total | c | - | Audit gap records written (each names lost ones).
+varta_recovery_spawned_unaudited_total | c | - | Children run without a durable spawn record.
+varta_export_rows_dropped_total | c | - | TSV rows never written (backlog full or lost at exit).
+varta_export_torn_tail_repaired_total | c | - | Torn last lines cut from the TSV file on open.
+varta_export_io_errors_total | c | - | TSV export write errors.
+varta_reopen_total | c | - | SIGHUP file reopens (logrotate postrotate).
 """
 
 
