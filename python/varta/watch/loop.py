@@ -19,7 +19,7 @@ SIGINT/SIGTERM set a latch checked every iteration (the wait is bounded by
 ``--read-timeout-ms``); SIGPIPE is ignored. SIGHUP reopens the export and
 audit files at the next maintenance stage (logrotate's ``postrotate``
 convention; logs go to stderr, which has no name to reopen) and never stops
-the daemon; SIGUSR1/SIGUSR2 are ignored (see ``docs/operations.md``).
+the daemon; SIGUSR1/SIGUSR2 are ignored (see ``ops/README.md``).
 Shutdown order follows §10.2.
 """
 
