@@ -626,3 +626,187 @@ def logrotate_under_load(
         "audit_files": len(audit_gens),
         "children": len(ran),
     }
+
+
+# --- full-tier scenarios ------------------------------------------------------------------
+
+# argv[2] agents forked from one process: each beats 5 times, then goes silent
+# (one stall each). Prints "ready" once all are forked.
+STORM = """
+import os, sys, time, varta
+kids = []
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with varta.Varta.connect(sys.argv[1]) as a:
+                for _ in range(5):
+                    a.beat("ok", 1)
+                    time.sleep(0.02)
+                time.sleep(3600)
+        finally:
+            os._exit(0)
+    kids.append(pid)
+print("ready", flush=True)
+for k in kids:
+    os.waitpid(k, 0)
+"""
+
+
+def _storm(sock: Path, n: int) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, "-c", STORM, str(sock), str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _end_storm(p: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+def recovery_storm(tmp: Path, agents: int = 200, hang: bool = False) -> dict[str, Any]:
+    """*agents* agents stall at once; each gets exactly one recovery, every one
+    audited (spawn before it ran, complete after). With *hang* the children
+    never exit and the timeout kills every one of them."""
+    cmd, out = witness_cmd(tmp, 3600.0 if hang else 0.0)
+    audit = tmp / "audit.log"
+    extra = ("--recovery-timeout-ms", "500") if hang else ()
+    watch = Watch(
+        tmp,
+        "--recovery-exec", cmd, "--recovery-debounce-ms", "600000",
+        "--recovery-audit-file", str(audit), "--tracker-capacity", "1024", *extra,
+        threshold_ms=300,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    storm = _storm(watch.sock, agents)
+    try:
+        wait_for(f"{agents} recovery children", lambda: len(witnessed(out)) >= agents, timeout=300)
+        t_spawned = time.monotonic() - t0
+
+        def completes() -> list[list[str]]:
+            return [r for r in audit_rows(audit) if r[3] == "complete"]
+
+        wait_for("every complete record", lambda: len(completes()) >= agents, timeout=300)
+        t_done = time.monotonic() - t0
+    finally:
+        _end_storm(storm)
+        code = watch.stop(timeout=60)
+    assert code == 0, watch.stderr
+    ran = witnessed(out)
+    rows = audit_rows(audit)
+    spawned = {int(r[5]) for r in rows if r[3] == "spawn"}
+    done = [r for r in rows if r[3] == "complete"]
+    unrecorded = [c for c, _ in ran if c not in spawned]
+    assert not unrecorded and len(ran) == agents == len(spawned), (len(ran), len(spawned))
+    assert len({a for _, a in ran}) == agents, "an agent was recovered twice"
+    statuses = Counter(r[6] for r in done)
+    if hang:
+        assert statuses == {"killed": agents}, statuses
+    else:
+        assert statuses == {"reaped": agents}, statuses
+    v = audit_verify(audit, strict=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    return {
+        "agents": agents,
+        "children": len(ran),
+        "unrecorded": len(unrecorded),
+        "killed": statuses.get("killed", 0),
+        "all_spawned_s": round(t_spawned, 1),
+        "all_complete_s": round(t_done, 1),
+    }
+
+
+def metrics_abuse(tmp: Path, attackers: int = 200, seconds: float = 5.0) -> dict[str, Any]:
+    """Unauthenticated floods, slowloris and oversized requests on ``/metrics``
+    while an agent stalls: good scrapes keep being answered, the stall is
+    still seen, the daemon exits 0."""
+    tok = token_file(tmp)
+    tsv = tmp / "events.tsv"
+    watch = Watch(
+        tmp,
+        "--prom-addr", "127.0.0.1:0", "--prom-token-file", str(tok),
+        "--prom-rate-limit-per-sec", "0", "--prom-rate-limit-burst", "0",
+        "--export-file", str(tsv),
+    )  # fmt: skip
+    assert watch.addr is not None
+    host, port = watch.addr.rsplit(":", 1)
+    stop = threading.Event()
+    sent = Counter[str]()
+
+    def flood(kind: str) -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=2) as s:
+                    if kind == "no_token":
+                        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    elif kind == "bad_token":
+                        s.sendall(
+                            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer "
+                            + b"0" * 64
+                            + b"\r\n\r\n"
+                        )
+                    elif kind == "oversized":
+                        s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 65536 + b"\r\n\r\n")
+                    else:  # slowloris: a byte at a time, never finishing
+                        for _ in range(20):
+                            if stop.is_set():
+                                break
+                            s.sendall(b"G")
+                            time.sleep(0.2)
+                    sent[kind] += 1
+                    try:
+                        s.recv(65536)
+                    except OSError:
+                        pass
+            except OSError:
+                sent[kind + "_refused"] += 1
+
+    kinds = ["no_token", "bad_token", "oversized", "slowloris"]
+    threads = [
+        threading.Thread(target=flood, args=(kinds[i % len(kinds)],), daemon=True)
+        for i in range(attackers)
+    ]
+    good = ok = 0
+    worst = 0.0
+    with varta.Varta.connect(str(watch.sock)) as agent:
+        agent.beat("ok", 1)
+        for t in threads:
+            t.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t1 = time.monotonic()
+            good += 1
+            try:
+                body = http_get(watch.addr)
+                ok += body.startswith(b"HTTP/1.0 200 ")
+            except OSError:
+                pass
+            worst = max(worst, time.monotonic() - t1)
+            time.sleep(0.1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    m = scrape(watch.addr)
+    code = watch.stop()
+    assert code == 0, watch.stderr
+    stalls = sum(1 for line in tsv.read_text().splitlines() if line.split("\t")[1] == "stall")
+    assert stalls >= 1, "the agent's stall was not seen during the abuse"
+    assert ok >= 1, "every good scrape was refused under abuse"
+    return {
+        "abusive_connections": sum(v for k, v in sent.items() if not k.endswith("_refused")),
+        "good_scrapes": f"{ok}/{good}",
+        "worst_scrape_s": round(worst, 2),
+        "auth_failures": int(m.get("varta_prom_auth_failures_total", 0)),
+        "dropped": int(
+            sum(v for k, v in m.items() if k.startswith("varta_prom_connections_dropped"))
+        ),
+        "stall_seen": stalls >= 1,
+    }
