@@ -630,19 +630,22 @@ def logrotate_under_load(
 
 # --- full-tier scenarios ------------------------------------------------------------------
 
-# argv[2] agents forked from one process: each beats 5 times, then goes silent
-# (one stall each). Prints "ready" once all are forked.
+# argv[2] agents forked from one process: each gets 3 beats delivered, then
+# goes silent (one stall each). A beat refused because the observer's socket
+# queue is full (net.unix.max_dgram_qlen, 10 by default) is retried. Prints
+# "ready" once all are forked.
 STORM = """
-import os, sys, time, varta
+import os, random, sys, time, varta
 kids = []
 for _ in range(int(sys.argv[2])):
     pid = os.fork()
     if pid == 0:
         try:
             with varta.Varta.connect(sys.argv[1]) as a:
-                for _ in range(5):
-                    a.beat("ok", 1)
-                    time.sleep(0.02)
+                sent = 0
+                while sent < 3:
+                    sent += bool(a.beat("ok", 1))
+                    time.sleep(random.uniform(0.005, 0.03))
                 time.sleep(3600)
         finally:
             os._exit(0)
