@@ -813,3 +813,28 @@ def metrics_abuse(tmp: Path, attackers: int = 200, seconds: float = 5.0) -> dict
         ),
         "stall_seen": stalls >= 1,
     }
+
+
+def signals_keep_the_daemon(tmp: Path) -> dict[str, Any]:
+    """SIGHUP (after the export file was renamed away), SIGUSR1 and SIGUSR2: the
+    daemon keeps running, writes the next row to a new export file, and stops
+    cleanly on SIGTERM (exit 0, socket removed). Before issue 11 SIGHUP killed
+    it (exit 129, socket left behind)."""
+    tsv = tmp / "e.tsv"
+    watch = Watch(tmp, "--export-file", str(tsv))
+    try:
+        with varta.Varta.connect(str(watch.sock)) as agent:
+            assert agent.beat("ok", 1)
+            wait_for("the first row", lambda: tsv.exists() and tsv.read_bytes().endswith(b"\n"))
+            os.rename(tsv, tmp / "e.tsv.1")
+            for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+                watch.proc.send_signal(sig)
+            wait_for("the reopened export file", tsv.exists)
+            assert agent.beat("ok", 2)
+            wait_for("a row in the new file", lambda: b"\tbeat\t" in tsv.read_bytes())
+    finally:
+        code = watch.stop()
+    assert code == 0, (code, watch.stderr)
+    assert not watch.sock.exists()
+    assert "SIGHUP: files reopened" in watch.stderr
+    return {"rows_old": check_tsv(tmp / "e.tsv.1"), "rows_new": check_tsv(tsv)}

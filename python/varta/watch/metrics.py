@@ -124,7 +124,7 @@ varta_tracker_removed_pid_drops_total | c | - | Removed pids not queued for expo
 varta_tracker_pid_index_probe_exhausted_total | c | - | Tracker pid index probe exhaustions.
 varta_recovery_outstanding_probe_exhausted_total | c | - | Recovery table probe exhaustions.
 varta_recovery_reap_truncated_total | c | - | Reap ticks that could not visit every child.
-varta_recovery_audit_dropped_total | c | - | Audit records dropped because the ring was full.
+varta_recovery_audit_dropped_total | c | - | Audit records never written (ring full, I/O, exit).
 varta_recovery_audit_flush_budget_exceeded_total | c | - | Audit drains stopped by their budget.
 varta_audit_fsync_seconds | h | - | Audit log fdatasync latency.
 varta_socket_bind_dir_fsync_failed_total | c | - | Failed fsyncs of the socket directory.
