@@ -42,8 +42,8 @@ def proptest_fuzz() -> dict[str, Any]:
         check=False,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "4 passed" in r.stdout, r.stdout
-    return {"properties": 4, "cases_each": FUZZ_CASES}
+    assert "5 passed" in r.stdout, r.stdout
+    return {"properties": 5, "cases_each": FUZZ_CASES}
 
 
 def tmp() -> Path:

@@ -31,7 +31,9 @@ Nothing is lost silently:
 * records queued but not yet written are tallied in a small preallocated
   side file ``.NAME.pending`` beside it (overwritten in place, so it works on a full
   disk); after a SIGKILL, a crash or an exit that could not write them, the
-  next start writes a ``gap`` record (reason ``unclean_stop``) for them;
+  next start writes a ``gap`` record (reason ``unclean_stop``) for them. The
+  tally is written without fdatasync while running (it survives a SIGKILL in
+  the page cache) and synced at close; after a power failure it can be stale;
 * a write that fails half way through a line truncates the file back to the
   last whole line, so a torn record never sits in the file during an outage.
 

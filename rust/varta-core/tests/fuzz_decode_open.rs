@@ -43,6 +43,30 @@ proptest! {
         }
     }
 
+    /// A valid frame with bytes changed and its CRC recomputed (so the
+    /// field checks, not the CRC, decide): never a panic, and anything that
+    /// decodes re-encodes to the same bytes.
+    #[test]
+    fn mutated_frames_with_fixed_crc_round_trip_or_fail(
+        pid in 2u32..4_000_000,
+        nonce in 1u64..u64::MAX - 1,
+        timestamp in any::<u64>(),
+        payload in any::<u32>(),
+        edits in prop::collection::vec((0usize..FRAME_LEN - 4, any::<u8>()), 1..6),
+    ) {
+        let f = Frame { status: Status::Ok, pid, timestamp, nonce, payload };
+        let mut b = f.encode();
+        prop_assert_eq!(Frame::decode(&b), Ok(f));
+        for (at, v) in edits {
+            b[at] = v;
+        }
+        let crc = varta_core::crc32c(&b[..FRAME_LEN - 4]);
+        b[FRAME_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        if let Ok(g) = Frame::decode(&b) {
+            prop_assert_eq!(g.encode(), b);
+        }
+    }
+
     /// Any slice: decode_slice answers None exactly for a wrong length.
     #[test]
     fn decode_slice_is_total(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
