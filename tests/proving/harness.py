@@ -681,7 +681,7 @@ def recovery_storm(tmp: Path, agents: int = 200, hang: bool = False) -> dict[str
     never exit and the timeout kills every one of them."""
     cmd, out = witness_cmd(tmp, 3600.0 if hang else 0.0)
     audit = tmp / "audit.log"
-    extra = ("--recovery-timeout-ms", "500") if hang else ()
+    extra = ("--recovery-timeout-ms", "2000") if hang else ()
     watch = Watch(
         tmp,
         "--recovery-exec", cmd, "--recovery-debounce-ms", "600000",
@@ -691,11 +691,15 @@ def recovery_storm(tmp: Path, agents: int = 200, hang: bool = False) -> dict[str
     t0 = time.monotonic()
     storm = _storm(watch.sock, agents)
     try:
-        wait_for(f"{agents} recovery children", lambda: len(witnessed(out)) >= agents, timeout=300)
-        t_spawned = time.monotonic() - t0
+
+        def spawns() -> list[list[str]]:
+            return [r for r in audit_rows(audit) if r[3] == "spawn"]
 
         def completes() -> list[list[str]]:
             return [r for r in audit_rows(audit) if r[3] == "complete"]
+
+        wait_for(f"{agents} spawn records", lambda: len(spawns()) >= agents, timeout=300)
+        t_spawned = time.monotonic() - t0
 
         wait_for("every complete record", lambda: len(completes()) >= agents, timeout=300)
         t_done = time.monotonic() - t0
@@ -708,8 +712,12 @@ def recovery_storm(tmp: Path, agents: int = 200, hang: bool = False) -> dict[str
     spawned = {int(r[5]) for r in rows if r[3] == "spawn"}
     done = [r for r in rows if r[3] == "complete"]
     unrecorded = [c for c, _ in ran if c not in spawned]
-    assert not unrecorded and len(ran) == agents == len(spawned), (len(ran), len(spawned))
-    assert len({a for _, a in ran}) == agents, "an agent was recovered twice"
+    assert not unrecorded, f"{len(unrecorded)} children ran with no spawn record"
+    assert len(spawned) == agents, len(spawned)
+    assert len({int(r[4]) for r in rows if r[3] == "spawn"}) == agents, "an agent recovered twice"
+    # A hung child may be killed by the timeout before its program got to write
+    # (a loaded machine); every child that exits by itself has written.
+    assert len(ran) == agents or (hang and len(ran) <= agents), (len(ran), agents)
     statuses = Counter(r[6] for r in done)
     if hang:
         assert statuses == {"killed": agents}, statuses
@@ -719,7 +727,8 @@ def recovery_storm(tmp: Path, agents: int = 200, hang: bool = False) -> dict[str
     assert v.returncode == 0, v.stdout + v.stderr
     return {
         "agents": agents,
-        "children": len(ran),
+        "spawn_records": len(spawned),
+        "children_witnessed": len(ran),
         "unrecorded": len(unrecorded),
         "killed": statuses.get("killed", 0),
         "all_spawned_s": round(t_spawned, 1),
