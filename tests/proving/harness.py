@@ -579,6 +579,8 @@ def logrotate_under_load(
     try:
         wait_for("rows and a recovery", lambda: tsv.exists() and witnessed(out))
         for _ in range(rotations):
+            # logrotate skips an empty file (notifempty): wait for a row first.
+            wait_for("rows in the current export file", lambda: tsv.stat().st_size > 0)
             ino = tsv.stat().st_ino
             r = subprocess.run(
                 [logrotate, "-f", "-s", str(tmp / "logrotate.state"), str(conf)],
