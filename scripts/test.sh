@@ -45,6 +45,15 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
+# logrotate for the proving ground's rotation-under-load test (ops/logrotate).
+if ! command -v logrotate >/dev/null && [ ! -x /usr/sbin/logrotate ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing logrotate (Debian package)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends logrotate; } >/dev/null 2>&1 \
+      || echo "warning: could not install logrotate; the rotation test will fail"
+  fi
+fi
+
 step "rust lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings

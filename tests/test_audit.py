@@ -431,7 +431,7 @@ def test_rotation_keeps_the_chain(tmp_path: pathlib.Path) -> None:
             rotated = i
     log.close()
     assert rotated > 0
-    gens = sorted(x.name for x in tmp_path.iterdir())
+    gens = sorted(x.name for x in tmp_path.iterdir() if not x.name.startswith("."))
     assert "audit.log.1" in gens
     first_new = rows(p)[0]
     old_last = rows(tmp_path / "audit.log.1")[-1]
@@ -454,7 +454,7 @@ def test_rotation_keeps_five_generations_and_links_them(tmp_path: pathlib.Path) 
         if i % 8 == 0:
             log.maintain()
     log.close()
-    names = sorted(x.name for x in tmp_path.iterdir())
+    names = sorted(x.name for x in tmp_path.iterdir() if not x.name.startswith("."))
     assert names == ["audit.log"] + [f"audit.log.{g}" for g in range(1, 6)]
     order = [tmp_path / f"audit.log.{g}" for g in range(5, 0, -1)] + [p]
     idx, result = verify_generations(order)

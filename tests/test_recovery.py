@@ -718,7 +718,8 @@ def test_counters_have_every_label() -> None:
     runner = make("x")
     c = runner.counters()
     assert list(c["recovery_outcomes"]) == list(OUTCOMES)  # type: ignore[arg-type]
-    assert len(OUTCOMES) == 15
+    # upstream's 14 + skipped_verdict (docs/verdicts.md) + refused_audit_unavailable
+    assert len(OUTCOMES) == 16
     assert list(c["recovery_refused"]) == list(REFUSED_REASONS)  # type: ignore[arg-type]
     for key in (
         "recovery_duration_ns_sum",

@@ -315,11 +315,15 @@ def test_replayed_and_stale_prefix_frames_are_refused() -> None:
     # Within the restart gap a replay of the first frame stays refused...
     assert r.open(first, 4 * SEC) == ("rejected", "secure_replay_refused")
     assert r.counters()["secure_replay_refused"] == 4
-    # ...but after the sender has been silent past the eviction TTL its state is
-    # gone and one captured frame is accepted again: the residual risk
-    # docs/protocol.md#replay-protection documents (one forged liveness beat; recovery stays gated).
-    assert r.open(first, 3600 * SEC)[0] == "accepted"
+    # ...and so it does after the sender has been silent past the restart gap
+    # and past the eviction TTL: a superseded session is never accepted again
+    # (docs/security.md).
+    assert r.open(first, 6 * SEC) == ("rejected", "secure_replay_refused")
     assert r.open(first, 3600 * SEC) == ("rejected", "secure_replay_refused")
+    assert r.open(ref_seal_shared(KEY, c, 1, beat(pid, 6)), 3600 * SEC) == (
+        "rejected",
+        "secure_replay_refused",
+    )
 
 
 def test_recycled_pid_is_a_new_session_only_after_the_gap() -> None:

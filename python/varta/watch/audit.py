@@ -12,12 +12,35 @@ previous record's chain as 32 raw bytes (zeros at the start of a new section).
 ``resume`` and ``rotation`` boot records carry the previous chain in their
 ``prev_chain`` column, so the chain spans restarts and rotated generations.
 
-Records are queued in a 256-line ring (full → dropped, counted, seq burned;
-75 %/95 % watermarks counted) and drained by :meth:`AuditLog.flush` with an
-``fdatasync`` cadence; boot records are written and synced directly.
+Records are queued in a 256-line ring (75 %/95 % watermarks counted) and
+drained by :meth:`AuditLog.flush` with an ``fdatasync`` cadence; boot records
+are written and synced directly, and so are spawn records
+(:meth:`AuditLog.write_ahead`: the recovery child is released only after its
+record is durable).
 
-``python -m varta audit verify FILE [FILE…]`` (:func:`cli_main`) checks a log:
-exit 0 with a summary, 1 naming the first bad line, 2 on usage/open errors.
+Nothing is lost silently:
+
+* a record that cannot be queued (ring full, typically because the file is
+  failing: ENOSPC, EIO, read-only) is counted in
+  ``varta_recovery_audit_dropped_total`` and by reason, and its seq is
+  reserved for a ``gap`` record written as soon as writing resumes::
+
+      <seq> wall 0 gap <count> <first_seq> <last_seq> <reason> <chain>
+
+  naming how many records were lost and the seqs they would have had;
+* records queued but not yet written are tallied in a small preallocated
+  side file ``.NAME.pending`` beside it (overwritten in place, so it works on a full
+  disk); after a SIGKILL, a crash or an exit that could not write them, the
+  next start writes a ``gap`` record (reason ``unclean_stop``) for them. The
+  tally is written without fdatasync while running (it survives a SIGKILL in
+  the page cache) and synced at close; after a power failure it can be stale;
+* a write that fails half way through a line truncates the file back to the
+  last whole line, so a torn record never sits in the file during an outage.
+
+``python -m varta audit verify [--strict] FILE [FILE…]`` (:func:`cli_main`)
+checks a log: exit 0 with a summary (and a warning naming the records lost in
+gaps; non-zero under ``--strict``), 1 naming the first bad line, 2 on
+usage/open errors.
 """
 
 from __future__ import annotations
@@ -28,22 +51,37 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-from .secretfile import PathLike, fsync_dir, open_output_file
+from .secretfile import PathLike, check_output_stat, fsync_dir, open_output_file
 
 HEADER = b"# varta-watch recovery audit v2"
 LEGACY_HEADER = b"# varta-watch recovery audit v1"
 CHAIN_DOMAIN = b"VARTA-AUDIT-v2\0"
 ZERO_CHAIN = bytes(32)
 
-KINDS = (b"boot", b"spawn", b"complete", b"refused", b"verdict")
+KINDS = (b"boot", b"spawn", b"complete", b"refused", b"gap", b"verdict")
 #: Number of TAB-separated fields of each record kind, seq and chain included.
-FIELD_COUNTS = {b"boot": 8, b"spawn": 11, b"complete": 14, b"refused": 7, b"verdict": 7}
-#: ``verdict`` records (``docs/verdicts.md``): why the stall that recovery
-#: evaluates next for that pid happened. Written before its spawn/refusal.
+FIELD_COUNTS = {
+    b"boot": 8,
+    b"spawn": 11,
+    b"complete": 14,
+    b"refused": 7,
+    b"gap": 9,
+    b"verdict": 7,
+}
+#: ``gap`` record reasons and the ``dropped_by_reason`` counter labels.
+GAP_REASONS = (b"ring_full", b"io_error", b"unclean_stop")
+DROP_REASONS = ("ring_full", "io_error", "exit")
+#: ``verdict`` records (``docs/verdicts.md``): why the recovery child whose
+#: ``spawn`` record follows is run.
 VERDICTS = (b"hung", b"exited", b"crashed", b"vanished", b"unknown")
+#: Side file holding the count of queued, unwritten records (see the module docs):
+#: ``DIR/.NAME.pending`` (a dot file, so ``NAME*`` globs of the generations miss it).
+PENDING_SUFFIX = ".pending"
+PENDING_SIZE = 64
+PENDING_MAGIC = b"varta-audit-pending "
 BOOT_REASONS = (b"fresh", b"resume", b"legacy_v1", b"corrupt_tail", b"schema_drift", b"rotation")
 COMPLETE_STATUSES = (b"reaped", b"killed", b"reap_failed")
 
@@ -58,6 +96,12 @@ DRAIN_BUDGET_MS = 10
 FSYNC_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 _HEX = frozenset(b"0123456789abcdef")
 _CHUNK = 65536
+
+
+def pending_path(path: PathLike) -> str:
+    """``DIR/.NAME.pending`` for the audit log ``DIR/NAME``."""
+    head, tail = os.path.split(os.fsdecode(path))
+    return os.path.join(head, "." + tail + PENDING_SUFFIX)
 
 
 def chain_of(kind: bytes, prev_raw: bytes, line_prefix: bytes) -> bytes:
@@ -152,6 +196,14 @@ def parse_record(line: bytes) -> Optional[Record]:
         )
     elif kind == b"verdict":
         ok = _is_uint(fields[4]) and fields[5] in VERDICTS
+    elif kind == b"gap":
+        ok = (
+            obs == b"0"
+            and all(_is_uint(f) for f in fields[4:7])
+            and fields[7] in GAP_REASONS
+            and int(fields[4]) >= 1
+            and int(fields[6]) - int(fields[5]) + 1 == int(fields[4])
+        )
     else:  # refused
         ok = _is_uint(fields[4]) and bool(fields[5])
     if not ok:
@@ -230,9 +282,10 @@ class Histogram:
 
 @dataclass
 class _Queued:
-    seq: int
     kind: bytes
-    body: bytes  # columns after seq, TAB-joined
+    body: bytes  # columns after seq, TAB-joined (a gap: unused)
+    lost: int = 0  # a gap marker: records lost before the records behind it
+    reason: bytes = b""  # a gap marker's reason
 
 
 class AuditLog:
@@ -288,13 +341,29 @@ class AuditLog:
         self.io_errors = 0
         self.last_error: Optional[OSError] = None
         self.records_written = 0
+        #: ``dropped`` split by why (:data:`DROP_REASONS`).
+        self.dropped_by_reason: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: ``gap`` records written (each names a run of lost records).
+        self.gaps_written = 0
+        #: Records still unwritten when :meth:`close` gave up (also in ``dropped``).
+        self.lost_at_close = 0
+        #: Records an earlier run left unwritten (from the pending side file), now in a gap.
+        self.unclean_lost = 0
+        self._gap_lost = 0  # dropped records whose gap marker is not queued yet
+        self._gap_reason = b"ring_full"
+        self._failing = False  # the last write attempt failed
+        self._pending_fd = -1
+        self._pending_stored = 0
 
         self._fd = open_output_file(self.path, "audit file", read=True)
         try:
             self._size = os.fstat(self._fd).st_size
             self.boot_reason = self._probe_and_boot()
+            self._open_pending()
         except BaseException:
             os.close(self._fd)
+            if self._pending_fd >= 0:
+                os.close(self._pending_fd)
             raise
         if self.max_bytes is not None and self._size >= self.max_bytes:
             self._rotate_stage = GENERATIONS - 1
@@ -368,6 +437,68 @@ class AuditLog:
             reason = "resume"
             self._boot(reason, self._prev)
         return reason
+
+    # --- the pending side file --------------------------------------------------------
+
+    def _open_pending(self) -> None:
+        """Open (create) the pending side file; a count left there by an unclean stop
+        becomes a ``gap`` record now. The file keeps its 64 bytes, overwritten in
+        place, so updating it needs no new disk space."""
+        path = pending_path(self.path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(path, flags, 0o600)
+        self._pending_fd = fd
+        check_output_stat(os.fstat(fd), path, "audit pending file")
+        os.set_blocking(fd, True)
+        raw = os.pread(fd, PENDING_SIZE, 0)
+        lost = 0
+        if raw.startswith(PENDING_MAGIC):
+            digits = raw[len(PENDING_MAGIC) :].strip()
+            lost = int(digits) if _is_uint(digits) else 0
+        if lost:
+            self.unclean_lost = lost
+            self._write_gap_direct(lost, b"unclean_stop")
+        if lost or len(raw) != PENDING_SIZE:
+            self._store_pending(0, sync=True)
+
+    def _store_pending(self, n: int, sync: bool = False) -> None:
+        if self._pending_fd < 0:
+            return
+        data = (PENDING_MAGIC + str(n).encode()).ljust(PENDING_SIZE - 1) + b"\n"
+        try:
+            os.pwrite(self._pending_fd, data, 0)
+            if sync:
+                os.fdatasync(self._pending_fd)
+            self._pending_stored = n
+        except OSError as exc:
+            self._record_error(exc)
+
+    @property
+    def unwritten(self) -> int:
+        """Records accepted or dropped but not in the file yet (what a SIGKILL now loses)."""
+        queued = sum(q.lost or 1 for q in self._ring)
+        return queued + self._outbuf.count(b"\n") + self._gap_lost
+
+    def _note_unwritten(self) -> None:
+        n = self.unwritten
+        if n != self._pending_stored:
+            self._store_pending(n)
+
+    def _gap_line(self, lost: int, reason: bytes) -> bytes:
+        """Chain a ``gap`` record: the lost records take the next *lost* seqs."""
+        first = self._seq
+        self._seq += lost
+        body = b"\t".join(
+            [_num(self._wall()), b"0", b"gap", _num(lost), _num(first), _num(self._seq - 1), reason]
+        )
+        seq = self._seq
+        self._seq += 1
+        self.gaps_written += 1
+        return self._chain_line(seq, b"gap", body)
+
+    def _write_gap_direct(self, lost: int, reason: bytes) -> None:
+        self._write_direct(self._gap_line(lost, reason))
+        self._sync()
 
     def _boot(self, reason: str, prev_chain: Optional[bytes]) -> None:
         """Write a boot record directly (not through the ring) and sync it."""
@@ -475,17 +606,31 @@ class AuditLog:
             b"refused", [_num(observer_ns), b"refused", _num(agent_pid), _text(reason) or b"-"]
         )
 
+    def _drop(self, n: int) -> None:
+        """Count *n* records that will never be written; a gap record names them."""
+        reason = "io_error" if self._failing else "ring_full"
+        self.dropped += n
+        self.dropped_by_reason[reason] += n
+        if not self._gap_lost:
+            self._gap_reason = reason.encode()
+        self._gap_lost += n
+
     def _enqueue(self, kind: bytes, columns: list[bytes]) -> bool:
-        """Queue one record; False when the ring is full (dropped, seq burned)."""
+        """Queue one record; False when the ring is full (dropped, counted, and
+        named by a ``gap`` record once writing resumes). Seqs are given when
+        records are written."""
         if self._closed:
             return False
-        seq = self._seq
-        self._seq += 1
-        if len(self._ring) >= RING_CAPACITY:
-            self.dropped += 1
+        if len(self._ring) + (2 if self._gap_lost else 1) > RING_CAPACITY:
+            self._drop(1)
+            self._note_unwritten()
             return False
+        if self._gap_lost:
+            self._ring.append(_Queued(b"gap", b"", self._gap_lost, self._gap_reason))
+            self._gap_lost = 0
         body = b"\t".join([_num(self._wall()), *columns])
-        self._ring.append(_Queued(seq, kind, body))
+        self._ring.append(_Queued(kind, body))
+        self._note_unwritten()
         fill = len(self._ring)
         if fill >= WATERMARK_WARN:
             if not self._above_warn:
@@ -518,9 +663,13 @@ class AuditLog:
         syncs_deferred = False
         written = 0
         try:
-            while self._ring or self._outbuf:
-                batch = self._next_batch()
-                self._outbuf += batch
+            while self._ring or self._outbuf or self._gap_lost:
+                if self._gap_lost and len(self._ring) < RING_CAPACITY:
+                    # Drops come after everything queued: their gap record too.
+                    self._ring.append(_Queued(b"gap", b"", self._gap_lost, self._gap_reason))
+                    self._gap_lost = 0
+                if not self._outbuf:  # a failed line is retried before anything newer
+                    self._outbuf = self._next_batch()
                 written += self._write_outbuf()
                 if not syncs_deferred and self._sync_due():
                     if self._sync() > self.fsync_budget_s:
@@ -534,6 +683,7 @@ class AuditLog:
         except OSError as exc:
             self._record_error(exc)
         self._update_watermarks()  # re-arm the marks once the ring went below them
+        self._note_unwritten()
         return written
 
     def _next_batch(self) -> bytes:
@@ -545,20 +695,43 @@ class AuditLog:
         lines: list[bytes] = []
         while self._ring and len(lines) < limit:
             q = self._ring.popleft()
-            lines.append(self._chain_line(q.seq, q.kind, q.body))
+            if q.lost:
+                lines.append(self._gap_line(q.lost, q.reason))
+                continue
+            seq = self._seq
+            self._seq += 1
+            lines.append(self._chain_line(seq, q.kind, q.body))
         return b"".join(lines)
 
     def _write_outbuf(self) -> int:
-        """Write the pending bytes; returns the number of complete lines written."""
-        lines = 0
+        """Write the pending bytes; returns the number of complete lines written.
+
+        On an error after a short write the file is truncated back to the last
+        whole line and the rest stays queued (no torn record during an outage)."""
+        start = self._size
+        done = 0
+        buf = self._outbuf
         try:
-            while self._outbuf:
-                n = os.write(self._fd, self._outbuf)
-                lines += self._outbuf.count(b"\n", 0, n)
-                self._outbuf = self._outbuf[n:]
-                self._size += n
-        finally:
+            while done < len(buf):
+                done += os.write(self._fd, buf[done:])
+        except OSError:
+            self._failing = True
+            whole = buf.rfind(b"\n", 0, done) + 1
+            if whole < done:
+                try:
+                    os.ftruncate(self._fd, start + whole)
+                except OSError:
+                    whole = done  # the retry finishes the line in place
+            lines = buf.count(b"\n", 0, whole)
+            self._outbuf = buf[whole:]
+            self._size = start + whole
             self._unsynced += lines
+            raise
+        self._failing = False
+        lines = buf.count(b"\n")
+        self._outbuf = b""
+        self._size = start + done
+        self._unsynced += lines
         return lines
 
     def _sync_due(self) -> bool:
@@ -589,6 +762,59 @@ class AuditLog:
         """The latest I/O error since the last call (for the loop's rate-limited log)."""
         exc, self.last_error = self.last_error, None
         return exc
+
+    # --- write-ahead spawn records ---------------------------------------------------
+
+    def write_ahead(
+        self,
+        observer_ns: int,
+        agent_pid: int,
+        child_pid: int,
+        program: str,
+        source: str,
+        template_len: int,
+    ) -> Optional[OSError]:
+        """Write a ``spawn`` record now and fdatasync it, after everything queued
+        before it. ``None`` when it is durable; else the error, with the record
+        taken back (file truncated, seq unused) so the caller can refuse to let
+        the child run."""
+        if self._closed or self._fd < 0:
+            return OSError(errno.EBADF, "audit log is closed")
+        self.flush(None)
+        if self._ring or self._outbuf:
+            return self.last_error or OSError(errno.EIO, "audit drain incomplete")
+        body = b"\t".join(
+            [
+                _num(self._wall()),
+                _num(observer_ns),
+                b"spawn",
+                _num(agent_pid),
+                _num(child_pid),
+                b"exec",
+                _text(program),
+                _text(source),
+                _num(template_len),
+            ]
+        )
+        saved = (self._seq, self._prev, self.records_written, self._size)
+        seq = self._seq
+        self._seq += 1
+        line = self._chain_line(seq, b"spawn", body)
+        try:
+            self._write_direct(line)
+            self._sync()
+        except OSError as exc:
+            self._failing = True
+            self._record_error(exc)
+            self._seq, self._prev, self.records_written, size = saved
+            try:
+                os.ftruncate(self._fd, size)
+                self._size = size
+            except OSError:
+                pass
+            return exc
+        self._failing = False
+        return None
 
     # --- maintenance and rotation -------------------------------------------------
 
@@ -652,10 +878,40 @@ class AuditLog:
         self._boot("rotation", self._prev)
         fsync_dir(self.path)
 
+    def reopen(self) -> bool:
+        """SIGHUP (logrotate ``postrotate``): when PATH no longer names the open file
+        (renamed away or removed), drain what is queued into the old file, then
+        start PATH afresh with the header and a ``rotation`` boot record that
+        links the chain. True when a new file was started; open errors raise."""
+        if self._fd < 0 or self._closed:
+            return False
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+            current = os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino):
+                return False
+        except FileNotFoundError:
+            pass
+        self.flush(None)
+        if self._unsynced:
+            self._sync()
+        new_fd = open_output_file(self.path, "audit file", read=True)
+        os.close(self._fd)
+        self._fd = new_fd
+        self._size = os.fstat(new_fd).st_size
+        self._rotate_stage = None
+        self._reopen_pending = False
+        self._write_direct((b"\n" if self._size else b"") + HEADER + b"\n")
+        self._boot("rotation", self._prev)
+        fsync_dir(self.path)
+        return True
+
     def counters(self) -> dict[str, Union[int, dict[str, int]]]:
         """Prometheus family names (no ``varta_`` prefix / ``_total`` suffix) -> values."""
         return {
             "recovery_audit_dropped": self.dropped,
+            "recovery_audit_dropped_by_reason": dict(self.dropped_by_reason),
+            "recovery_audit_gap_records": self.gaps_written,
             "recovery_audit_flush_budget_exceeded": self.flush_budget_exceeded,
             "audit_fsync_budget_exceeded": self.fsync_budget_exceeded,
             "audit_rotation_budget_exceeded": self.rotation_budget_exceeded,
@@ -678,13 +934,25 @@ class AuditLog:
             return
         try:
             self.flush(None)
-            if self._outbuf or self._ring:
-                raise self.last_error or OSError(errno.EIO, "audit drain incomplete")
+            if self._outbuf or self._ring or self._gap_lost:
+                # Never written: counted here, and left in the pending file so the next
+                # start writes a gap record for them.
+                lost = sum(1 for q in self._ring if not q.lost) + self._outbuf.count(b"\n")
+                self.lost_at_close = lost
+                self.dropped += lost
+                self.dropped_by_reason["exit"] += lost
+                err = self.last_error or OSError(errno.EIO, "audit drain incomplete")
+                self._store_pending(self.unwritten, sync=True)
+                raise err
             self._sync()
+            self._store_pending(0, sync=True)
         finally:
             self._closed = True
             os.close(self._fd)
             self._fd = -1
+            if self._pending_fd >= 0:
+                os.close(self._pending_fd)
+                self._pending_fd = -1
 
     def __enter__(self) -> AuditLog:
         return self
@@ -708,6 +976,19 @@ class VerifyResult:
     boots: int = 0
     bad_line: Optional[int] = None
     reason: Optional[str] = None
+    #: ``gap`` records: (lost count, first seq, last seq, reason) each.
+    gaps: tuple[tuple[int, int, int, str], ...] = ()
+
+    @property
+    def lost(self) -> int:
+        """Records the log says were lost (the sum over its ``gap`` records)."""
+        return sum(g[0] for g in self.gaps)
+
+    def warning(self) -> Optional[str]:
+        if not self.gaps:
+            return None
+        runs = ", ".join(f"seq {a}..{b} ({why})" for _, a, b, why in self.gaps)
+        return f"WARNING: {self.lost} records lost in {len(self.gaps)} gaps: {runs}"
 
     def __str__(self) -> str:
         if not self.ok:
@@ -715,10 +996,12 @@ class VerifyResult:
         if self.records == 0:
             return "OK: no records"
         chain = self.last_chain.hex() if self.last_chain else "-"
-        return (
+        text = (
             f"OK: {self.records} records, seq {self.first_seq}..{self.last_seq}, "
             f"{self.boots} boot, last chain {chain}"
         )
+        warning = self.warning()
+        return f"{text}; {warning}" if warning else text
 
 
 def _iter_file_lines(path: PathLike) -> Iterator[bytes]:
@@ -748,8 +1031,10 @@ def verify(
     garbage_line: Optional[int] = None
     lineno = 0
 
+    gaps: list[tuple[int, int, int, str]] = []
+
     def bad(n: int, why: str) -> VerifyResult:
-        return VerifyResult(False, records, first_seq, last_seq, prev, boots, n, why)
+        return VerifyResult(False, records, first_seq, last_seq, prev, boots, n, why, tuple(gaps))
 
     for raw in _iter_file_lines(path):
         lineno += 1
@@ -781,6 +1066,11 @@ def verify(
             return bad(lineno, "seq 0 (seq starts at 1)")
         if last_seq is not None and rec.seq <= last_seq:
             return bad(lineno, f"seq {rec.seq} does not increase (previous {last_seq})")
+        if rec.kind == b"gap":
+            lost, first, last = (int(f) for f in rec.fields[4:7])
+            if rec.seq != last + 1 or (last_seq is not None and first <= last_seq):
+                return bad(lineno, f"gap record seq {rec.seq} does not follow its range")
+            gaps.append((lost, first, last, rec.fields[7].decode()))
         link = prev
         if rec.kind == b"boot":
             boots += 1
@@ -814,7 +1104,7 @@ def verify(
         return bad(garbage_line, "unparseable record")
     if not in_v2:
         return bad(1, "no '# varta-watch recovery audit v2' header")
-    return VerifyResult(True, records, first_seq, last_seq, prev, boots)
+    return VerifyResult(True, records, first_seq, last_seq, prev, boots, gaps=tuple(gaps))
 
 
 def verify_generations(paths: Sequence[PathLike]) -> tuple[int, VerifyResult]:
@@ -824,20 +1114,25 @@ def verify_generations(paths: Sequence[PathLike]) -> tuple[int, VerifyResult]:
     chain: Optional[bytes] = None
     seq: Optional[int] = None
     result = VerifyResult(True, 0, None, None, None)
+    gaps: list[tuple[int, int, int, str]] = []
     for i, p in enumerate(paths):
         result = verify(p, chain, seq)
+        gaps += result.gaps
         if not result.ok:
             return i, result
         chain, seq = result.last_chain, result.last_seq
-    return len(paths) - 1, result
+    return len(paths) - 1, replace(result, gaps=tuple(gaps))
 
 
-AUDIT_USAGE = """usage: python -m varta audit verify FILE [FILE ...]
+AUDIT_USAGE = """usage: python -m varta audit verify [--strict] FILE [FILE ...]
 
 Verify recovery audit logs (schema v2): header, seq order and the SHA-256 chain.
 Several files are checked as consecutive generations, oldest first
 (e.g. audit.log.2 audit.log.1 audit.log).
-Exit status: 0 intact, 1 first bad line reported, 2 usage or read error.
+Gap records (records the daemon could not write: full disk, I/O error,
+unclean stop) are reported as a warning; --strict makes them an error.
+Exit status: 0 intact (gaps only warned about), 1 first bad line reported,
+2 usage or read error, 3 intact but records lost in gaps under --strict.
 """
 
 
@@ -847,10 +1142,11 @@ def cli_main(argv: Sequence[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(AUDIT_USAGE)
         return 0
-    if len(args) < 2 or args[0] != "verify" or any(a.startswith("-") for a in args[1:]):
+    strict = len(args) > 1 and args[1] == "--strict"
+    files = args[2:] if strict else args[1:]
+    if not files or args[0] != "verify" or any(a.startswith("-") for a in files):
         sys.stderr.write(AUDIT_USAGE)
         return 2
-    files = args[1:]
     try:
         index, result = verify_generations(files)
     except OSError as exc:
@@ -861,4 +1157,9 @@ def cli_main(argv: Sequence[str]) -> int:
         return 1
     label = files[0] if len(files) == 1 else f"{len(files)} files"
     sys.stdout.write(f"{label}: {result}\n")
+    warning = result.warning()
+    if warning:
+        sys.stderr.write(f"varta audit: {label}: {warning}\n")
+        if strict:
+            return 3
     return 0

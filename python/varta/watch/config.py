@@ -106,6 +106,7 @@ class WatchConfig:
     recovery_audit_file: Optional[str] = None
     recovery_audit_max_bytes: Optional[int] = None
     recovery_audit_sync_every: int = 1
+    recovery_audit_fail_open: bool = False
     audit_fsync_budget_ms: int = 50
     audit_sync_interval_ms: int = 0
     audit_rotation_budget_ms: int = 50
@@ -358,6 +359,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--recovery-audit-max-bytes", "4096..u64", "N", "unbounded",
              "rotate the audit log at N bytes, >= 4096"),
         Flag("--recovery-audit-sync-every", "1..u32", "N", "1", "fdatasync every N records"),
+        Flag("--recovery-audit-fail-open", _B, "", "",
+             "run recovery even when its spawn record cannot be written first"),
         Flag("--audit-fsync-budget-ms", "1..u32", "MS", "50",
              "a slower fdatasync defers the drain's other syncs"),
         Flag("--audit-sync-interval-ms", "0..u32", "MS", "0", "extra time-based sync (0 = off)"),

@@ -30,6 +30,19 @@ PATH → PATH.1 … PATH.5 (parent directory fsynced). Write errors never raise
 from the row methods: they are counted (:attr:`TsvExporter.io_errors`), kept
 for :meth:`TsvExporter.take_error`, and the rows are retried later (up to a
 1 MiB backlog, beyond which rows are dropped and counted).
+
+Every row in the file is whole or absent:
+
+* on open (startup and :meth:`TsvExporter.reopen`) a last line without its
+  LF (a crash or a short write on a full disk leaves one) is cut off before
+  anything is appended; counted in :attr:`TsvExporter.torn_tails` and
+  :attr:`TsvExporter.torn_bytes`;
+* a write that fails after writing part of a row (ENOSPC after a short
+  write) truncates the file back to the last whole row and keeps the row
+  queued for the retry; if even that truncate fails, the rest of the row
+  follows on the retry (still whole) or the next open cuts it;
+* rows never written (backlog full, or still queued at :meth:`close`) are
+  dropped whole and counted in :attr:`TsvExporter.dropped_rows`.
 """
 
 from __future__ import annotations
@@ -90,8 +103,17 @@ class TsvExporter:
         self.path = os.fsdecode(path)
         self.max_bytes = max_bytes
         self.sync_every = sync_every
-        self._fd: int = open_output_file(self.path, "export file", read=True)
-        self._size = os.fstat(self._fd).st_size
+        self.torn_tails = 0
+        self.torn_bytes = 0
+        #: ``(bytes cut, offset)`` of the last torn-tail cut (see :meth:`take_torn`).
+        self.last_torn: Optional[tuple[int, int]] = None
+        #: Partial rows cut back after a failed write.
+        self.short_write_truncations = 0
+        #: Rows still queued when :meth:`close` gave up (also in ``dropped_rows``).
+        self.lost_at_close = 0
+        self._fd: int = -1
+        self._size = 0
+        self._open()
         self._buf = bytearray()
         self._unsynced_rows = 0
         self._rotate_pending = False
@@ -102,6 +124,47 @@ class TsvExporter:
         self.rotations = 0
         self.io_errors = 0
         self.last_error: Optional[OSError] = None
+
+    def _open(self) -> None:
+        """Open PATH (0600) and cut a torn last line; sets ``_fd`` and ``_size``."""
+        fd = open_output_file(self.path, "export file", read=True)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                cut = _last_lf(fd, size)
+                os.ftruncate(fd, cut)
+                self.torn_tails += 1
+                self.torn_bytes += size - cut
+                self.last_torn = (size - cut, cut)
+                size = cut
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._size = size
+
+    def take_torn(self) -> Optional[tuple[int, int]]:
+        """The last torn-tail repair since the last call (bytes cut, offset)."""
+        torn, self.last_torn = self.last_torn, None
+        return torn
+
+    def reopen(self) -> None:
+        """SIGHUP (logrotate ``postrotate``): write what is queued to the current
+        descriptor, then open PATH afresh (a new file if it was renamed away).
+        Raises on an open error (the old descriptor is kept then)."""
+        if self._closed:
+            raise ValueError("export file is closed")
+        self.flush()
+        old = self._fd
+        self._open()
+        self._rotate_pending = False
+        self._reopen_pending = False
+        if old >= 0:
+            try:
+                os.fdatasync(old)
+            except OSError:
+                pass
+            os.close(old)
 
     # --- row kinds (plain values) -------------------------------------------------
 
@@ -221,11 +284,26 @@ class TsvExporter:
         return len(self._buf) if i < 0 else i + 1
 
     def _write_prefix(self, end: int) -> None:
-        while end > 0:
-            n = os.write(self._fd, self._buf[:end])
-            del self._buf[:n]
-            self._size += n
-            end -= n
+        """Write ``_buf[:end]`` (whole rows). On an error after a short write,
+        truncate back to the last whole row written and keep the rest queued."""
+        start = self._size
+        written = 0
+        try:
+            while written < end:
+                written += os.write(self._fd, self._buf[written:end])
+        except OSError:
+            keep_from = self._buf.rfind(b"\n", 0, written) + 1
+            if keep_from < written:
+                try:
+                    os.ftruncate(self._fd, start + keep_from)
+                    self.short_write_truncations += 1
+                except OSError:
+                    keep_from = written  # the retry finishes the row in place
+            del self._buf[:keep_from]
+            self._size = start + keep_from
+            raise
+        del self._buf[:written]
+        self._size = start + written
 
     def _rotate(self) -> None:
         """PATH.4→.5 … PATH→.1, reopen PATH (0600), fsync the directory.
@@ -252,9 +330,8 @@ class TsvExporter:
             os.close(self._fd)
             self._fd = -1
             self._reopen_pending = True
-        self._fd = open_output_file(self.path, "export file", read=True)
+        self._open()
         self._reopen_pending = False
-        self._size = os.fstat(self._fd).st_size
         self._finish_rotation()
 
     def _finish_rotation(self) -> None:
@@ -281,6 +358,14 @@ class TsvExporter:
         finally:
             os.close(out)
 
+    def counters(self) -> dict[str, int]:
+        """Prometheus family names (no ``varta_`` prefix / ``_total`` suffix) -> values."""
+        return {
+            "export_rows_dropped": self.dropped_rows,
+            "export_torn_tail_repaired": self.torn_tails,
+            "export_io_errors": self.io_errors,
+        }
+
     def take_error(self) -> Optional[OSError]:
         """The latest I/O error since the last call (for the loop's rate-limited log)."""
         exc, self.last_error = self.last_error, None
@@ -294,6 +379,11 @@ class TsvExporter:
         self.flush()
         self._closed = True
         err = self.last_error if self._buf else None
+        if self._buf:
+            # Rows that will never be written: dropped whole, counted.
+            self.lost_at_close = self._buf.count(b"\n")
+            self.dropped_rows += self.lost_at_close
+            self._buf.clear()
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
@@ -308,6 +398,18 @@ class TsvExporter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _last_lf(fd: int, end: int) -> int:
+    """Offset just past the last LF in ``[0, end)``; 0 when there is none."""
+    pos = end
+    while pos > 0:
+        n = min(65536, pos)
+        pos -= n
+        i = os.pread(fd, n, pos).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+    return 0
 
 
 _EVENT_KINDS = frozenset(

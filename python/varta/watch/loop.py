@@ -16,8 +16,11 @@ optional self-watchdog are daemon threads. Each iteration:
 6. **housekeeping** — heartbeat file, hardware watchdog kick, loop histograms.
 
 SIGINT/SIGTERM set a latch checked every iteration (the wait is bounded by
-``--read-timeout-ms``); SIGPIPE is ignored. Shutdown order follows
-docs/observer.md#signals-and-shutdown.
+``--read-timeout-ms``); SIGPIPE is ignored. SIGHUP reopens the export and
+audit files at the next maintenance stage (logrotate's ``postrotate``
+convention; logs go to stderr, which has no name to reopen) and never stops
+the daemon; SIGUSR1/SIGUSR2 are ignored (see ``ops/README.md``).
+Shutdown order follows docs/observer.md#signals-and-shutdown.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ STAGE_LIMITS_S: Mapping[str, float] = {
     "serve_pending": 2.0,
     "housekeeping": 1.0,
 }
+#: SIGHUP (reopen) and the signals ignored (SIGUSR1/SIGUSR2).
+REOPEN_AND_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PRE_DRAIN_EVENTS = 4096
 REMOVED_PER_TICK = 64
 AUDIT_DRAIN_MS = 10.0
@@ -433,6 +438,9 @@ class Daemon:
         self.box = SnapshotBox()
         self.serve_stats = ServeStats()
         self.stop_requested = False
+        #: Set by SIGHUP; served by :meth:`reopen_files` in the maintenance stage.
+        self.reopen_requested = False
+        self.reopens = 0
         self.exit_code = 0
         self._deferred: collections.deque[Any] = collections.deque()
         self._removed: collections.deque[int] = collections.deque()
@@ -458,6 +466,7 @@ class Daemon:
 
     def run(self) -> int:
         saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)}
+        saved.update({s: signal.getsignal(s) for s in REOPEN_AND_IGNORED_SIGNALS})
         try:
             return self._run()
         finally:  # leave the process as found (matters when embedded, e.g. in tests)
@@ -497,7 +506,9 @@ class Daemon:
                 _varta._install_stop_handlers(mode, [signal.SIGINT, signal.SIGTERM])
             except OSError as exc:
                 raise StartupError(f"--signal-handler-mode {mode}: {exc.strerror}") from None
+            self._install_reopen_signals()
             return
+        self._install_reopen_signals()
 
         def on_signal(signum: int, frame: object) -> None:
             self.stop_requested = True
@@ -505,6 +516,44 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
             signal.siginterrupt(sig, False)  # SA_RESTART
+
+    def _install_reopen_signals(self) -> None:
+        """SIGHUP → reopen latch (SA_RESTART); SIGUSR1/SIGUSR2 ignored (after the
+        ``direct`` mode's SIGUSR1 self-test)."""
+
+        def on_hup(signum: int, frame: object) -> None:
+            self.reopen_requested = True
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.siginterrupt(signal.SIGHUP, False)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+    def reopen_files(self) -> None:
+        """SIGHUP: reopen the export and audit files (a failure is logged, the
+        old descriptor kept, and the daemon goes on)."""
+        self.reopen_requested = False
+        self.reopens += 1
+        if self.exporter is not None:
+            try:
+                self.exporter.reopen()
+            except OSError as exc:
+                log.error(f"export file: reopen failed, still writing the old file: {_reason(exc)}")
+            self._log_torn_tail()
+        if self.audit is not None:
+            try:
+                self.audit.reopen()
+            except OSError as exc:
+                log.error(f"audit file: reopen failed, still writing the old file: {_reason(exc)}")
+        log.info("SIGHUP: files reopened")
+
+    def _log_torn_tail(self) -> None:
+        torn = self.exporter.take_torn() if self.exporter is not None else None
+        if torn is not None:
+            log.warning(
+                f"export file {self.cfg.export_file}: cut a torn last line "
+                f"({torn[0]} bytes without a newline at offset {torn[1]})"
+            )
 
     def start(self) -> None:
         cfg = self.cfg
@@ -567,6 +616,12 @@ class Daemon:
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--export-file: {_reason(exc)}") from None
+            self._log_torn_tail()
+        if self.audit is not None and self.audit.unclean_lost:
+            log.warning(
+                f"audit file {cfg.recovery_audit_file}: {self.audit.unclean_lost} records "
+                "queued by the previous run were never written; a gap record names them"
+            )
         if rc is not None:
             self.recovery = RecoveryRunner(
                 rc,
@@ -574,6 +629,7 @@ class Daemon:
                 capacity=cfg.tracker_capacity,
                 allow_cross_namespace=cfg.allow_cross_namespace_agents,
                 clock=obs.now_ns,
+                audit_fail_open=cfg.recovery_audit_fail_open,
             )
         if cfg.hw_watchdog is not None:
             self.hw = HwWatchdog(cfg.hw_watchdog)
@@ -827,6 +883,8 @@ class Daemon:
     # --- maintenance, housekeeping ---------------------------------------------------
 
     def _maintenance(self, obs: ObserverLike) -> None:
+        if self.reopen_requested:
+            self.reopen_files()
         self._removed.extend(obs.take_removed())
         for _ in range(min(REMOVED_PER_TICK, len(self._removed))):
             pid = self._removed.popleft()
@@ -907,6 +965,9 @@ class Daemon:
         if self.audit is not None:
             counters.update(self.audit.counters())
             hists["varta_audit_fsync_seconds"] = copy_histogram(self.audit.fsync_seconds)
+        if self.exporter is not None:
+            counters.update(self.exporter.counters())
+        counters["reopen"] = self.reopens
         counters["observer_iteration_budget_exceeded"] = self._iteration_budget_exceeded
         mode = self.cfg.signal_handler_mode
         counters["signal_handler_install"] = {"direct": 0, "libc": 0, mode: 1}
@@ -936,7 +997,10 @@ class Daemon:
             try:
                 self.exporter.close()
             except OSError as exc:
-                log.error(f"export file: rows lost at exit: {_reason(exc)}")
+                log.error(
+                    f"export file: {self.exporter.lost_at_close} rows lost at exit "
+                    f"(dropped whole, {self.exporter.dropped_rows} in all): {_reason(exc)}"
+                )
         if self.recovery is not None:
             result = self.recovery.shutdown(self.cfg.shutdown_grace_ms)
             for done in result.completed:
@@ -950,7 +1014,11 @@ class Daemon:
             try:
                 self.audit.close()
             except OSError as exc:
-                log.error(f"audit file: records lost at exit: {_reason(exc)}")
+                log.error(
+                    f"audit file: {self.audit.lost_at_close} records lost at exit "
+                    f"({self.audit.dropped} unwritten in all; the next start writes a gap "
+                    f"record for them): {_reason(exc)}"
+                )
                 self.exit_code = self.exit_code or 1
         if self.server is not None:
             self.server.stop()

@@ -46,6 +46,7 @@ from prometheus_client.samples import Sample
 
 from varta import PidRows
 
+from .audit import DROP_REASONS as AUDIT_DROP_REASONS
 from .audit import FSYNC_BUCKETS, Histogram
 from .logsetup import SUPPRESSED_KINDS, RateLimiter
 from .recovery import OUTCOMES, REFUSED_REASONS
@@ -90,6 +91,7 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mode": ("mode", SIGNAL_MODES),
     "verdict": ("verdict", VERDICTS),
     "kind:events": ("kind", DROPPED_EVENT_KINDS),
+    "reason:audit": ("reason", AUDIT_DROP_REASONS),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order
@@ -128,7 +130,7 @@ varta_tracker_removed_pid_drops_total | c | - | Removed pids not queued for expo
 varta_tracker_pid_index_probe_exhausted_total | c | - | Tracker pid index probe exhaustions.
 varta_recovery_outstanding_probe_exhausted_total | c | - | Recovery table probe exhaustions.
 varta_recovery_reap_truncated_total | c | - | Reap ticks that could not visit every child.
-varta_recovery_audit_dropped_total | c | - | Audit records dropped because the ring was full.
+varta_recovery_audit_dropped_total | c | - | Audit records never written (ring full, I/O, exit).
 varta_recovery_audit_flush_budget_exceeded_total | c | - | Audit drains stopped by their budget.
 varta_audit_fsync_seconds | h | - | Audit log fdatasync latency.
 varta_socket_bind_dir_fsync_failed_total | c | - | Failed fsyncs of the socket directory.
@@ -165,6 +167,13 @@ varta_tracker_retired_total | c | - | Tracker slots retired because their agent 
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
 varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
 varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
+varta_recovery_audit_dropped_by_reason_total | c | reason:audit | Audit records lost, by reason.
+varta_recovery_audit_gap_records_total | c | - | Audit gap records written (each names lost ones).
+varta_recovery_spawned_unaudited_total | c | - | Children run without a durable spawn record.
+varta_export_rows_dropped_total | c | - | TSV rows never written (backlog full or lost at exit).
+varta_export_torn_tail_repaired_total | c | - | Torn last lines cut from the TSV file on open.
+varta_export_io_errors_total | c | - | TSV export write errors.
+varta_reopen_total | c | - | SIGHUP file reopens (logrotate postrotate).
 """
 
 

@@ -12,6 +12,18 @@ is started with ``fork``/``exec`` directly (through
 the observer never waits for it: :meth:`RecoveryRunner.reap` collects exited
 children each tick without blocking and SIGKILLs those past the timeout.
 
+With an audit log the spawn is **write-ahead**: the child is forked as a small
+gate (this Python, ``-I -S``) that blocks on a pipe; the runner writes the
+``spawn`` record with the child's pid and fdatasyncs it
+(:meth:`varta.watch.audit.AuditLog.write_ahead`), and only then releases the
+gate, which execs the recovery program in the same process (same pid,
+the environment given, nothing of the gate left). If the record cannot be made
+durable (ENOSPC, EIO, read-only) the gate is closed unreleased, the child exits
+without running anything, and the stall is refused
+(``refused_audit_unavailable``) unless ``audit_fail_open`` is set. A daemon
+killed before the release leaves the gate at EOF, which also exits without
+running. So no recovery program ever runs without its record on disk.
+
 The runner is independent of the native module: a stall is any object with
 the attributes ``pid``, ``origin``, ``pid_ns_inode``, ``generation``,
 ``last_nonce``, ``last_ns``, ``observer_ns`` and ``verdict`` (``varta.Stall`` or a small
@@ -27,6 +39,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -53,6 +66,7 @@ OUTCOMES: tuple[str, ...] = (
     "skipped_pid_recycled",
     "skipped_stall_unverifiable",
     "skipped_verdict",
+    "refused_audit_unavailable",
 )
 
 #: Every verdict name (``varta.Verdict`` values) and the ``--recovery-on`` default.
@@ -68,6 +82,7 @@ REFUSED_REASONS: tuple[str, ...] = (
     "debounce_capacity",
     "outstanding_capacity",
     "socket_mode_only",
+    "audit_unavailable",
 )
 
 #: Outcome -> the ``recovery_refused_total`` reason it also counts under (if any).
@@ -77,7 +92,31 @@ _REFUSED_COUNTER = {
     "refused_socket_mode_only": "socket_mode_only",
     "refused_debounce_capacity": "debounce_capacity",
     "refused_outstanding_capacity": "outstanding_capacity",
+    "refused_audit_unavailable": "audit_unavailable",
 }
+
+#: The write-ahead gate (see the module docs): argv = [fd, LC_CTYPE to restore
+#: ("-" = unset), program path, argv...]. Exit 125 without exec unless released.
+GATE_CODE = """\
+import os, sys
+fd = int(sys.argv[1])
+if os.read(fd, 1) != b"\\1":
+    os._exit(125)
+os.close(fd)
+env = dict(os.environb)
+lc = sys.argv[2]
+if lc == "-":
+    env.pop(b"LC_CTYPE", None)
+else:
+    env[b"LC_CTYPE"] = os.fsencode(lc[1:])
+try:
+    os.execve(sys.argv[3], sys.argv[4:], env)
+except OSError as e:
+    os.write(2, ("recovery gate: %s: %s\\n" % (sys.argv[3], e.strerror)).encode())
+    os._exit(127)
+"""
+GATE_EXIT_UNRELEASED = 125
+_GATE_GO = b"\1"
 
 #: Child ``PATH`` unless ``--recovery-inherit-env``.
 DEFAULT_CHILD_PATH = "/usr/bin:/bin"
@@ -382,6 +421,25 @@ def read_own_pid_ns_inode() -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def resolve_program(program: str, env: dict[str, str]) -> str:
+    """The path ``execvpe`` would run for *program* with *env*'s ``PATH``; raises
+    the :class:`OSError` it would fail with (ENOENT / EACCES)."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = env.get("PATH", os.defpath)
+        candidates = [os.path.join(d or ".", program) for d in path.split(os.pathsep)]
+    denied = False
+    for c in candidates:
+        if os.path.isfile(c):
+            if os.access(c, os.X_OK):
+                return c
+            denied = True
+    if denied:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), program)
+    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
 def _same_lineage(a: Optional[int], b: Optional[int]) -> bool:
     """Lineages differ only when both generations are known and unequal."""
     return a is None or b is None or a == b
@@ -407,6 +465,7 @@ class RecoveryRunner:
         clock: Callable[[], int] = time.monotonic_ns,
         ledger_capacity: int = LEDGER_CAPACITY,
         start_time_reader: Callable[[int], Optional[int]] = read_start_time,
+        audit_fail_open: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError("recovery capacity must be >= 1")
@@ -419,6 +478,12 @@ class RecoveryRunner:
         self._ledger_capacity = ledger_capacity
         self._start_time = start_time_reader
         self._env = config.child_env()
+        #: Spawn even when the spawn record cannot be made durable first.
+        self.audit_fail_open = audit_fail_open
+        #: Children that ran although their spawn record was not durable (fail-open).
+        self.spawned_unaudited = 0
+        #: Why the last write-ahead failed (for the daemon's log), until taken.
+        self.last_audit_error: Optional[OSError] = None
         self._debounce_ns = config.debounce_ms * 1_000_000
         self._timeout_ns = None if config.timeout_ms is None else config.timeout_ms * 1_000_000
 
@@ -462,6 +527,7 @@ class RecoveryRunner:
             "recovery_invariant_violations": self.invariant_violations,
             "recovery_outstanding_probe_exhausted": self.outstanding_probe_exhausted,
             "recovery_reap_truncated": self.reap_truncated,
+            "recovery_spawned_unaudited": self.spawned_unaudited,
         }
 
     @property
@@ -646,20 +712,70 @@ class RecoveryRunner:
     def _spawn(self, pid: int, gen: Optional[int], now_ns: int, verdict: str) -> Decision:
         argv = self.config.command.argv(pid, verdict)
         capture = self.config.capture_stdio
+        write_ahead = getattr(self.audit, "write_ahead", None)
+        gate_w = -1
+        err: Optional[OSError] = None
         try:
-            popen = subprocess.Popen(
-                argv,
-                env=self._env,
-                close_fds=True,
-                shell=False,
-                stdin=None,
-                stdout=subprocess.PIPE if capture else None,
-                stderr=subprocess.PIPE if capture else None,
-            )
+            if write_ahead is not None:
+                exe = resolve_program(argv[0], self._env)
+                gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+                lc = self._env.get("LC_CTYPE")
+                run_argv = [
+                    sys.executable, "-I", "-S", "-c", GATE_CODE,
+                    str(gate_r), "-" if lc is None else "=" + lc, exe, *argv,
+                ]  # fmt: skip
+                pass_fds: tuple[int, ...] = (gate_r,)
+            else:
+                run_argv, pass_fds = argv, ()
+            try:
+                popen = subprocess.Popen(
+                    run_argv,
+                    env=self._env,
+                    pass_fds=pass_fds,
+                    close_fds=True,
+                    shell=False,
+                    stdin=None,
+                    stdout=subprocess.PIPE if capture else None,
+                    stderr=subprocess.PIPE if capture else None,
+                )
+            finally:
+                if pass_fds:
+                    os.close(pass_fds[0])
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            if gate_w >= 0:
+                os.close(gate_w)
             return self._finish(
                 Decision("spawn_failed", pid, "spawn_failed", error=_describe(exc)), now_ns
             )
+        template = " ".join(argv).encode("utf-8", "surrogateescape")
+        if self.audit is not None:
+            # Why this child runs: queued ahead of its spawn record (the
+            # write-ahead flushes what is queued first).
+            self.audit.verdict(now_ns, pid, verdict)
+        if write_ahead is not None:
+            err = write_ahead(
+                now_ns, pid, popen.pid, self.config.command.program, self.config.source,
+                len(template),
+            )  # fmt: skip
+            if err is not None:
+                self.last_audit_error = err
+                if not self.audit_fail_open:
+                    os.close(gate_w)  # EOF: the gate exits 125 without running anything
+                    _discard_gate(popen)
+                    return self._finish(
+                        Decision(
+                            "refused_audit_unavailable",
+                            pid,
+                            "audit_unavailable",
+                            error=_describe(err),
+                        ),
+                        now_ns,
+                    )
+                self.spawned_unaudited += 1
+            try:
+                os.write(gate_w, _GATE_GO)
+            finally:
+                os.close(gate_w)
         self._tick_spawns += 1
         child = _Child(popen, pid, gen, now_ns)
         if capture:
@@ -671,10 +787,7 @@ class RecoveryRunner:
         self._ledger[pid] = (now_ns, gen)
         self._ledger.move_to_end(pid)
         self.outcomes["spawned"] += 1
-        if self.audit is not None:
-            # Why this child runs, right before the record of its start.
-            self.audit.verdict(now_ns, pid, verdict)
-            template = " ".join(argv).encode("utf-8", "surrogateescape")
+        if self.audit is not None and (write_ahead is None or err is not None):
             self.audit.spawn(
                 now_ns,
                 pid,
@@ -886,6 +999,18 @@ class RecoveryRunner:
         self._outstanding.clear()
         self._orphans.clear()
         return ShutdownResult(completed, survivors)
+
+
+def _discard_gate(popen: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a gate that was never released (it has run nothing)."""
+    try:
+        popen.kill()
+    except OSError:
+        pass
+    popen.wait()
+    for pipe in (popen.stdout, popen.stderr):
+        if pipe is not None:
+            _close_quietly(pipe)
 
 
 def _close_quietly(pipe: IO[bytes]) -> None:

@@ -388,11 +388,16 @@ fn new_session_after_restart_gap_but_not_before() {
     );
     // Silent for the full gap (measured from the last *accept*): new session.
     assert_eq!(rx.open(&restart, GAP), Opened::Accepted(frame(pid, 1)));
-    // The reset made prefix 2 current; the old prefix is gone.
+    // The reset made prefix 2 current and retired prefix 1 for good: even a
+    // frame above every high-water mark under it is a replay now.
     assert_eq!(
         rx.open(&shared(&k, [1; 8], 1, &frame(pid, 101)), GAP),
-        Opened::Accepted(frame(pid, 101)),
-        "old prefix is unknown now; nonce 101 > high-water 1 makes it a fresh prefix"
+        Opened::Rejected(RejectReason::Replay),
+        "a superseded session is never accepted again"
+    );
+    assert_eq!(
+        rx.open(&shared(&k, [1; 8], 2, &frame(pid, 102)), 1000 * GAP),
+        Opened::Rejected(RejectReason::Replay)
     );
 }
 
@@ -511,9 +516,13 @@ fn periodic_sweep_evicts_silent_senders() {
         1
     );
     assert_eq!(rx.senders(), 0);
-    // An evicted sender is simply new again.
+    // An evicted sender's session stays retired; a new session is simply new.
+    assert_eq!(
+        rx.open(&shared(&k, [1; 8], 1, &frame(500, 2)), 2 * EVICTION_TTL_NS),
+        Opened::Rejected(RejectReason::Replay)
+    );
     assert!(matches!(
-        rx.open(&shared(&k, [1; 8], 0, &frame(500, 1)), 2 * EVICTION_TTL_NS),
+        rx.open(&shared(&k, [9; 8], 0, &frame(500, 1)), 2 * EVICTION_TTL_NS),
         Opened::Accepted(_)
     ));
 }

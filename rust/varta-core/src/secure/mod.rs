@@ -49,7 +49,8 @@ pub use receiver::{
     RECV_BUF_LEN,
 };
 pub use replay::{
-    ReplayTable, ReplayVerdict, EVICTION_INTERVAL_NS, EVICTION_TTL_NS, MAX_SENDER_STATES,
+    ReplayTable, ReplayVerdict, RetiredFilter, EVICTION_INTERVAL_NS, EVICTION_TTL_NS,
+    MAX_SENDER_STATES, RETIRED_FILTER_BITS_PER_STATE, RETIRED_FILTER_HASHES,
 };
 pub use seal::{
     open_master, open_shared, seal_master, seal_panic_frame, seal_shared, IV_RANDOM_LEN,

@@ -25,6 +25,23 @@
 //! silent for the restart gap, which tracker eviction (silent > 10 ×
 //! threshold) always exceeds. The table stays bounded by its fixed capacity,
 //! the TTL sweep and fail-closed refusal when full.
+//!
+//! # Retired sessions are never accepted again
+//!
+//! A session is named by its IV prefix (`iv_random`, derived from the
+//! session salt). A prefix is *retired* when it leaves a sender's state:
+//! pushed out of the one-deep history by a newer prefix, replaced by a
+//! session restart, or dropped with the whole state by the TTL sweep.
+//! Retired `(pid, prefix)` pairs go into [`RetiredFilter`], a Bloom filter of
+//! fixed size allocated in `new` and kept for the life of the table, so a
+//! recorded session cannot come back after its sender went silent (the
+//! restart gap or the TTL no longer reopens it). A filter has no false
+//! negatives; its false positives refuse a genuine *new* session whose fresh
+//! random prefix happens to hit set bits (see `docs/security.md` for the
+//! bound). [`ReplayTable::remove`] (tests only) does not retire.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use crate::frame::Frame;
 
@@ -38,6 +55,73 @@ pub const EVICTION_TTL_NS: u64 = 600 * 1_000_000_000;
 pub const EVICTION_INTERVAL_NS: u64 = 60 * 1_000_000_000;
 
 const EMPTY: u16 = u16::MAX;
+
+/// Bits of the retired-session filter per sender state (8192 bits = 1 KiB),
+/// so [`MAX_SENDER_STATES`] states get a 1 MiB filter.
+pub const RETIRED_FILTER_BITS_PER_STATE: usize = 8192;
+/// Bit positions set (and tested) per retired session.
+pub const RETIRED_FILTER_HASHES: u32 = 8;
+
+/// Fixed-size Bloom filter of retired `(pid, IV prefix)` pairs, keyed with a
+/// per-table random SipHash key (an attacker cannot aim prefixes at set bits).
+/// False-positive probability after `n` insertions into `m` bits with `k`
+/// hashes: `(1 - e^(-k n / m))^k`.
+pub struct RetiredFilter {
+    bits: Box<[u64]>,
+    mask: u64,
+    hasher: RandomState,
+    inserted: u64,
+}
+
+impl RetiredFilter {
+    /// A filter of `bits` bits (rounded up to a power of two, at least 64).
+    pub fn new(bits: usize) -> RetiredFilter {
+        let bits = bits.next_power_of_two().max(64);
+        RetiredFilter {
+            bits: vec![0u64; bits / 64].into_boxed_slice(),
+            mask: bits as u64 - 1,
+            hasher: RandomState::new(),
+            inserted: 0,
+        }
+    }
+
+    /// Size in bits (`m`).
+    pub fn bits(&self) -> usize {
+        self.bits.len() * 64
+    }
+
+    /// Sessions retired so far (`n`; duplicates counted).
+    pub fn inserted(&self) -> u64 {
+        self.inserted
+    }
+
+    /// The false-refusal probability at the current fill: `(1 - e^(-k n / m))^k`.
+    pub fn false_positive_rate(&self) -> f64 {
+        let k = f64::from(RETIRED_FILTER_HASHES);
+        let fill = 1.0 - (-k * self.inserted as f64 / self.bits() as f64).exp();
+        fill.powf(k)
+    }
+
+    fn positions(&self, pid: u32, iv: &[u8; IV_RANDOM_LEN]) -> impl Iterator<Item = u64> {
+        let h1 = self.hasher.hash_one((pid, iv, 0u8));
+        let h2 = self.hasher.hash_one((pid, iv, 1u8)) | 1;
+        let mask = self.mask;
+        (0..u64::from(RETIRED_FILTER_HASHES))
+            .map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
+    }
+
+    pub fn insert(&mut self, pid: u32, iv: &[u8; IV_RANDOM_LEN]) {
+        for b in self.positions(pid, iv) {
+            self.bits[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+        self.inserted = self.inserted.saturating_add(1);
+    }
+
+    pub fn contains(&self, pid: u32, iv: &[u8; IV_RANDOM_LEN]) -> bool {
+        self.positions(pid, iv)
+            .all(|b| self.bits[(b >> 6) as usize] & (1 << (b & 63)) != 0)
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct SenderState {
@@ -122,6 +206,7 @@ pub struct ReplayTable {
     shift: u32,
     restart_gap_ns: u64,
     next_sweep_ns: u64,
+    retired: RetiredFilter,
 }
 
 impl ReplayTable {
@@ -142,7 +227,13 @@ impl ReplayTable {
             shift: 32 - slots.trailing_zeros(),
             restart_gap_ns,
             next_sweep_ns: EVICTION_INTERVAL_NS,
+            retired: RetiredFilter::new(capacity * RETIRED_FILTER_BITS_PER_STATE),
         }
+    }
+
+    /// The retired-session filter (size, fill, false-refusal rate).
+    pub fn retired(&self) -> &RetiredFilter {
+        &self.retired
     }
 
     pub fn len(&self) -> usize {
@@ -230,12 +321,21 @@ impl ReplayTable {
             let s = self.states[i];
             if s.in_use && now_ns.saturating_sub(s.last_seen_ns) >= EVICTION_TTL_NS {
                 if let Ok(slot) = self.find(s.pid) {
+                    self.retire(&s);
                     self.remove_slot(slot);
                     evicted += 1;
                 }
             }
         }
         evicted
+    }
+
+    /// Retire every prefix a state holds (it is being dropped or reset).
+    fn retire(&mut self, s: &SenderState) {
+        self.retired.insert(s.pid, &s.cur_iv);
+        if let Some((piv, _)) = s.prev {
+            self.retired.insert(s.pid, &piv);
+        }
     }
 
     /// Run the periodic sweep if it is due.
@@ -262,6 +362,9 @@ impl ReplayTable {
         let slot = match self.find(pid) {
             Ok(slot) => slot,
             Err(mut empty) => {
+                if self.retired.contains(pid, iv_random) {
+                    return ReplayVerdict::Replay;
+                }
                 if self.free.is_empty() {
                     // Fail closed: make room only from dead senders.
                     self.sweep(now_ns);
@@ -287,6 +390,7 @@ impl ReplayTable {
         };
         let restart_gap = self.restart_gap_ns;
         let st = &mut self.states[usize::from(self.index[slot])];
+        let retired = &mut self.retired;
         let terminal = frame.is_terminal();
 
         if st.cur_iv == *iv_random {
@@ -307,13 +411,19 @@ impl ReplayTable {
                 return ReplayVerdict::Accepted;
             }
         }
-        // New (or aged-out) prefix.
+        // New (or aged-out) prefix. A retired one never comes back.
+        if retired.contains(pid, iv_random) {
+            return ReplayVerdict::Replay;
+        }
         let fresh = if terminal {
             !matches!(st.max_terminal_ts, Some(m) if frame.timestamp <= m)
         } else {
             !matches!(st.max_regular_nonce, Some(m) if frame.nonce <= m)
         };
         if fresh {
+            if let Some((piv, _)) = st.prev {
+                retired.insert(pid, &piv);
+            }
             st.prev = Some((st.cur_iv, st.cur_last));
             st.cur_iv = *iv_random;
             st.cur_last = iv_counter;
@@ -323,6 +433,10 @@ impl ReplayTable {
         // A terminal frame never resets the session (a replayed crash frame
         // must not wipe the high-water marks).
         if !terminal && now_ns.saturating_sub(st.last_seen_ns) >= restart_gap {
+            retired.insert(pid, &st.cur_iv);
+            if let Some((piv, _)) = st.prev {
+                retired.insert(pid, &piv);
+            }
             *st = SenderState::fresh(pid, iv_random, iv_counter, frame, now_ns);
             return ReplayVerdict::SessionRestart;
         }
@@ -375,5 +489,74 @@ mod tests {
         for pid in 0..200 {
             assert_eq!(t.contains(pid), model.contains(&pid), "pid {pid}");
         }
+    }
+
+    #[test]
+    fn a_superseded_session_is_refused_after_any_silence() {
+        // Issue 11 hole 4: a session aged out of the one-deep history used to be
+        // accepted again once the sender was silent past the restart gap.
+        let gap = 2_000_000_000;
+        let mut t = ReplayTable::new(MAX_SENDER_STATES, gap);
+        let (a, b, c) = ([0xaa; 8], [0xbb; 8], [0xcc; 8]);
+        for n in 1..=30u32 {
+            assert!(t.check(&a, n, &frame(500, u64::from(n)), 0).is_accepted());
+        }
+        assert!(t.check(&b, 0, &frame(500, 31), 1).is_accepted());
+        assert!(t.check(&c, 0, &frame(500, 32), 2).is_accepted());
+        for later in [
+            gap + 2,
+            10 * gap,
+            EVICTION_TTL_NS + 3,
+            100 * EVICTION_TTL_NS,
+        ] {
+            for n in 1..=30u32 {
+                let v = t.check(&a, n, &frame(500, u64::from(n)), later);
+                assert_eq!(v, ReplayVerdict::Replay, "session a frame {n} at {later}");
+            }
+        }
+        // The sweeps above dropped the state (TTL) and retired b and c too.
+        assert!(!t.contains(500));
+        for iv in [&b, &c] {
+            assert_eq!(
+                t.check(iv, 9, &frame(500, 99), 200 * EVICTION_TTL_NS),
+                ReplayVerdict::Replay
+            );
+        }
+        // A genuinely new session is still welcome.
+        let fresh = t.check(&[0xdd; 8], 0, &frame(500, 1), 200 * EVICTION_TTL_NS);
+        assert_eq!(fresh, ReplayVerdict::NewSender);
+    }
+
+    #[test]
+    fn session_restart_retires_the_old_session() {
+        let mut t = ReplayTable::new(16, 1000);
+        assert!(t.check(&[1; 8], 5, &frame(7, 50), 0).is_accepted());
+        assert_eq!(
+            t.check(&[2; 8], 0, &frame(7, 1), 1000),
+            ReplayVerdict::SessionRestart
+        );
+        // The restarted agent goes silent; its old session must not restart again.
+        assert_eq!(
+            t.check(&[1; 8], 6, &frame(7, 51), 5000),
+            ReplayVerdict::Replay
+        );
+    }
+
+    #[test]
+    fn retired_filter_has_no_false_negatives_and_few_false_positives() {
+        let mut f = RetiredFilter::new(1 << 16);
+        for i in 0..4000u32 {
+            f.insert(i, &u64::from(i).to_le_bytes());
+        }
+        for i in 0..4000u32 {
+            assert!(f.contains(i, &u64::from(i).to_le_bytes()));
+        }
+        let fp = (0..100_000u32)
+            .filter(|&i| f.contains(i, &(u64::from(i) | 1 << 40).to_le_bytes()))
+            .count();
+        // k = 8, n/m = 4000/65536: (1 - e^-0.488)^8 = 3.9e-4, so about 39 in 10^5.
+        let expected = f.false_positive_rate();
+        assert!((2e-4..8e-4).contains(&expected), "{expected}");
+        assert!(fp < 120, "{fp} false positives in 100000");
     }
 }
