@@ -336,6 +336,7 @@ class _Stall:
         self.generation = None
         self.last_ns = 0
         self.observer_ns = 0
+        self.verdict = "hung"
 
 
 def test_recovery_child_finds_its_spawn_record_on_disk(tmp_path: pathlib.Path) -> None:

@@ -97,7 +97,8 @@ def families_in(body: str) -> list[tuple[str, str]]:
     ]
 
 
-#: Families beyond §9.2 (issue 11: loss accounting, reopen), all counters.
+#: Families beyond docs/observer.md#metric-families (issue 11: loss accounting,
+#: reopen), all counters.
 EXTRA_FAMILIES = [
     "varta_recovery_audit_dropped_by_reason_total",
     "varta_recovery_audit_gap_records_total",
