@@ -51,9 +51,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
-if ! command -v maturin >/dev/null || ! python -c 'import prometheus_client' 2>/dev/null; then
-  step "installing maturin and prometheus_client (pip)"
-  python -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' prometheus_client
+if ! command -v maturin >/dev/null; then
+  step "installing maturin (pip)"
+  python -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2'
 fi
 
 # The Python sources are installed in editable mode: only Rust changes need a rebuild.

@@ -50,17 +50,15 @@ from .export import TsvExporter
 from .logsetup import RateLimiter, log
 from .metrics import (
     STAGES,
-    MetricsServer,
     ServeStats,
     Snapshot,
     SnapshotBox,
     VartaCollector,
-    build_registry,
     copy_histogram,
     new_histogram,
-    parse_hex32,
     render,
 )
+from .metrics_server import MetricsServer, parse_hex32
 from .recovery import Completion, Decision, RecoveryCommand, RecoveryConfig, RecoveryRunner
 from .secretfile import read_secret_file
 
@@ -636,12 +634,11 @@ class Daemon:
         if cfg.prom_addr is not None:
             token = read_token(cfg.prom_token_file) if cfg.prom_token_file else None
             collector = VartaCollector(lambda: self.box.latest, self.serve_stats, self.logs)
-            registry = build_registry(collector)
             wait_s = cfg.read_timeout_ms / 1000.0 + 0.25
 
             def body() -> bytes:
                 self.box.request(wait_s)
-                return render(registry)
+                return render(collector)
 
             try:
                 self.server = MetricsServer(
