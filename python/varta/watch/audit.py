@@ -46,15 +46,35 @@ usage/open errors.
 from __future__ import annotations
 
 import errno
-import hashlib
+import importlib
 import os
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Protocol, Sequence, Union, cast
 
 from .secretfile import PathLike, check_output_stat, fsync_dir, open_output_file
+
+
+class _Hash(Protocol):
+    def digest(self) -> bytes: ...
+
+
+def _find_sha256() -> Callable[[bytes], _Hash]:
+    """SHA-256 from CPython's built-in module, not hashlib: hashlib loads
+    OpenSSL, about 4 MB of resident memory for the one hash the daemon uses."""
+    for name in ("_sha2", "_sha256"):  # CPython >= 3.12, <= 3.11
+        try:
+            return cast(Callable[[bytes], _Hash], importlib.import_module(name).sha256)
+        except (ImportError, AttributeError):
+            continue
+    import hashlib
+
+    return hashlib.sha256
+
+
+_sha256 = _find_sha256()
 
 HEADER = b"# varta-watch recovery audit v2"
 LEGACY_HEADER = b"# varta-watch recovery audit v1"
@@ -106,7 +126,7 @@ def pending_path(path: PathLike) -> str:
 
 def chain_of(kind: bytes, prev_raw: bytes, line_prefix: bytes) -> bytes:
     """Raw 32-byte chain value of one record."""
-    return hashlib.sha256(CHAIN_DOMAIN + kind + b"\0" + prev_raw + b"\0" + line_prefix).digest()
+    return _sha256(CHAIN_DOMAIN + kind + b"\0" + prev_raw + b"\0" + line_prefix).digest()
 
 
 def _text(value: str) -> bytes:
