@@ -67,7 +67,7 @@ varta_watch_last_poll_loop_timestamp_seconds g varta_watch_pids_tracked g
 
 # Beyond upstream (docs/verdicts.md): verdicts, retirement, blindness, queue drops.
 VERDICT_FAMILIES = """
-varta_stall_verdicts_total c varta_tracker_retired_total c
+varta_stall_verdicts_total c varta_out_of_order_total c varta_tracker_retired_total c
 varta_observer_blind_intervals_total c varta_observer_blind_seconds_total c
 varta_observer_events_dropped_total c
 """.split()
@@ -116,7 +116,7 @@ def test_all_65_families_in_spec_order() -> None:
     spec += list(zip(VERDICT_FAMILIES[::2], VERDICT_FAMILIES[1::2]))
     types = {"c": "counter", "g": "gauge", "h": "histogram"}
     want = [(n, types[t]) for n, t in spec] + [(n, "counter") for n in EXTRA_FAMILIES]
-    assert len(want) == len(FAMILIES) == 65 + 5 + len(EXTRA_FAMILIES)
+    assert len(want) == len(FAMILIES) == 65 + 6 + len(EXTRA_FAMILIES)
     got = families_in(body_for(Snapshot()))
     assert sorted(got) == sorted(want)
     assert got[:3] == want[:3]

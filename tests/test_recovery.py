@@ -729,7 +729,6 @@ def test_counters_have_every_label() -> None:
         "recovery_outstanding_recycle_resets",
         "recovery_spawn_budget_exceeded",
         "recovery_invariant_violations",
-        "recovery_outstanding_probe_exhausted",
         "recovery_reap_truncated",
     ):
         assert c[key] == 0

@@ -145,6 +145,7 @@ varta_watch_uptime_seconds | g | - | Seconds since varta-watch started.
 varta_watch_last_poll_loop_timestamp_seconds | g | - | Unix time of the last loop iteration.
 varta_watch_pids_tracked | g | - | Pids currently tracked.
 varta_stall_verdicts_total | c | verdict | Stalls by verdict (docs/verdicts.md).
+varta_out_of_order_total | c | - | Frames refused as duplicate or old (replayed) nonces.
 varta_tracker_retired_total | c | - | Tracker slots retired because their agent ended.
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
 varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
@@ -255,7 +256,6 @@ class ServeStats:
     scrape_skipped: int = 0
     scrape_budget_exhausted: int = 0
     scrape_budget_exceeded: int = 0
-    ip_state_probe_exhausted: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     serve_seconds: Histogram = field(default_factory=new_histogram)
 
@@ -265,7 +265,6 @@ class ServeStats:
             "scrape_skipped": self.scrape_skipped,
             "scrape_budget_exhausted": self.scrape_budget_exhausted,
             "observer_scrape_budget_exceeded": self.scrape_budget_exceeded,
-            "prom_ip_state_probe_exhausted": self.ip_state_probe_exhausted,
             "prom_connections_dropped": dict(self.dropped),
         }
 

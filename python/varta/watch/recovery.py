@@ -508,7 +508,6 @@ class RecoveryRunner:
         self.outstanding_recycle_resets = 0
         self.spawn_budget_exceeded = 0
         self.invariant_violations = 0
-        self.outstanding_probe_exhausted = 0  # open addressing is the native tables' concern
         self.reap_truncated = 0
 
     # --- introspection -------------------------------------------------------------
@@ -525,7 +524,6 @@ class RecoveryRunner:
             "recovery_outstanding_recycle_resets": self.outstanding_recycle_resets,
             "recovery_spawn_budget_exceeded": self.spawn_budget_exceeded,
             "recovery_invariant_violations": self.invariant_violations,
-            "recovery_outstanding_probe_exhausted": self.outstanding_probe_exhausted,
             "recovery_reap_truncated": self.reap_truncated,
             "recovery_spawned_unaudited": self.spawned_unaudited,
         }
