@@ -7,11 +7,11 @@ import errno
 import os
 import pathlib
 import stat
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
+import varta
 from varta import NONCE_TERMINAL, BeatOrigin, DecodeError, Status, Verdict
 from varta.watch import export as export_mod
 from varta.watch.export import TsvExporter
@@ -65,89 +65,26 @@ def test_bad_values_are_refused(tmp_path: pathlib.Path) -> None:
     assert (tmp_path / "e.tsv").read_text() == ""
 
 
-# Stand-ins for the native event classes: the exporter dispatches on the class name.
-@dataclass(frozen=True)
-class Beat:
-    pid: int
-    status: Status
-    payload: int
-    nonce: int
-    origin: BeatOrigin
-    pid_ns_inode: Optional[int]
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class Stall:
-    pid: int
-    last_nonce: int
-    last_ns: int
-    origin: BeatOrigin
-    pid_ns_inode: Optional[int]
-    generation: Optional[int]
-    observer_ns: int
-    verdict: Verdict = Verdict.UNKNOWN
-    cause: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Decode:
-    error: DecodeError
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class AuthFailure:
-    claimed_pid: int
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class OriginConflict:
-    claimed_pid: int
-    observed_origin: BeatOrigin
-    slot_origin: BeatOrigin
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class NamespaceConflict:
-    claimed_pid: int
-    observed_ns_inode: int
-    observer_ns_inode: int
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class Io:
-    error: str
-    errno: Optional[int]
-    observer_ns: int
-
-
-@dataclass(frozen=True)
-class CtrlTruncated:
-    error: str
-    observer_ns: int
-
-
 def test_event_objects(tmp_path: pathlib.Path) -> None:
     p = tmp_path / "events.tsv"
     ka = BeatOrigin.KERNEL_ATTESTED
     events: list[Any] = [
-        Beat(5, Status.CRITICAL, 9, 3, ka, None, 100),
-        Stall(5, 3, 100, ka, None, None, 200),
-        Stall(9, NONCE_TERMINAL, 150, ka, None, 4, 250, verdict=Verdict.EXITED, cause="SIGTERM"),
-        Decode(DecodeError("BadNonce", nonce=0, status=Status.OK), 300),
-        AuthFailure(6, 400),
-        OriginConflict(7, BeatOrigin.SOCKET_MODE_ONLY, ka, 500),
-        NamespaceConflict(8, 1, 2, 600),
-        Io("Permission denied (os error 13)", errno.EACCES, 700),
-        CtrlTruncated("control data truncated", 800),
+        varta.Beat(5, Status.CRITICAL, 9, 3, ka, None, 100),
+        varta.Stall(5, 3, 100, ka, None, None, 200),
+        varta.Stall(
+            9, NONCE_TERMINAL, 150, ka, None, 4, 250, verdict=Verdict.EXITED, cause="SIGTERM"
+        ),
+        varta.Decode(DecodeError("BadNonce", nonce=0, status=Status.OK), 300),
+        varta.AuthFailure(6, 400),
+        varta.OriginConflict(7, BeatOrigin.SOCKET_MODE_ONLY, ka, 500),
+        varta.NamespaceConflict(8, 1, 2, 600),
+        varta.Io("Permission denied (os error 13)", errno.EACCES, 700),
+        varta.CtrlTruncated("control data truncated", 800),
     ]
     with TsvExporter(p) as t:
         assert all(t.event(e) for e in events)
         assert t.event(object()) is False
+        assert t.event(varta.Blind(1, 2, 3)) is False  # no row: the log says it
     assert rows(p) == [
         ["100", "beat", "5", "3", "critical", "9"],
         ["200", "stall", "5", "3", "stall", "-"],

@@ -49,7 +49,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+import varta
 
 from .secretfile import PathLike, fsync_dir, open_output_file
 
@@ -203,32 +205,13 @@ class TsvExporter:
 
     # --- event objects ------------------------------------------------------------
 
-    def event(self, ev: Any) -> bool:
-        """Write the row for a ``varta`` event object (by class name: ``Beat``,
-        ``Stall``, ``Decode``, ``Io``, ``CtrlTruncated``, ``AuthFailure``,
-        ``OriginConflict``, ``NamespaceConflict``). Returns False for anything else."""
-        kind = type(ev).__name__
-        if kind not in _EVENT_KINDS:
+    def event(self, ev: object) -> bool:
+        """Write the row(s) for a ``varta`` event (dispatched on its type);
+        False for anything that has no row (``Blind``, other objects)."""
+        write = _ROW_WRITERS.get(type(ev))
+        if write is None:
             return False
-        ns = ev.observer_ns
-        if kind == "Beat":
-            self.beat(ns, ev.pid, ev.nonce, ev.status, ev.payload)
-        elif kind == "Stall":
-            self.stall(ns, ev.pid, ev.last_nonce)
-            verdict = getattr(ev, "verdict", None)
-            self.verdict(ns, ev.pid, str(verdict or "unknown"), getattr(ev, "cause", None))
-        elif kind == "Decode":
-            self.decode(ns, ev.error)
-        elif kind == "Io":
-            self.io(ns, ev.error)
-        elif kind == "CtrlTruncated":
-            self.ctrunc(ns, ev.error)
-        elif kind == "AuthFailure":
-            self.mismatch(ns, ev.claimed_pid, "auth_failure")
-        elif kind == "OriginConflict":
-            self.mismatch(ns, ev.claimed_pid, "origin_conflict")
-        else:  # NamespaceConflict
-            self.mismatch(ns, ev.claimed_pid, "namespace_conflict")
+        write(self, ev)
         return True
 
     # --- buffering, rotation ------------------------------------------------------
@@ -412,15 +395,49 @@ def _last_lf(fd: int, end: int) -> int:
     return 0
 
 
-_EVENT_KINDS = frozenset(
-    {
-        "Beat",
-        "Stall",
-        "Decode",
-        "Io",
-        "CtrlTruncated",
-        "AuthFailure",
-        "OriginConflict",
-        "NamespaceConflict",
-    }
-)
+# --- event type -> rows (one place: a new event type with a row adds one line) ---
+
+
+def _beat(t: TsvExporter, ev: varta.Beat) -> None:
+    t.beat(ev.observer_ns, ev.pid, ev.nonce, ev.status, ev.payload)
+
+
+def _stall(t: TsvExporter, ev: varta.Stall) -> None:
+    t.stall(ev.observer_ns, ev.pid, ev.last_nonce)
+    t.verdict(ev.observer_ns, ev.pid, str(ev.verdict), ev.cause)
+
+
+def _decode(t: TsvExporter, ev: varta.Decode) -> None:
+    t.decode(ev.observer_ns, ev.error)
+
+
+def _io(t: TsvExporter, ev: varta.Io) -> None:
+    t.io(ev.observer_ns, ev.error)
+
+
+def _ctrunc(t: TsvExporter, ev: varta.CtrlTruncated) -> None:
+    t.ctrunc(ev.observer_ns, ev.error)
+
+
+def _auth(t: TsvExporter, ev: varta.AuthFailure) -> None:
+    t.mismatch(ev.observer_ns, ev.claimed_pid, "auth_failure")
+
+
+def _origin(t: TsvExporter, ev: varta.OriginConflict) -> None:
+    t.mismatch(ev.observer_ns, ev.claimed_pid, "origin_conflict")
+
+
+def _namespace(t: TsvExporter, ev: varta.NamespaceConflict) -> None:
+    t.mismatch(ev.observer_ns, ev.claimed_pid, "namespace_conflict")
+
+
+_ROW_WRITERS: dict[type, Callable[[TsvExporter, Any], None]] = {
+    varta.Beat: _beat,
+    varta.Stall: _stall,
+    varta.Decode: _decode,
+    varta.Io: _io,
+    varta.CtrlTruncated: _ctrunc,
+    varta.AuthFailure: _auth,
+    varta.OriginConflict: _origin,
+    varta.NamespaceConflict: _namespace,
+}

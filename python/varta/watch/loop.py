@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, Callable, Optional, Protocol, TypeVar
+from typing import IO, Callable, Optional, Protocol, TypeVar, Union
 
 import varta
 from varta import _varta
@@ -50,6 +50,7 @@ from .export import TsvExporter
 from .logsetup import RateLimiter, log
 from .metrics import (
     STAGES,
+    CounterValue,
     ServeStats,
     Snapshot,
     SnapshotBox,
@@ -93,10 +94,10 @@ class StartupError(Exception):
 class ObserverLike(Protocol):
     """What the daemon uses of ``varta.Observer`` (the API in docs/observer.md#python-api)."""
 
-    def poll(self, timeout: Optional[float] = None) -> Iterable[Any]: ...
+    def poll(self, timeout: Optional[float] = None) -> Iterable[object]: ...
     def pid_rows(self) -> varta.PidRows: ...
-    def agent(self, pid: int) -> Any: ...
-    def counters(self) -> Mapping[str, Any]: ...
+    def agent(self, pid: int) -> Optional[varta.AgentInfo]: ...
+    def counters(self) -> Mapping[str, Union[int, Mapping[str, int]]]: ...
     def take_removed(self) -> list[int]: ...
     def now_ns(self) -> int: ...
     def close(self) -> None: ...
@@ -166,7 +167,7 @@ def _listen_error(cfg: WatchConfig, exc: OSError) -> str:
     return f"cannot listen on {cfg.socket}: {_reason(exc)}"
 
 
-def _log_listeners(cfg: WatchConfig, obs: Any) -> None:
+def _log_listeners(cfg: WatchConfig, obs: object) -> None:
     """One startup line per listener the observer opened."""
     log.info(f"listening on unix datagram socket {cfg.socket} (mode {cfg.socket_mode:04o})")
     udp = getattr(obs, "udp_address", None)
@@ -331,23 +332,29 @@ def recovery_config(cfg: WatchConfig) -> Optional[RecoveryConfig]:
         raise StartupError(
             "MutuallyExclusive: --recovery-exec and --recovery-exec-file; give one of them"
         )
-    kwargs: dict[str, Any] = {
-        "debounce_ms": cfg.recovery_debounce_ms,
-        "timeout_ms": cfg.recovery_timeout_ms,
-        "env": cfg.recovery_env,
-        "inherit_env": cfg.recovery_inherit_env,
-        "capture_stdio": cfg.recovery_capture_stdio,
-        "capture_bytes": cfg.recovery_capture_bytes,
-        "recovery_on": cfg.recovery_on,
-    }
+
+    def make(command: RecoveryCommand, source: str) -> RecoveryConfig:
+        return RecoveryConfig(
+            command,
+            source,
+            debounce_ms=cfg.recovery_debounce_ms,
+            timeout_ms=cfg.recovery_timeout_ms,
+            env=cfg.recovery_env,
+            inherit_env=cfg.recovery_inherit_env,
+            capture_stdio=cfg.recovery_capture_stdio,
+            capture_bytes=cfg.recovery_capture_bytes,
+            recovery_on=cfg.recovery_on,
+        )
+
     if cfg.recovery_exec is not None:
         try:
-            return RecoveryConfig(RecoveryCommand.parse(cfg.recovery_exec), "inline", **kwargs)
+            return make(RecoveryCommand.parse(cfg.recovery_exec), "inline")
         except ValueError as exc:
             raise StartupError(f"--recovery-exec: {exc}") from None
     assert cfg.recovery_exec_file is not None
     try:
-        return RecoveryConfig.from_exec_file(cfg.recovery_exec_file, **kwargs)
+        command, source = RecoveryConfig.read_exec_file(cfg.recovery_exec_file)
+        return make(command, source)
     except (OSError, ValueError) as exc:
         raise StartupError(f"--recovery-exec-file: {_reason(exc)}") from None
 
@@ -362,7 +369,7 @@ def read_token(path: str) -> bytes:
 # --- network transports (isolated: wired to the observer by the network stream) -------
 
 
-def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
+def network_kwargs(cfg: WatchConfig) -> dict[str, object]:
     """Observer keyword arguments for ``--udp-port`` and the key files.
 
     The key files are loaded here (``varta.keys``: secret-file rules, line rules
@@ -380,7 +387,7 @@ def network_kwargs(cfg: WatchConfig) -> dict[str, Any]:
         except (OSError, ValueError) as exc:
             raise StartupError(f"{flag} {path}: {_reason(exc)}") from None
 
-    shared: list[Any] = []
+    shared: list[varta.Key] = []
     if cfg.key_file is not None:
         shared.append(load("--key-file", cfg.key_file, vkeys.load_key_file))
     for path in cfg.accepted_key_files:
@@ -440,7 +447,7 @@ class Daemon:
         self.reopen_requested = False
         self.reopens = 0
         self.exit_code = 0
-        self._deferred: collections.deque[Any] = collections.deque()
+        self._deferred: collections.deque[varta.Stall] = collections.deque()
         self._removed: collections.deque[int] = collections.deque()
         self._shutdown_at: Optional[float] = None
         self._wedge_pending = cfg.inject_wedge_ms is not None
@@ -449,16 +456,6 @@ class Daemon:
         self._stage_hists: dict[str, Histogram] = {s: new_histogram() for s in STAGES}
         self._iteration_budget_exceeded = 0
         self._watermarks_seen = {"warn": 0, "critical": 0}
-        self._event_handlers: dict[type, Callable[[Any], None]] = {
-            varta.Stall: self._on_stall,
-            varta.Decode: self._on_decode,
-            varta.AuthFailure: self._on_auth_failure,
-            varta.OriginConflict: self._on_origin_conflict,
-            varta.NamespaceConflict: self._on_namespace_conflict,
-            varta.Io: self._on_io,
-            varta.CtrlTruncated: self._on_ctrunc,
-            varta.Blind: self._on_blind,
-        }
 
     # --- entry point -------------------------------------------------------------
 
@@ -560,7 +557,7 @@ class Daemon:
         net = network_kwargs(cfg)
         raise_fd_limit(cfg.tracker_capacity)
         factory = self._factory or native_observer_factory()
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, object] = {
             "socket_mode": cfg.socket_mode,
             "capacity": cfg.tracker_capacity,
             "eviction": cfg.tracker_eviction_policy,
@@ -775,12 +772,27 @@ class Daemon:
 
     # --- events ------------------------------------------------------------------
 
-    def _handle(self, ev: Any) -> None:
+    def _handle(self, ev: object) -> None:
+        """One event: its TSV row(s), then what the daemon does about it."""
         if self.exporter is not None:
             self.exporter.event(ev)
-        handler = self._event_handlers.get(type(ev))
-        if handler is not None:
-            handler(ev)
+        if isinstance(ev, varta.Stall):
+            self._on_stall(ev)
+        elif isinstance(ev, varta.Decode):
+            self._on_decode(ev)
+        elif isinstance(ev, varta.AuthFailure):
+            self._on_auth_failure(ev)
+        elif isinstance(ev, varta.OriginConflict):
+            self._on_origin_conflict(ev)
+        elif isinstance(ev, varta.NamespaceConflict):
+            self._on_namespace_conflict(ev)
+        elif isinstance(ev, varta.Io):
+            self._on_io(ev)
+        elif isinstance(ev, varta.CtrlTruncated):
+            self._on_ctrunc(ev)
+        elif isinstance(ev, varta.Blind):
+            self._on_blind(ev)
+        # Beat: only its TSV row.
 
     def _on_stall(self, ev: varta.Stall) -> None:
         verdict = ev.verdict
@@ -799,10 +811,10 @@ class Daemon:
         assert self.observer is not None
         self._log_decision(recovery.on_stall(ev, self.observer.now_ns()))
 
-    def _on_decode(self, ev: Any) -> None:
+    def _on_decode(self, ev: varta.Decode) -> None:
         self.logs.log("decode", logging.WARNING, f"undecodable frame: {ev.error}")
 
-    def _on_auth_failure(self, ev: Any) -> None:
+    def _on_auth_failure(self, ev: varta.AuthFailure) -> None:
         self.logs.log(
             "auth_failure",
             logging.WARNING,
@@ -810,7 +822,7 @@ class Daemon:
             pid=ev.claimed_pid,
         )
 
-    def _on_origin_conflict(self, ev: Any) -> None:
+    def _on_origin_conflict(self, ev: varta.OriginConflict) -> None:
         self.logs.log(
             "origin_conflict",
             logging.WARNING,
@@ -819,7 +831,7 @@ class Daemon:
             pid=ev.claimed_pid,
         )
 
-    def _on_namespace_conflict(self, ev: Any) -> None:
+    def _on_namespace_conflict(self, ev: varta.NamespaceConflict) -> None:
         msg = (
             f"pid {ev.claimed_pid}: pid namespace {ev.observed_ns_inode} differs from "
             f"{ev.observer_ns_inode}"
@@ -830,10 +842,10 @@ class Daemon:
             return
         self.logs.log("namespace_conflict", logging.WARNING, msg, pid=ev.claimed_pid)
 
-    def _on_io(self, ev: Any) -> None:
+    def _on_io(self, ev: varta.Io) -> None:
         self.logs.log("io", logging.WARNING, f"receive error: {ev.error}", error=ev.error)
 
-    def _on_ctrunc(self, ev: Any) -> None:
+    def _on_ctrunc(self, ev: varta.CtrlTruncated) -> None:
         self.logs.log("ctrunc", logging.WARNING, f"control data truncated: {ev.error}")
 
     def _on_blind(self, ev: varta.Blind) -> None:
@@ -949,9 +961,11 @@ class Daemon:
         obs = self.observer
         assert obs is not None
         rows = obs.pid_rows()
-        counters: dict[str, Any] = dict(obs.counters())
+        counters: dict[str, CounterValue] = dict(obs.counters())
         # The core counts nanoseconds; Prometheus wants seconds.
-        counters["observer_blind_seconds"] = counters.pop("observer_blind_ns", 0) / 1e9
+        blind_ns = counters.pop("observer_blind_ns", 0)
+        assert isinstance(blind_ns, int)
+        counters["observer_blind_seconds"] = blind_ns / 1e9
         if self.recovery is not None:
             counters.update(self.recovery.counters())
         hists: dict[str, Histogram] = {
@@ -1026,5 +1040,11 @@ class Daemon:
         log.info("stopped")
 
 
-def run(cfg: WatchConfig, **kwargs: Any) -> int:
-    return Daemon(cfg, **kwargs).run()
+def run(
+    cfg: WatchConfig,
+    *,
+    observer_factory: Optional[ObserverFactory] = None,
+    stdout: Optional[IO[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> int:
+    return Daemon(cfg, observer_factory=observer_factory, stdout=stdout, environ=environ).run()

@@ -244,14 +244,20 @@ class RecoveryConfig:
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise ValueError(f"recovery env entry {key!r}: bad key or NUL byte")
 
-    @classmethod
-    def from_exec_file(cls, path: PathLike, **kwargs: object) -> RecoveryConfig:
-        """Read the command from a secret file (trimmed), ``source`` = the path."""
+    @staticmethod
+    def read_exec_file(path: PathLike) -> tuple[RecoveryCommand, str]:
+        """The command in a secret file (trimmed) and its ``source`` (the path)."""
         raw = read_secret_file(path, "recovery exec file")
         text = strip_ws(raw.decode("utf-8", "surrogateescape"))
         if not text:
             raise ValueError(f"recovery exec file {os.fsdecode(path)}: empty command")
-        return cls(RecoveryCommand.parse(text), source=os.fsdecode(path), **kwargs)  # type: ignore[arg-type]
+        return RecoveryCommand.parse(text), os.fsdecode(path)
+
+    @classmethod
+    def from_exec_file(cls, path: PathLike, **kwargs: object) -> RecoveryConfig:
+        """Read the command from a secret file (trimmed), ``source`` = the path."""
+        command, source = cls.read_exec_file(path)
+        return cls(command, source=source, **kwargs)  # type: ignore[arg-type]
 
     def child_env(self, base: Optional[dict[str, str]] = None) -> dict[str, str]:
         """The child's environment: cleared + ``PATH`` + entries, or inherited + entries."""
