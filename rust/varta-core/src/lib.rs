@@ -7,6 +7,7 @@
 //! | [`agent`], [`transport`] | the sending side: nonce/timestamp/fork rules over UDS, UDP, secure UDP |
 //! | [`panic`], [`cause`] | crash-terminal frames from hooks and fatal-signal handlers; what a terminal frame's payload announces |
 //! | [`observer`] | listeners, tracker, deadline structure, counters (Linux only) |
+//! | [`sys`] | the libc socket, `sockaddr_un`, errno and `cvt` helpers transports and listeners share |
 
 pub mod agent;
 pub mod cause;
@@ -20,6 +21,7 @@ pub mod observer;
 pub mod panic;
 pub mod panic_secure;
 pub mod secure;
+pub mod sys;
 pub mod terminal;
 pub mod transport;
 pub mod transport_secure;

@@ -7,6 +7,7 @@
 //! | [`clock`] | observer time, injectable ([`clock::FakeClock`] in tests) |
 //! | [`tracker`], [`deadline`], [`counters`] | per-pid state, stall deadlines, tracker counters |
 //! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED` (+ `SO_PASSPIDFD` where the kernel has it), `recvmmsg` batches |
+//! | [`cmsg`] | a received datagram's control messages: credentials, passed descriptors, the sender's pidfd |
 //! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
 //! | [`pump`] | the ingest thread: drains the sockets continuously, queues events for a consumer |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
@@ -15,10 +16,12 @@
 //! | [`event`] | the event values |
 //! | [`rows`] | per-pid exporter rows and their Prometheus sample lines |
 //! | [`signals`] | the daemon's stop-signal latch (`--signal-handler-mode`) |
-//! | [`bench`] | tracker benchmark driver (for `bench/` and examples) |
+//! | `bench` | benchmark drivers, cargo feature `bench` (for `bench/` and examples) |
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod clock;
+pub mod cmsg;
 pub mod counters;
 pub mod deadline;
 pub mod event;
