@@ -11,7 +11,9 @@
 //! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
 //! | [`pump`] | the ingest thread: drains the sockets continuously, queues events for a consumer |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
-//! | [`ingress`] | [`Observer`]: listeners → gates → tracker → [`Event`]s, stall expiry, waiting |
+//! | [`config`] | [`ObserverConfig`] (defaults, validation) and [`ObserverError`] |
+//! | [`gates`] | the ingress gates in the spec's order, the global token bucket, [`gates::IngressCounters`]; what a listener hands over ([`gates::Received`], [`gates::Peer`]) |
+//! | [`ingress`] | [`Observer`]: the [`Listener`] kinds, the drain loop (listeners → gates → tracker → [`Event`]s), stall expiry, the [`Waiter`], the counter table |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
 //! | [`rows`] | per-pid exporter rows and their Prometheus sample lines |
@@ -22,10 +24,12 @@
 pub mod bench;
 pub mod clock;
 pub mod cmsg;
+pub mod config;
 pub mod counters;
 pub mod deadline;
 pub mod event;
 pub mod exitwatch;
+pub mod gates;
 pub mod ingress;
 pub mod listener;
 pub mod procfs;

@@ -17,7 +17,7 @@
 //! accepted frame is re-encoded into a per-datagram plaintext slot for the
 //! shared gates.
 
-use super::ingress::{IngressCounters, Peer, Received};
+use super::gates::{IngressCounters, Peer, Received};
 use super::listener::RECV_BATCH;
 use super::tracker::BeatOrigin;
 use crate::frame::FRAME_LEN;
