@@ -5,7 +5,8 @@
 //! | module | job |
 //! |---|---|
 //! | [`clock`] | observer time, injectable ([`clock::FakeClock`] in tests) |
-//! | [`tracker`], [`deadline`], [`counters`] | per-pid state, stall deadlines, tracker counters |
+//! | [`tracker`], [`deadline`], [`counters`] | per-pid state (`tracker/`: the engine in `mod.rs`, its public types in `types.rs`, the 64-byte `Slot` in `slot.rs`), stall deadlines, tracker counters |
+//! | [`pid_index`] | the tracker's SIMD cache-line `pid → slot` index |
 //! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED` (+ `SO_PASSPIDFD` where the kernel has it), `recvmmsg` batches |
 //! | [`cmsg`] | a received datagram's control messages: credentials, passed descriptors, the sender's pidfd |
 //! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
@@ -32,6 +33,7 @@ pub mod exitwatch;
 pub mod gates;
 pub mod ingress;
 pub mod listener;
+pub mod pid_index;
 pub mod procfs;
 pub mod pump;
 pub mod rows;
