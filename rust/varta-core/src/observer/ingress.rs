@@ -217,6 +217,22 @@ impl Observer {
         })
     }
 
+    /// `f` of the first UDP listener that gives an answer.
+    fn first_udp<R>(&self, f: impl Fn(&UdpListener) -> Option<R>) -> Option<R> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Udp(u) => f(u),
+            Listener::Uds(_) => None,
+        })
+    }
+
+    /// The Unix listener, if any.
+    fn uds(&self) -> Option<&UdsListener> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::Uds(u) => Some(u),
+            Listener::Udp(_) => None,
+        })
+    }
+
     /// Add a listener (network listeners are bound by their own module).
     pub fn add_listener(&mut self, l: Listener) {
         self.listeners.push(l);
@@ -224,26 +240,17 @@ impl Observer {
 
     /// The bound address of the first UDP listener, if any.
     pub fn udp_local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.listeners.iter().find_map(|l| match l {
-            Listener::Udp(u) => Some(u.local_addr()),
-            Listener::Uds(_) => None,
-        })
+        self.first_udp(|u| Some(u.local_addr()))
     }
 
     /// Effective `SO_RCVBUF` of the first UDP listener, if any.
     pub fn udp_rcvbuf_bytes(&self) -> Option<u64> {
-        self.listeners.iter().find_map(|l| match l {
-            Listener::Udp(u) => Some(u.rcvbuf_bytes()),
-            Listener::Uds(_) => None,
-        })
+        self.first_udp(|u| Some(u.rcvbuf_bytes()))
     }
 
     /// Replay-state entries held by the first secure UDP listener, if any.
     pub fn secure_senders(&self) -> Option<usize> {
-        self.listeners.iter().find_map(|l| match l {
-            Listener::Udp(u) => u.secure_senders(),
-            Listener::Uds(_) => None,
-        })
+        self.first_udp(UdpListener::secure_senders)
     }
 
     pub fn socket_path(&self) -> Option<&Path> {
@@ -274,19 +281,13 @@ impl Observer {
     /// Whether the Unix listener receives its senders' pidfds
     /// (`SO_PASSPIDFD`); `None` without a Unix listener.
     pub fn uds_pidfd_mode(&self) -> Option<bool> {
-        self.listeners.iter().find_map(|l| match l {
-            Listener::Uds(u) => Some(u.pidfd_mode()),
-            Listener::Udp(_) => None,
-        })
+        self.uds().map(UdsListener::pidfd_mode)
     }
 
     /// Pidfd bookkeeping of the Unix listener (received / closed /
     /// unavailable); `None` without one.
     pub fn uds_pidfd_counters(&self) -> Option<PidfdCounters> {
-        self.listeners.iter().find_map(|l| match l {
-            Listener::Uds(u) => Some(u.pidfd_counters()),
-            Listener::Udp(_) => None,
-        })
+        self.uds().map(UdsListener::pidfd_counters)
     }
 
     /// Mutable ingress counters, for network listeners that count their own
