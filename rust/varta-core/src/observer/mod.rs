@@ -14,7 +14,7 @@
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
 //! | [`config`] | [`ObserverConfig`] (defaults, validation) and [`ObserverError`] |
 //! | [`gates`] | the ingress gates in the spec's order, the global token bucket, [`gates::IngressCounters`]; what a listener hands over ([`gates::Received`], [`gates::Peer`]) |
-//! | [`ingress`] | [`Observer`]: the [`Listener`] kinds, the drain loop (listeners → gates → tracker → [`Event`]s), stall expiry, the [`Waiter`], the counter table |
+//! | [`ingress`] | [`Observer`]: the [`Listener`] kinds, the drain loop (listeners → gates → tracker → [`Event`]s, then the gates' stall expiry), the [`Waiter`], the counter table |
 //! | [`udp`] | plaintext and secure UDP listeners (network origins) |
 //! | [`event`] | the event values |
 //! | [`rows`] | per-pid exporter rows and their Prometheus sample lines |
