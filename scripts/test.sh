@@ -58,8 +58,8 @@ step "rust lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
-step "cargo test (varta-core, no libpython)"
-cargo test -p varta-core -q
+step "cargo test (varta-core with its bench drivers, no libpython)"
+cargo test -p varta-core --all-features -q
 
 step "building the extension (dev profile)"
 maturin develop -q

@@ -18,16 +18,16 @@
 //! forked child never deadlocks on a lock another thread held at fork time.
 
 use crate::fork;
+pub use crate::fork::incarnation;
 use crate::frame::{Frame, Status, FRAME_LEN, NONCE_TERMINAL, TIMESTAMP_RESERVED};
+pub use crate::sync::{ForkSafeGuard, ForkSafeMutex};
 use crate::terminal;
 use crate::transport::{DgramTransport, Endpoint, Transport};
 use core::fmt;
-use std::cell::UnsafeCell;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 // ---------------------------------------------------------------------------
 // Outcomes
@@ -283,96 +283,6 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
-}
-
-pub mod incarnation {
-    //! Syscall-free fork detection: a "process incarnation" token kept in a
-    //! page the kernel zeroes in every child (`MADV_WIPEONFORK`, Linux ≥ 4.14).
-    //!
-    //! A pid can only change by forking, and every fork — including ones that
-    //! skip `pthread_atfork` handlers (raw `clone`, glibc `_Fork`) — wipes the
-    //! page. So while the token an agent saw at connect is still in the page,
-    //! the process is the one that connected and its pid is unchanged: the
-    //! beat can use the remembered pid instead of a `getpid()` system call
-    //! (which costs as much as a quarter of the `send` on virtualised hosts).
-    //! Tokens come from a counter in ordinary (copied) memory, so they only
-    //! grow along a process lineage and a descendant never re-creates a token
-    //! an inherited agent remembers — not even with a recycled pid.
-
-    use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-    use std::sync::Once;
-
-    static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    static INIT: Once = Once::new();
-
-    /// Map the wipe-on-fork page (once per process lineage). Idempotent.
-    pub fn init() {
-        INIT.call_once(|| {
-            if let Some(page) = map_wipe_page() {
-                page.store(NEXT.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-                PAGE.store(
-                    page as *const AtomicU64 as *mut AtomicU64,
-                    Ordering::Release,
-                );
-            }
-        });
-    }
-
-    /// This process's token; `None` if the platform has no wipe-on-fork
-    /// memory (or [`init`] was never called). In a fresh child the page reads
-    /// 0 and the first caller claims a new token.
-    #[inline]
-    pub fn current() -> Option<u64> {
-        let page = PAGE.load(Ordering::Acquire);
-        if page.is_null() {
-            return None;
-        }
-        // SAFETY: the page is mapped for the life of the process (never unmapped).
-        let word = unsafe { &*page };
-        match word.load(Ordering::Acquire) {
-            0 => Some(claim(word)),
-            token => Some(token),
-        }
-    }
-
-    #[cold]
-    fn claim(word: &AtomicU64) -> u64 {
-        let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-        match word.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => fresh,
-            Err(other) => other,
-        }
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn map_wipe_page() -> Option<&'static AtomicU64> {
-        // SAFETY: a fresh private anonymous mapping, never unmapped on success.
-        unsafe {
-            let len = 4096;
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            if p == libc::MAP_FAILED {
-                return None;
-            }
-            if libc::madvise(p, len, libc::MADV_WIPEONFORK) != 0 {
-                libc::munmap(p, len);
-                return None;
-            }
-            Some(&*(p as *const AtomicU64))
-        }
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn map_wipe_page() -> Option<&'static AtomicU64> {
-        None
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -778,126 +688,5 @@ impl<T: Transport, H: Host> Agent<T, H> {
         if wrapped {
             warn_nonce_wrap_once();
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// ForkSafeMutex
-// ---------------------------------------------------------------------------
-
-/// A mutex that a forked child can always take.
-///
-/// The lock word holds a tag of the process that locked it (0 = free): its
-/// [`incarnation`] token, or `fork_epoch + 1` where tokens are unavailable.
-/// The tag differs in every process of a lineage, so a word written with
-/// another tag was left behind by a thread of an ancestor that does not exist
-/// in this process: the lock is taken over instead of deadlocking. The data it guarded may have
-/// been mid-update in the ancestor; the agent's fork check (pid + epoch
-/// changed) resets the session and rebuilds the transport on the first beat,
-/// which is exactly the state a torn update could have touched.
-///
-/// Uncontended lock/unlock is one CAS and one store. Contention only happens
-/// when the holder runs Python code (custom transports) or on free-threaded
-/// builds; waiters spin briefly, then yield, then sleep 50 µs at a time.
-pub struct ForkSafeMutex<T> {
-    word: AtomicU64,
-    data: UnsafeCell<T>,
-}
-
-// SAFETY: access to `data` is serialised by `word` exactly like a mutex.
-unsafe impl<T: Send> Send for ForkSafeMutex<T> {}
-unsafe impl<T: Send> Sync for ForkSafeMutex<T> {}
-
-impl<T> ForkSafeMutex<T> {
-    pub fn new(value: T) -> Self {
-        // Fork tracking must be live for stale-lock detection to work.
-        let _ = fork::register();
-        incarnation::init();
-        ForkSafeMutex {
-            word: AtomicU64::new(0),
-            data: UnsafeCell::new(value),
-        }
-    }
-
-    /// Differs in every process of a lineage: the incarnation token where
-    /// available (catches every fork), else the fork epoch + 1 (catches forks
-    /// that run `pthread_atfork` handlers). Never 0.
-    #[inline]
-    fn tag() -> u64 {
-        match incarnation::current() {
-            Some(token) => token,
-            None => fork::current().wrapping_add(1).max(1),
-        }
-    }
-
-    /// Take the lock if it is free or was left behind by an ancestor process.
-    #[inline]
-    pub fn try_lock(&self) -> Option<ForkSafeGuard<'_, T>> {
-        let tag = Self::tag();
-        match self
-            .word
-            .compare_exchange(0, tag, Ordering::Acquire, Ordering::Relaxed)
-        {
-            Ok(_) => Some(ForkSafeGuard { lock: self }),
-            Err(held) if held != tag => self
-                .word
-                .compare_exchange(held, tag, Ordering::Acquire, Ordering::Relaxed)
-                .ok()
-                .map(|_| ForkSafeGuard { lock: self }),
-            Err(_) => None,
-        }
-    }
-
-    /// Block until the lock is ours.
-    pub fn lock(&self) -> ForkSafeGuard<'_, T> {
-        let mut spins = 0u32;
-        loop {
-            if let Some(g) = self.try_lock() {
-                return g;
-            }
-            spins = spins.saturating_add(1);
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else if spins < 128 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-        }
-    }
-
-    /// Exclusive access without locking (we hold `&mut`).
-    pub fn get_mut(&mut self) -> &mut T {
-        self.data.get_mut()
-    }
-
-    pub fn into_inner(self) -> T {
-        self.data.into_inner()
-    }
-}
-
-/// Holds a [`ForkSafeMutex`]; unlocks on drop.
-pub struct ForkSafeGuard<'a, T> {
-    lock: &'a ForkSafeMutex<T>,
-}
-
-impl<T> Deref for ForkSafeGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard proves exclusive access.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T> DerefMut for ForkSafeGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard proves exclusive access.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<T> Drop for ForkSafeGuard<'_, T> {
-    fn drop(&mut self) {
-        self.lock.word.store(0, Ordering::Release);
     }
 }

@@ -5,8 +5,10 @@
 //! | [`crc`], [`frame`] | the 32-byte VLP v0.2 codec |
 //! | [`secure`] | ChaCha20-Poly1305 seal/open, HKDF derivations, key files, replay window |
 //! | [`agent`], [`transport`] | the sending side: nonce/timestamp/fork rules over UDS, UDP, secure UDP |
+//! | [`fork`], [`sync`] | fork detection (epoch, wipe-on-fork incarnation token); the fork-safe mutex around a shared agent |
 //! | [`panic`], [`cause`] | crash-terminal frames from hooks and fatal-signal handlers; what a terminal frame's payload announces |
 //! | [`observer`] | listeners, tracker, deadline structure, counters (Linux only) |
+//! | [`sys`] | the libc socket, `sockaddr_un`, errno and `cvt` helpers transports and listeners share |
 
 pub mod agent;
 pub mod cause;
@@ -20,6 +22,8 @@ pub mod observer;
 pub mod panic;
 pub mod panic_secure;
 pub mod secure;
+pub mod sync;
+pub mod sys;
 pub mod terminal;
 pub mod transport;
 pub mod transport_secure;

@@ -13,10 +13,11 @@
 //! Every socket is non-blocking and close-on-exec. Sending never allocates.
 
 use crate::frame::FRAME_LEN;
+use crate::sys::{self, SunPathError};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -108,39 +109,15 @@ impl UnixAddr {
     /// Build the socket address for `path`. Errors: `ENAMETOOLONG` when it does
     /// not fit `sun_path`, `EINVAL` for an embedded NUL in a pathname address.
     pub fn new(path: &Path) -> io::Result<UnixAddr> {
-        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.as_os_str().as_bytes();
-        let abstract_name = bytes.first() == Some(&0);
-        if !abstract_name && bytes.contains(&0) {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        // A pathname needs room for its terminating NUL; an abstract name does not.
-        let room = addr.sun_path.len() - usize::from(!abstract_name);
-        if bytes.len() > room {
-            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-        let len = base + bytes.len() + usize::from(!abstract_name);
-        #[cfg(any(
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly"
-        ))]
-        {
-            addr.sun_len = len as u8;
-        }
+        let (addr, len) =
+            sys::sockaddr_un(path.as_os_str().as_bytes(), true).map_err(|e| match e {
+                SunPathError::Nul => io::Error::from_raw_os_error(libc::EINVAL),
+                SunPathError::TooLong { .. } => io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+            })?;
         Ok(UnixAddr {
             path: path.to_path_buf(),
             addr,
-            len: len as libc::socklen_t,
+            len,
         })
     }
 
@@ -187,63 +164,9 @@ impl Endpoint {
     }
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn dgram_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd is owned from here on.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn dgram_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscalls on a descriptor we own.
-    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM, 0) })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let raw = fd.as_raw_fd();
-    unsafe {
-        cvt(libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC))?;
-        let fl = cvt(libc::fcntl(raw, libc::F_GETFL))?;
-        cvt(libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK))?;
-    }
-    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
-    unsafe {
-        let one: libc::c_int = 1;
-        cvt(libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_NOSIGPIPE,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ))?;
-    }
-    Ok(fd)
-}
-
 fn open_unix(u: &UnixAddr) -> io::Result<OwnedFd> {
-    let fd = dgram_socket(libc::AF_UNIX)?;
-    // SAFETY: `u.addr` is a valid sockaddr_un of length `u.len`.
-    cvt(unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&u.addr as *const libc::sockaddr_un).cast(),
-            u.len,
-        )
-    })?;
+    let fd = sys::dgram_socket(libc::AF_UNIX, true)?;
+    sys::connect(fd.as_raw_fd(), &u.addr, u.len)?;
     Ok(fd)
 }
 
@@ -268,17 +191,7 @@ const SEND_FLAGS: libc::c_int = 0;
 /// No allocation: errors are raw-errno `io::Error`s.
 #[inline]
 pub fn send_datagram(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
+    sys::send(fd, buf, SEND_FLAGS)
 }
 
 /// The plain 32-byte transport over UDS or UDP.

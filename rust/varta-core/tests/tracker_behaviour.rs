@@ -1,6 +1,7 @@
 //! Tracker transitions (`docs/observer.md#tracker`) driven by a fake clock: no sleeps.
 
 use varta_core::frame::{Frame, Status, NONCE_TERMINAL};
+#[cfg(feature = "bench")]
 use varta_core::observer::bench::{
     bench_tracker, bench_tracker_scaling, bench_tracker_scaling_layout, PidLayout,
 };
@@ -896,6 +897,8 @@ fn a_million_agents_construct_and_fit_the_memory_budget() {
     assert_eq!(deadline, 16);
 }
 
+// The drivers are behind the `bench` feature (`cargo test --all-features`).
+#[cfg(feature = "bench")]
 #[test]
 fn bench_helpers_run() {
     let (ns, bytes) = bench_tracker(100, 10_000);

@@ -1,5 +1,7 @@
-//! Tracker benchmark driver (used by `bench/observer.py` through the
-//! binding and by `examples/tracker_scaling.rs`; not part of the observer).
+//! Benchmark drivers (cargo feature `bench`; used by `bench/observer.py`
+//! through the binding and by `examples/tracker_scaling.rs`; not part of the
+//! observer): the tracker driver below, and [`bench_recv_floor`], the bare
+//! `recvmsg` loop the listener is measured against.
 //!
 //! Simulated pids beat round-robin, as agents with one period do: slots are
 //! handed out in first-beat order, so beats visit slots in order while the
@@ -13,9 +15,17 @@
 //! on a shared 2-vCPU machine the speed drifts by 1.5× over seconds, and
 //! interleaving makes every size see the same drift, so the ratios hold.
 
-use super::listener::thread_cpu_ns;
+use super::cmsg::{parse_message, CmsgBuf, SenderPidfd, CMSG_BUF_LEN, SO_PASSPIDFD};
+use super::listener::{clear_stale, listen_addr, RECV_BUF_LEN};
 use super::tracker::{BeatOrigin, StallInfo, Tracker, TrackerConfig, MAX_CAPACITY};
-use crate::frame::{Frame, Status};
+use crate::frame::{Frame, Status, FRAME_LEN};
+use crate::sys::{self, errno_error, with_path_context};
+use std::ffi::CString;
+use std::io;
+use std::mem::zeroed;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// Frames per batch: one full `recvmmsg` drain of the UDS listener.
 pub const BENCH_BATCH: usize = super::listener::RECV_BATCH;
@@ -229,4 +239,94 @@ pub fn bench_tracker_scaling_layout(
         }
     }
     rows
+}
+
+/// CPU time of the calling thread (ns).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Benchmark floor: bind a plain blocking `SO_PASSCRED` socket at `path` and
+/// `recvmsg(2)` one datagram at a time with its credentials until `n`
+/// frame-sized datagrams whose pid field matches the kernel pid arrived, or
+/// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
+/// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
+/// datagram's pidfd (the credential set of `docs/observer.md#credentials` on kernels
+/// that have it; `ENOPROTOOPT` where they do not).
+#[doc(hidden)]
+pub fn bench_recv_floor(
+    path: &Path,
+    n: u64,
+    rcvbuf: u32,
+    idle_timeout_ms: u64,
+    pidfd: bool,
+) -> io::Result<(u64, u64)> {
+    let (addr, len) = listen_addr(path)?;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
+    clear_stale(path, &cpath, &addr, len)?;
+    let fd = sys::dgram_socket(libc::AF_UNIX, false)?;
+    let raw = fd.as_raw_fd();
+    sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if pidfd {
+        sys::set_int_opt(raw, libc::SOL_SOCKET, SO_PASSPIDFD, 1)?;
+    }
+    if rcvbuf > 0 {
+        sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
+    }
+    let tv = libc::timeval {
+        tv_sec: (idle_timeout_ms / 1000) as libc::time_t,
+        tv_usec: ((idle_timeout_ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    sys::set_opt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv)?;
+    sys::bind(raw, &addr, len).map_err(|e| with_path_context(e, "cannot bind", path))?;
+    let mut buf = [0u8; RECV_BUF_LEN];
+    let mut cmsg = CmsgBuf([0u8; CMSG_BUF_LEN]);
+    let mut got = 0u64;
+    let start = thread_cpu_ns();
+    while got < n {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: RECV_BUF_LEN,
+        };
+        // SAFETY: plain old data.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_BUF_LEN as _;
+        // SAFETY: `msg` points at live buffers of the advertised sizes.
+        let r = unsafe { libc::recvmsg(raw, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            match sys::errno() {
+                libc::EINTR => continue,
+                _ => break, // idle timeout (or an error): stop measuring
+            }
+        }
+        let hdr = libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: r as u32,
+        };
+        let meta = parse_message(&hdr, pidfd);
+        if let SenderPidfd::Fd(fd) = meta.pidfd {
+            // SAFETY: installed for us by this receive; closed once.
+            unsafe { libc::close(fd) };
+        }
+        if meta.len as usize == FRAME_LEN && !meta.overlong {
+            let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            if meta.creds.is_some_and(|c| c.pid == pid) {
+                got += 1;
+            }
+        }
+    }
+    let cpu = thread_cpu_ns().saturating_sub(start);
+    // We bound it.
+    let _ = sys::unlink(&cpath);
+    Ok((cpu, got))
 }

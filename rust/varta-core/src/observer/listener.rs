@@ -41,30 +41,26 @@
 //! kernel send an error instead of a pidfd: that datagram's identity is not
 //! trusted (fail closed) and counted as unavailable.
 
+#[cfg(feature = "bench")]
+pub use super::bench::{bench_recv_floor, thread_cpu_ns};
+use super::cmsg::{parse_message, CmsgBuf, Meta, CMSG_BUF_LEN};
+pub use super::cmsg::{PeerCred, SenderPidfd, MAX_PASSED_FDS, SCM_PIDFD, SO_PASSPIDFD};
 use crate::frame::FRAME_LEN;
+use crate::sys::{self, with_path_context as with_context, SunPathError};
+pub use crate::sys::{errno_error, error_errno, wait_readable, ErrnoMessage};
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::zeroed;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
-#[cfg(not(target_env = "musl"))]
-pub(crate) type RecvMmsgFlags = libc::c_int;
-/// `recvmmsg(2)`'s flags argument: `c_int` in glibc, `c_uint` in musl.
-#[cfg(target_env = "musl")]
-pub(crate) type RecvMmsgFlags = libc::c_uint;
 
 /// Datagrams taken per `recvmmsg(2)` call.
 pub const RECV_BATCH: usize = 64;
 /// Receive buffer per datagram: a frame plus one byte to spot over-long ones.
 pub const RECV_BUF_LEN: usize = FRAME_LEN + 1;
-/// Descriptors a single datagram may pass before its control data truncates
-/// (the kernel discards the excess and sets `MSG_CTRUNC`).
-pub const MAX_PASSED_FDS: usize = 16;
 /// Pidfds of past batches kept open: at least the most recent
 /// `PIDFD_KEEP`, at most [`PIDFD_KEEP_MAX`] (then the oldest are closed
 /// down to `PIDFD_KEEP` in one go, mostly one `close_range` for them all,
@@ -80,59 +76,6 @@ pub const MAX_PASSED_FDS: usize = 16;
 pub const PIDFD_KEEP: usize = 32;
 /// See [`PIDFD_KEEP`].
 pub const PIDFD_KEEP_MAX: usize = PIDFD_KEEP + 64;
-
-/// `SO_PASSPIDFD` (Linux ≥ 6.5). The `libc` crate (0.2.191 in Cargo.lock)
-/// has it only in its private uapi tables and `nix` 0.29 not at all, so it is
-/// defined here: 76 in asm-generic (x86, arm, riscv, powerpc, s390, mips…),
-/// 0x55 on sparc.
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-pub const SO_PASSPIDFD: libc::c_int = 76;
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-pub const SO_PASSPIDFD: libc::c_int = 0x55;
-/// `SCM_PIDFD` (Linux ≥ 6.5, every arch; not exported by `libc` 0.2.191).
-pub const SCM_PIDFD: libc::c_int = 0x04;
-
-const fn cmsg_space(len: usize) -> usize {
-    // SAFETY: pure arithmetic on a length.
-    unsafe { libc::CMSG_SPACE(len as u32) as usize }
-}
-
-/// Credentials, up to [`MAX_PASSED_FDS`] passed descriptors and one pidfd.
-/// The kernel writes them in that order (`scm_recv_unix`), so the pidfd is
-/// last and a sender passing too many descriptors truncates it away too.
-const CMSG_BUF_LEN: usize = cmsg_space(size_of::<libc::ucred>())
-    + cmsg_space(MAX_PASSED_FDS * size_of::<RawFd>())
-    + cmsg_space(size_of::<RawFd>());
-
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_BUF_LEN]);
-
-/// Kernel-attested identity of a datagram's sender (`SCM_CREDENTIALS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerCred {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// The sender's pidfd for one datagram (`SCM_PIDFD`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SenderPidfd {
-    /// The listener does not receive pidfds (kernel without `SO_PASSPIDFD`,
-    /// or not a Unix listener): `/proc` identity is read unchecked, as
-    /// before pidfds existed.
-    #[default]
-    NotRequested,
-    /// A pidfd of the sending process, owned by the listener and open until
-    /// the batch is released.
-    Fd(RawFd),
-    /// Pidfds are on but the kernel could not hand one over for this
-    /// datagram (an error value in `SCM_PIDFD`, e.g. a sender reaped before
-    /// the receive on kernels < 6.16, or our descriptor table full): the
-    /// sender cannot be vouched for, so its `/proc` identity is not trusted.
-    Unavailable,
-}
 
 /// One received datagram as the listener saw it.
 #[derive(Clone, Copy, Debug)]
@@ -163,16 +106,6 @@ impl<'a> Datagram<'a> {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Meta {
-    len: u32,
-    overlong: bool,
-    ctrunc: bool,
-    creds: Option<PeerCred>,
-    fds_closed: u32,
-    pidfd: SenderPidfd,
-}
-
 /// Pidfd bookkeeping of a Unix listener (tests assert no descriptor leaks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PidfdCounters {
@@ -185,142 +118,41 @@ pub struct PidfdCounters {
     pub unavailable: u64,
 }
 
-/// An `io::Error` payload that keeps an errno next to a readable message, so
-/// the binding can raise `OSError(errno, message)` (e.g. `EADDRINUSE`,
-/// "already running").
-#[derive(Debug, Clone)]
-pub struct ErrnoMessage {
-    pub errno: i32,
-    pub message: String,
-}
-
-impl fmt::Display for ErrnoMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ErrnoMessage {}
-
-/// Build an `io::Error` carrying `errno` and `message`.
-pub fn errno_error(errno: i32, message: String) -> io::Error {
-    let kind = io::Error::from_raw_os_error(errno).kind();
-    io::Error::new(kind, ErrnoMessage { errno, message })
-}
-
-/// The errno of an error made by this module or by the OS, if any.
-pub fn error_errno(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<ErrnoMessage>())
-            .map(|m| m.errno)
-    })
-}
-
-fn with_context(e: io::Error, what: &str, path: &Path) -> io::Error {
-    match e.raw_os_error() {
-        Some(errno) => errno_error(errno, format!("{what} {}: {e}", path.display())),
-        None => e,
-    }
-}
-
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
-}
-
-fn errno() -> i32 {
-    last_error().raw_os_error().unwrap_or(0)
-}
-
-fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+/// The socket address of a listener path: a non-empty pathname (no
+/// abstract names), with errors that name it.
+pub(crate) fn listen_addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if bytes.is_empty() || bytes.contains(&0) {
-        return Err(errno_error(
+    let invalid = || {
+        errno_error(
             libc::EINVAL,
             format!("invalid socket path {:?}", path.display().to_string()),
-        ));
-    }
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(errno_error(
-            libc::ENAMETOOLONG,
-            format!(
-                "socket path {} is {} bytes; the limit is {}",
-                path.display(),
-                bytes.len(),
-                addr.sun_path.len() - 1
-            ),
-        ));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
-}
-
-fn new_dgram_socket(nonblocking: bool) -> io::Result<OwnedFd> {
-    let mut ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
-    if nonblocking {
-        ty |= libc::SOCK_NONBLOCK;
-    }
-    // SAFETY: plain syscall; the returned descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, ty, 0) };
-    if fd < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub(super) fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
         )
     };
-    if rc < 0 {
-        Err(last_error())
-    } else {
-        Ok(())
+    if bytes.is_empty() {
+        return Err(invalid());
     }
-}
-
-pub(super) fn get_int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
-    let mut value: i32 = 0;
-    let mut len = size_of::<i32>() as libc::socklen_t;
-    // SAFETY: `value`/`len` are valid for writes of the advertised size.
-    let rc =
-        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
-    if rc < 0 {
-        Err(last_error())
-    } else {
-        Ok(value)
-    }
-}
-
-fn lstat(path: &CString) -> io::Result<libc::stat> {
-    // SAFETY: `st` is written by the kernel; the path is NUL-terminated.
-    let mut st: libc::stat = unsafe { zeroed() };
-    let rc = unsafe { libc::lstat(path.as_ptr(), &mut st) };
-    if rc < 0 {
-        Err(last_error())
-    } else {
-        Ok(st)
-    }
+    sys::sockaddr_un(bytes, false).map_err(|e| match e {
+        SunPathError::Nul => invalid(),
+        SunPathError::TooLong { limit } => errno_error(
+            libc::ENAMETOOLONG,
+            format!(
+                "socket path {} is {} bytes; the limit is {limit}",
+                path.display(),
+                bytes.len(),
+            ),
+        ),
+    })
 }
 
 /// Make room for a new socket at `path`: nothing there is fine; a stale
 /// socket file is unlinked; a live listener or a non-socket is refused.
-fn clear_stale(path: &Path, cpath: &CString, addr: &libc::sockaddr_un, len: u32) -> io::Result<()> {
-    let st = match lstat(cpath) {
+pub(crate) fn clear_stale(
+    path: &Path,
+    cpath: &CString,
+    addr: &libc::sockaddr_un,
+    len: u32,
+) -> io::Result<()> {
+    let st = match sys::lstat(cpath) {
         Ok(st) => st,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(with_context(e, "cannot inspect", path)),
@@ -334,36 +166,26 @@ fn clear_stale(path: &Path, cpath: &CString, addr: &libc::sockaddr_un, len: u32)
             ),
         ));
     }
-    let probe = new_dgram_socket(true)?;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    let rc = unsafe {
-        libc::connect(
-            probe.as_raw_fd(),
-            (addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return Err(errno_error(
-            libc::EADDRINUSE,
-            format!(
-                "varta observer already running on {} (a live listener answered)",
-                path.display()
-            ),
-        ));
-    }
-    match errno() {
-        libc::ECONNREFUSED => {
-            // SAFETY: NUL-terminated path.
-            if unsafe { libc::unlink(cpath.as_ptr()) } < 0 && errno() != libc::ENOENT {
-                return Err(with_context(
-                    last_error(),
-                    "cannot remove stale socket",
-                    path,
-                ));
-            }
-            Ok(())
+    let probe = sys::dgram_socket(libc::AF_UNIX, true)?;
+    let e = match sys::connect(probe.as_raw_fd(), addr, len) {
+        Ok(()) => {
+            return Err(errno_error(
+                libc::EADDRINUSE,
+                format!(
+                    "varta observer already running on {} (a live listener answered)",
+                    path.display()
+                ),
+            ))
         }
+        Err(e) => e,
+    };
+    match e.raw_os_error().unwrap_or(0) {
+        libc::ECONNREFUSED => match sys::unlink(cpath) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                Err(with_context(e, "cannot remove stale socket", path))
+            }
+            _ => Ok(()),
+        },
         libc::ENOENT => Ok(()),
         e => Err(with_context(
             io::Error::from_raw_os_error(e),
@@ -425,36 +247,33 @@ impl UdsListener {
                 format!("uds_rcvbuf_bytes {rcvbuf} exceeds {}", i32::MAX),
             ));
         }
-        let (addr, len) = sockaddr_un(path)?;
+        let (addr, len) = listen_addr(path)?;
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
         clear_stale(path, &cpath, &addr, len)?;
 
-        let fd = new_dgram_socket(true)?;
+        let fd = sys::dgram_socket(libc::AF_UNIX, true)?;
         let raw = fd.as_raw_fd();
-        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+        sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
             .map_err(|e| with_context(e, "SO_PASSCRED on", path))?;
         let pidfd_mode = enable_passpidfd(raw);
         if rcvbuf > 0 {
-            set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)
+            sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)
                 .map_err(|e| with_context(e, "SO_RCVBUF on", path))?;
         }
-        let rcvbuf_bytes = get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)
+        let rcvbuf_bytes = sys::get_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)
             .map(|v| v.max(0) as u64)
             .unwrap_or(0);
 
         // Tighten the umask so the socket file never exists with more bits
         // than requested, bind, restore, then set the exact mode.
         let tighten = (0o777 & !mode) as libc::mode_t;
-        // SAFETY: umask cannot fail; restored right after bind.
-        let old = unsafe { libc::umask(tighten) };
-        unsafe { libc::umask(old | tighten) };
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        let rc = unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_un).cast(), len) };
-        let bind_err = (rc < 0).then(last_error);
-        // SAFETY: restoring the previous process umask.
-        unsafe { libc::umask(old) };
-        if let Some(e) = bind_err {
+        // umask cannot fail; restored right after bind.
+        let old = sys::umask(tighten);
+        sys::umask(old | tighten);
+        let bound = sys::bind(raw, &addr, len);
+        sys::umask(old);
+        if let Err(e) = bound {
             if e.raw_os_error() == Some(libc::EADDRINUSE) {
                 return Err(errno_error(
                     libc::EADDRINUSE,
@@ -464,15 +283,14 @@ impl UdsListener {
             return Err(with_context(e, "cannot bind", path));
         }
         let unlink_now = |e: io::Error, what: &str| {
-            // SAFETY: NUL-terminated path; we created this file.
-            unsafe { libc::unlink(cpath.as_ptr()) };
+            // We created this file.
+            let _ = sys::unlink(&cpath);
             with_context(e, what, path)
         };
-        // SAFETY: NUL-terminated path.
-        if unsafe { libc::chmod(cpath.as_ptr(), mode as libc::mode_t) } < 0 {
-            return Err(unlink_now(last_error(), "cannot chmod"));
+        if let Err(e) = sys::chmod(&cpath, mode as libc::mode_t) {
+            return Err(unlink_now(e, "cannot chmod"));
         }
-        let st = match lstat(&cpath) {
+        let st = match sys::lstat(&cpath) {
             Ok(st) => st,
             Err(e) => return Err(unlink_now(e, "cannot stat")),
         };
@@ -548,14 +366,14 @@ impl UdsListener {
             run = match run {
                 Some((lo, hi)) if fd == hi + 1 => Some((lo, fd)),
                 Some((lo, hi)) => {
-                    self.pidfd_counters.closed += close_run(lo, hi);
+                    self.pidfd_counters.closed += sys::close_run(lo, hi);
                     Some((fd, fd))
                 }
                 None => Some((fd, fd)),
             };
         }
         if let Some((lo, hi)) = run {
-            self.pidfd_counters.closed += close_run(lo, hi);
+            self.pidfd_counters.closed += sys::close_run(lo, hi);
         }
         self.kept.copy_within(n..self.kept_len, 0);
         self.kept_len = keep;
@@ -612,27 +430,15 @@ impl UdsListener {
             h.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
             h.msg_controllen = CMSG_BUF_LEN as _;
         }
-        let n = loop {
-            // SAFETY: every header points into buffers owned by `self` that
-            // outlive the call; lengths match the allocations.
-            let n = unsafe {
-                libc::recvmmsg(
-                    self.fd.as_raw_fd(),
-                    hdrs.as_mut_ptr(),
-                    RECV_BATCH as u32,
-                    (libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as RecvMmsgFlags,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            match errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN | libc::ETIMEDOUT => return Ok(0),
-                e => return Err(io::Error::from_raw_os_error(e)),
-            }
-        };
+        // SAFETY: every header points into buffers owned by `self` that
+        // outlive the call; lengths match the allocations.
+        let n = unsafe {
+            sys::recvmmsg(
+                self.fd.as_raw_fd(),
+                &mut hdrs,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        }?;
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
             let m = parse_message(hdr, self.pidfd_mode);
             match m.pidfd {
@@ -680,10 +486,9 @@ impl UdsListener {
         if std::process::id() != self.owner_pid {
             return;
         }
-        if let Ok(st) = lstat(&self.cpath) {
+        if let Ok(st) = sys::lstat(&self.cpath) {
             if st.st_dev == self.dev && st.st_ino == self.ino {
-                // SAFETY: NUL-terminated path.
-                unsafe { libc::unlink(self.cpath.as_ptr()) };
+                let _ = sys::unlink(&self.cpath);
             }
         }
     }
@@ -699,245 +504,12 @@ impl Drop for UdsListener {
     }
 }
 
-/// Close the descriptors `lo..=hi`, all owned by the caller; returns how
-/// many. One `close_range(2)` (Linux ≥ 5.9, older than any kernel with
-/// `SO_PASSPIDFD`) for a run; plain `close(2)` each if it is refused (e.g. a
-/// seccomp filter that does not know it).
-fn close_run(lo: RawFd, hi: RawFd) -> u64 {
-    debug_assert!(0 <= lo && lo <= hi);
-    if lo < hi {
-        // SAFETY: the caller owns every descriptor in the range; the raw
-        // syscall avoids needing glibc ≥ 2.34 for the wrapper.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32) };
-        if rc == 0 {
-            return (hi - lo + 1) as u64;
-        }
-    }
-    for fd in lo..=hi {
-        // SAFETY: as above; each closed once.
-        unsafe { libc::close(fd) };
-    }
-    (hi - lo + 1) as u64
-}
-
 /// Turn on `SO_PASSPIDFD`; false if this kernel does not have it. Only
 /// `ENOPROTOOPT` (older kernels) and `EINVAL` are expected; any other error
 /// also leaves the listener on credentials alone, which is what it was
 /// before pidfds existed, so it is not worth refusing to start over.
 fn enable_passpidfd(fd: RawFd) -> bool {
-    set_int_opt(fd, libc::SOL_SOCKET, SO_PASSPIDFD, 1).is_ok()
-}
-
-/// Read credentials and the sender's pidfd and close passed descriptors
-/// from one received message. With `pidfd_mode` a message without a usable
-/// `SCM_PIDFD` is marked [`SenderPidfd::Unavailable`] (fail closed).
-fn parse_message(hdr: &libc::mmsghdr, pidfd_mode: bool) -> Meta {
-    let msg = &hdr.msg_hdr;
-    let flags = msg.msg_flags;
-    let mut meta = Meta {
-        len: hdr.msg_len.min(RECV_BUF_LEN as u32),
-        overlong: flags & libc::MSG_TRUNC != 0 || hdr.msg_len as usize > FRAME_LEN,
-        ctrunc: flags & libc::MSG_CTRUNC != 0,
-        creds: None,
-        fds_closed: 0,
-        pidfd: if pidfd_mode {
-            SenderPidfd::Unavailable
-        } else {
-            SenderPidfd::NotRequested
-        },
-    };
-    if msg.msg_control.is_null() || msg.msg_controllen < size_of::<libc::cmsghdr>() as _ {
-        return meta;
-    }
-    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of
-    // well-formed control messages; the CMSG_* helpers stay within them.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            let level = (*c).cmsg_level;
-            let ty = (*c).cmsg_type;
-            let data = libc::CMSG_DATA(c);
-            let payload = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-            if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
-                if payload >= size_of::<libc::ucred>() {
-                    let uc: libc::ucred = std::ptr::read_unaligned(data.cast());
-                    meta.creds = Some(PeerCred {
-                        pid: uc.pid as u32,
-                        uid: uc.uid,
-                        gid: uc.gid,
-                    });
-                }
-            } else if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
-                let n = payload / size_of::<RawFd>();
-                for k in 0..n {
-                    let fd: RawFd =
-                        std::ptr::read_unaligned(data.add(k * size_of::<RawFd>()).cast());
-                    if fd >= 0 {
-                        libc::close(fd);
-                        meta.fds_closed += 1;
-                    }
-                }
-            } else if level == libc::SOL_SOCKET && ty == SCM_PIDFD && payload >= size_of::<RawFd>()
-            {
-                // A negative value is the kernel's error for a pidfd it
-                // could not make; the datagram stays `Unavailable`.
-                let fd: RawFd = std::ptr::read_unaligned(data.cast());
-                if fd >= 0 {
-                    if pidfd_mode && meta.pidfd == SenderPidfd::Unavailable {
-                        meta.pidfd = SenderPidfd::Fd(fd);
-                    } else {
-                        // Not asked for, or a second one: never kept.
-                        libc::close(fd);
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    meta
-}
-
-/// Wait until any of `fds` is readable or `timeout_ns` elapses (`None` =
-/// forever). Returns whether something became readable. `EINTR` counts as
-/// a wake-up with nothing ready (the caller re-checks signals and time).
-pub fn wait_readable(fds: &[RawFd], timeout_ns: Option<u64>) -> io::Result<bool> {
-    const MAX: usize = 16;
-    let mut pfds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; MAX];
-    let n = fds.len().min(MAX);
-    for (p, &fd) in pfds.iter_mut().zip(fds) {
-        p.fd = fd;
-        p.events = libc::POLLIN;
-    }
-    let ts;
-    let tsp = match timeout_ns {
-        Some(ns) => {
-            ts = libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-            };
-            &ts as *const libc::timespec
-        }
-        None => std::ptr::null(),
-    };
-    // SAFETY: `pfds` holds `n` initialised entries; `tsp` is null or valid.
-    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, tsp, std::ptr::null()) };
-    if rc < 0 {
-        let e = last_error();
-        if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(false);
-        }
-        return Err(e);
-    }
-    Ok(rc > 0)
-}
-
-/// CPU time of the calling thread (ns).
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Benchmark floor: bind a plain blocking `SO_PASSCRED` socket at `path` and
-/// `recvmsg(2)` one datagram at a time with its credentials until `n`
-/// frame-sized datagrams whose pid field matches the kernel pid arrived, or
-/// nothing arrived for `idle_timeout_ms`. Returns (thread CPU ns, count).
-/// With `pidfd` the socket also sets `SO_PASSPIDFD` and closes each
-/// datagram's pidfd (the credential set of `docs/observer.md#credentials` on kernels
-/// that have it; `ENOPROTOOPT` where they do not).
-#[doc(hidden)]
-pub fn bench_recv_floor(
-    path: &Path,
-    n: u64,
-    rcvbuf: u32,
-    idle_timeout_ms: u64,
-    pidfd: bool,
-) -> io::Result<(u64, u64)> {
-    let (addr, len) = sockaddr_un(path)?;
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| errno_error(libc::EINVAL, "socket path contains NUL".into()))?;
-    clear_stale(path, &cpath, &addr, len)?;
-    let fd = new_dgram_socket(false)?;
-    let raw = fd.as_raw_fd();
-    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
-    if pidfd {
-        set_int_opt(raw, libc::SOL_SOCKET, SO_PASSPIDFD, 1)?;
-    }
-    if rcvbuf > 0 {
-        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as i32)?;
-    }
-    let tv = libc::timeval {
-        tv_sec: (idle_timeout_ms / 1000) as libc::time_t,
-        tv_usec: ((idle_timeout_ms % 1000) * 1000) as libc::suseconds_t,
-    };
-    // SAFETY: `tv` outlives the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    if unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
-        return Err(with_context(last_error(), "cannot bind", path));
-    }
-    let mut buf = [0u8; RECV_BUF_LEN];
-    let mut cmsg = CmsgBuf([0u8; CMSG_BUF_LEN]);
-    let mut got = 0u64;
-    let start = thread_cpu_ns();
-    while got < n {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: RECV_BUF_LEN,
-        };
-        // SAFETY: plain old data.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_BUF_LEN as _;
-        // SAFETY: `msg` points at live buffers of the advertised sizes.
-        let r = unsafe { libc::recvmsg(raw, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r < 0 {
-            match errno() {
-                libc::EINTR => continue,
-                _ => break, // idle timeout (or an error): stop measuring
-            }
-        }
-        let hdr = libc::mmsghdr {
-            msg_hdr: msg,
-            msg_len: r as u32,
-        };
-        let meta = parse_message(&hdr, pidfd);
-        if let SenderPidfd::Fd(fd) = meta.pidfd {
-            // SAFETY: installed for us by this receive; closed once.
-            unsafe { libc::close(fd) };
-        }
-        if meta.len as usize == FRAME_LEN && !meta.overlong {
-            let pid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            if meta.creds.is_some_and(|c| c.pid == pid) {
-                got += 1;
-            }
-        }
-    }
-    let cpu = thread_cpu_ns().saturating_sub(start);
-    // SAFETY: NUL-terminated path; we bound it.
-    unsafe { libc::unlink(cpath.as_ptr()) };
-    Ok((cpu, got))
+    sys::set_int_opt(fd, libc::SOL_SOCKET, SO_PASSPIDFD, 1).is_ok()
 }
 
 #[cfg(test)]
@@ -1034,7 +606,7 @@ mod tests {
 
     /// Whether this kernel has `SO_PASSPIDFD` (Linux ≥ 6.5).
     fn kernel_has_passpidfd() -> bool {
-        let s = new_dgram_socket(true).unwrap();
+        let s = sys::dgram_socket(libc::AF_UNIX, true).unwrap();
         enable_passpidfd(s.as_raw_fd())
     }
 
@@ -1042,7 +614,7 @@ mod tests {
     /// before returning, so it is gone before anyone receives.
     fn send_from_reaped_child(path: &Path, data: &[u8]) -> u32 {
         let tx = UnixDatagram::unbound().unwrap();
-        let (addr, len) = sockaddr_un(path).unwrap();
+        let (addr, len) = listen_addr(path).unwrap();
         // SAFETY: the child only calls async-signal-safe functions.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);

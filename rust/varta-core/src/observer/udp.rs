@@ -17,11 +17,12 @@
 //! accepted frame is re-encoded into a per-datagram plaintext slot for the
 //! shared gates.
 
-use super::ingress::{IngressCounters, Peer, Received};
-use super::listener::{get_int_opt, set_int_opt, RecvMmsgFlags, RECV_BATCH};
+use super::gates::{IngressCounters, Peer, Received};
+use super::listener::RECV_BATCH;
 use super::tracker::BeatOrigin;
 use crate::frame::FRAME_LEN;
 use crate::secure::{Opened, SecureReceiver, RECV_BUF_LEN};
+use crate::sys::{self, get_int_opt, set_int_opt};
 use std::fmt;
 use std::io;
 use std::mem::zeroed;
@@ -190,30 +191,14 @@ impl UdpListener {
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
         }
-        let n = loop {
-            // SAFETY: every header points into buffers owned by `self` that
-            // outlive the call; lengths match the allocations.
-            let n = unsafe {
-                libc::recvmmsg(
-                    self.fd.as_raw_fd(),
-                    hdrs.as_mut_ptr(),
-                    RECV_BATCH as u32,
-                    libc::MSG_DONTWAIT as RecvMmsgFlags,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => return Ok(0),
-                // A previous send's ICMP error surfacing on this socket:
-                // not ours to report, the next read proceeds.
-                Some(libc::ECONNREFUSED) => return Ok(0),
-                _ => return Err(e),
-            }
+        // SAFETY: every header points into buffers owned by `self` that
+        // outlive the call; lengths match the allocations.
+        let n = match unsafe { sys::recvmmsg(self.fd.as_raw_fd(), &mut hdrs, libc::MSG_DONTWAIT) } {
+            Ok(n) => n,
+            // A previous send's ICMP error surfacing on this socket:
+            // not ours to report, the next read proceeds.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Ok(0),
+            Err(e) => return Err(e),
         };
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
             let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
