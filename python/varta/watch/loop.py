@@ -44,7 +44,8 @@ import varta
 from varta import _varta
 
 from . import notify
-from .audit import AuditLog, Histogram
+from .audit import AuditLog
+from .audit_format import Histogram
 from .config import WatchConfig, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
 from .logsetup import RateLimiter, log
