@@ -114,7 +114,7 @@ def default_text(flag: config.Flag) -> str:
         return "required"
     if flag.kind == "bool":
         return "off"
-    return f"`{flag.default}`" if flag.default else "unset"
+    return f"`{flag.default_text}`" if flag.default_text else "unset"
 
 
 def cell(text: str) -> str:

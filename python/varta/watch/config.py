@@ -21,7 +21,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Optional, Union
 
 from ..keys import MAX_SHARED_KEYS
@@ -267,8 +267,24 @@ class Flag:
     name: str
     kind: str
     metavar: str
+    #: The default in words, where it needs them ("never kill"); empty means
+    #: WatchConfig's own default for the flag, shown by :attr:`default_text`.
     default: str
     help: str
+
+    @property
+    def default_text(self) -> str:
+        """The default the help and the docs show: one source, WatchConfig."""
+        if self.default:
+            return self.default
+        value = _CONFIG_DEFAULTS.get(self.attr)
+        if value is None or value is False or value == ():
+            return ""
+        if self.kind == "octal":
+            return f"{value:04o}"
+        if isinstance(value, frozenset):  # --recovery-on: in verdict order
+            return ",".join(v for v in recovery.VERDICTS if v in value)
+        return str(value)
 
     @property
     def attr(self) -> str:
@@ -316,9 +332,9 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
     ("Listeners and transports", [
         Flag("--socket", "path", "PATH", "", "UDS datagram socket path (required)"),
         Flag("--threshold-ms", "10..u64", "MS", "", "silence before a stall, >= 10 (required)"),
-        Flag("--socket-mode", "octal", "OCTAL", "0600", "socket file mode (600, 0600, 0o600)"),
-        Flag("--read-timeout-ms", "1..1000", "MS", "100", "bound on the idle wait, 1..=1000"),
-        Flag("--uds-rcvbuf-bytes", "0..2147483647", "N", "1048576",
+        Flag("--socket-mode", "octal", "OCTAL", "", "socket file mode (600, 0600, 0o600)"),
+        Flag("--read-timeout-ms", "1..1000", "MS", "", "bound on the idle wait, 1..=1000"),
+        Flag("--uds-rcvbuf-bytes", "0..2147483647", "N", "",
              "SO_RCVBUF request (0 = kernel default)"),
         Flag("--udp-port", "0..u16", "PORT", "",
              "also listen on UDP (secure with a key file, else plaintext)"),
@@ -335,63 +351,62 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              "plaintext-UDP beats may trigger recovery"),
     ]),
     ("Rate limits", [
-        Flag("--max-beat-rate", "0..u32", "N", "100", "per-pid beats per second (0 = off)"),
-        Flag("--global-beat-rate", "0..u32", "N", "5000",
+        Flag("--max-beat-rate", "0..u32", "N", "", "per-pid beats per second (0 = off)"),
+        Flag("--global-beat-rate", "0..u32", "N", "",
              "beats per second over all senders (0 = off)"),
-        Flag("--global-beat-burst", "0..u32", "N", "10000", "global bucket capacity (0 = off)"),
+        Flag("--global-beat-burst", "0..u32", "N", "", "global bucket capacity (0 = off)"),
     ]),
     ("Recovery and audit", [
         Flag("--recovery-exec", "str", "CMD", "",
              "recovery command, no shell; {pid} substituted, else the pid is appended"),
         Flag("--recovery-exec-file", "path", "PATH", "", "recovery command from a secret file"),
-        Flag("--recovery-debounce-ms", "0..u64", "MS", "1000",
+        Flag("--recovery-debounce-ms", "0..u64", "MS", "",
              "min gap between spawns for one pid"),
         Flag("--recovery-timeout-ms", "100..u64!RecoveryTimeoutTooLow", "MS", "never kill",
              "SIGKILL a child running longer, >= 100"),
         Flag("--recovery-env", "env", "K=V", "", "child environment entry (repeatable)"),
         Flag("--recovery-inherit-env", _B, "", "", "child inherits the observer environment"),
         Flag("--recovery-capture-stdio", _B, "", "", "pipe child stdout/stderr, record sizes"),
-        Flag("--recovery-capture-bytes", "64..1048576", "N", "4096", "capture cap, 64..=1048576"),
-        Flag("--recovery-on", "verdicts", "V,V", ",".join(
-                 v for v in recovery.VERDICTS if v in recovery.DEFAULT_RECOVERY_ON),
+        Flag("--recovery-capture-bytes", "64..1048576", "N", "", "capture cap, 64..=1048576"),
+        Flag("--recovery-on", "verdicts", "V,V", "",
              "recover only stalls with these verdicts (of hung,exited,crashed,vanished,unknown)"),
         Flag("--recovery-audit-file", "path", "PATH", "", "recovery audit log (v2, hash chain)"),
         Flag("--recovery-audit-max-bytes", "4096..u64", "N", "unbounded",
              "rotate the audit log at N bytes, >= 4096"),
-        Flag("--recovery-audit-sync-every", "1..u32", "N", "1", "fdatasync every N records"),
+        Flag("--recovery-audit-sync-every", "1..u32", "N", "", "fdatasync every N records"),
         Flag("--recovery-audit-fail-open", _B, "", "",
              "run recovery even when its spawn record cannot be written first"),
-        Flag("--audit-fsync-budget-ms", "1..u32", "MS", "50",
+        Flag("--audit-fsync-budget-ms", "1..u32", "MS", "",
              "a slower fdatasync defers the drain's other syncs"),
-        Flag("--audit-sync-interval-ms", "0..u32", "MS", "0", "extra time-based sync (0 = off)"),
-        Flag("--audit-rotation-budget-ms", "1..250", "MS", "50",
+        Flag("--audit-sync-interval-ms", "0..u32", "MS", "", "extra time-based sync (0 = off)"),
+        Flag("--audit-rotation-budget-ms", "1..250", "MS", "",
              "per-tick rotation budget, 1..=250"),
     ]),
     ("Exporters", [
         Flag("--export-file", "path", "PATH", "", "TSV event file"),
         Flag("--export-file-max-bytes", "4096..u64", "N", "unbounded",
              "rotate the TSV file at N bytes, >= 4096"),
-        Flag("--export-file-sync-every", "0..u32", "N", "0",
+        Flag("--export-file-sync-every", "0..u32", "N", "",
              "fdatasync every N rows (0 = rotation/exit only)"),
         Flag("--prom-addr", "addr", "IP:PORT", "",
              "serve /metrics on IP:PORT or [IPv6]:PORT (port 0 allowed)"),
         Flag("--prom-token-file", "path", "PATH", "",
              "bearer token file, 64 hex chars (secret file)"),
-        Flag("--prom-rate-limit-per-sec", "0..u32", "N", "5",
+        Flag("--prom-rate-limit-per-sec", "0..u32", "N", "",
              "per-IP scrape refill (0 = no limit)"),
-        Flag("--prom-rate-limit-burst", "0..u32", "N", "10", "per-IP scrape burst (0 = no limit)"),
+        Flag("--prom-rate-limit-burst", "0..u32", "N", "", "per-IP scrape burst (0 = no limit)"),
     ]),
     ("Tracker, loop, lifecycle", [
-        Flag("--tracker-capacity", "1..1000000", "N", "256", "max tracked pids, 1..=1000000"),
-        Flag("--eviction-scan-window", "1..4096", "N", "256",
+        Flag("--tracker-capacity", "1..1000000", "N", "", "max tracked pids, 1..=1000000"),
+        Flag("--eviction-scan-window", "1..4096", "N", "",
              "slots inspected per eviction attempt, 1..=4096"),
-        Flag("--tracker-eviction-policy", "strict|balanced", "strict|balanced", "strict",
+        Flag("--tracker-eviction-policy", "strict|balanced", "strict|balanced", "",
              "who may be evicted when the tracker is full"),
         Flag("--clock-source", "monotonic|boottime|monotonic-raw",
-             "monotonic|boottime|monotonic-raw", "monotonic", "stall clock"),
-        Flag("--iteration-budget-ms", "50..60000", "MS", "250",
+             "monotonic|boottime|monotonic-raw", "", "stall clock"),
+        Flag("--iteration-budget-ms", "50..60000", "MS", "",
              "soft iteration budget, 50..=60000"),
-        Flag("--scrape-budget-ms", "50..60000", "MS", "250",
+        Flag("--scrape-budget-ms", "50..60000", "MS", "",
              "soft metrics-serve budget, 50..=60000"),
         Flag("--heartbeat-file", "path", "PATH", "",
              "rewrite '<loop_count> <observer_ns>' each iteration"),
@@ -399,19 +414,19 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              "abort when the loop stalls this long"),
         Flag("--hw-watchdog", "path", "PATH", "", "hardware watchdog device"),
         Flag("--shutdown-after-secs", "0..u64", "SECS", "", "exit cleanly after this uptime"),
-        Flag("--shutdown-grace-ms", "100..60000", "MS", "5000",
+        Flag("--shutdown-grace-ms", "100..60000", "MS", "",
              "bound on killing/reaping children at exit"),
         Flag("--allow-cross-namespace-agents", _B, "", "",
              "accept agents from other pid namespaces"),
         Flag("--strict-namespace-check", _B, "", "",
              "the first namespace conflict terminates (exit 1)"),
-        Flag("--signal-handler-mode", "direct|libc", "direct|libc", "direct",
+        Flag("--signal-handler-mode", "direct|libc", "direct|libc", "",
              "SIGINT/SIGTERM handlers: raw rt_sigaction + readback + SIGUSR1 self-test, "
              "or sigaction(3); Linux only"),
         Flag("--inject-wedge-ms", "0..u64", "MS", "", "test aid: sleep once in iteration 1"),
-        Flag("--inject-wedge-after-ms", "0..u64", "MS", "0",
+        Flag("--inject-wedge-after-ms", "0..u64", "MS", "",
              "test aid: the --inject-wedge-ms sleep waits for this uptime (varta addition)"),
-        Flag("--log-format", "text|json", "text|json", "text",
+        Flag("--log-format", "text|json", "text|json", "",
              "stderr log lines (varta addition)"),
         Flag("--log-level", "debug|info|warn|error", "LEVEL", "$VARTA_LOG_LEVEL, else info",
              "least severe stderr log line shown (varta addition)"),
@@ -446,7 +461,7 @@ def help_text() -> str:
         out.append(f"{title}:")
         for f in group:
             head = f"  {f.name}" + (f" {f.metavar}" if f.metavar else "")
-            tail = f.help + (f" [default: {f.default}]" if f.default else "")
+            tail = f.help + (f" [default: {f.default_text}]" if f.default_text else "")
             if len(head) < 34:
                 out.append(f"{head:<34}{tail}")
             else:
@@ -470,6 +485,10 @@ def help_text() -> str:
 # --- parsing ---------------------------------------------------------------------------
 
 _FIELDS = {f.name for f in fields(WatchConfig)}
+#: WatchConfig's defaults by field: the one place a flag's default lives.
+_CONFIG_DEFAULTS: dict[str, object] = {
+    f.name: f.default for f in fields(WatchConfig) if f.default is not MISSING
+}
 
 
 def parse_args(argv: Sequence[str]) -> WatchConfig:

@@ -25,26 +25,23 @@ Shutdown order follows docs/observer.md#signals-and-shutdown.
 
 from __future__ import annotations
 
-import array
 import collections
 import contextlib
-import errno
 import itertools
 import logging
 import os
 import signal
-import stat
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Callable, Optional, Protocol, TypeVar, Union
+from typing import IO, Callable, Optional, Protocol, Union
 
 import varta
 from varta import _varta
 
 from . import notify
-from .audit import AuditLog, Histogram
+from .audit import AuditLog
+from .audit_format import Histogram
 from .config import WatchConfig, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
 from .logsetup import RateLimiter, log
@@ -59,36 +56,40 @@ from .metrics import (
     new_histogram,
     render,
 )
-from .metrics_server import MetricsServer, parse_hex32
-from .recovery import Completion, Decision, RecoveryCommand, RecoveryConfig, RecoveryRunner
-from .secretfile import read_secret_file
+from .metrics_server import MetricsServer
+from .recovery import Completion, Decision, RecoveryRunner
+from .startup import (
+    StartupError,
+    _listen_error,
+    _log_listeners,
+    _reason,
+    network_kwargs,
+    raise_fd_limit,
+    read_token,
+    recovery_config,
+)
+from .watchdogs import (
+    HEARTBEAT_ATTEMPTS,
+    HW_WATCHDOG_MIN_TIMEOUT_S,
+    STAGE_LIMITS_S,
+    WDIOC_GETTIMEOUT,
+    WDIOC_SETTIMEOUT,
+    HwWatchdog,
+    LoopState,
+    SelfWatchdog,
+    write_heartbeat,
+)
 
-T = TypeVar("T")
-
-#: Self-watchdog limits per stage (docs/observer.md#systemd-and-watchdogs), seconds.
-STAGE_LIMITS_S: Mapping[str, float] = {
-    "drain_pending": 2.0,
-    "poll": 2.0,
-    "maintenance": 0.5,
-    "recovery_reap": 1.0,
-    "serve_pending": 2.0,
-    "housekeeping": 1.0,
-}
 #: SIGHUP (reopen) and the signals ignored (SIGUSR1/SIGUSR2).
 REOPEN_AND_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
 PRE_DRAIN_EVENTS = 4096
+
 REMOVED_PER_TICK = 64
+
 AUDIT_DRAIN_MS = 10.0
+
 SHUTDOWN_DRAIN_BATCHES = 16
-HEARTBEAT_ATTEMPTS = 16
-HW_WATCHDOG_MIN_TIMEOUT_S = 30
-# <linux/watchdog.h>: _IOR('W', 7, int), _IOWR('W', 6, int)
-WDIOC_GETTIMEOUT = 0x80045707
-WDIOC_SETTIMEOUT = 0xC0045706
-
-
-class StartupError(Exception):
-    """A runtime failure before the loop starts (exit 1, message, no help)."""
 
 
 class ObserverLike(Protocol):
@@ -127,292 +128,6 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
     if verdict is varta.Verdict.VANISHED:
         return f"{who} vanished: the process ended without a terminal frame (killed?)"
     return f"{who} stalled: silent for {silent_ms} ms (no kernel attestation, verdict unknown)"
-
-
-def raise_fd_limit(capacity: int) -> None:
-    """Let the observer hold one pidfd per tracked agent (its exit watch):
-    raise the soft ``RLIMIT_NOFILE`` toward the hard limit as needed."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = capacity + 1024
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        if new > soft:
-            with contextlib.suppress(OSError, ValueError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        name = os.fsdecode(exc.filename) if exc.filename is not None else None
-        return f"{name}: {exc.strerror}" if name else exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _listen_error(cfg: WatchConfig, exc: OSError) -> str:
-    """Name the listener that failed: the UDP port, a missing socket directory, or the socket."""
-    if cfg.udp_port is not None and "UDP" in str(exc):
-        where = f"{cfg.effective_udp_bind_addr}:{cfg.udp_port}"
-        why = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE or "in use" in why.lower():
-            why = "address already in use (another process has this UDP port)"
-        return f"cannot listen on UDP {where} (--udp-port {cfg.udp_port}): {why}"
-    directory = os.path.dirname(os.path.abspath(cfg.socket))
-    if exc.errno == errno.ENOENT and not os.path.isdir(directory):
-        return (
-            f"cannot listen on {cfg.socket}: socket directory {directory} does not exist "
-            "(create it first, e.g. RuntimeDirectory= in the systemd unit)"
-        )
-    return f"cannot listen on {cfg.socket}: {_reason(exc)}"
-
-
-def _log_listeners(cfg: WatchConfig, obs: object) -> None:
-    """One startup line per listener the observer opened."""
-    log.info(f"listening on unix datagram socket {cfg.socket} (mode {cfg.socket_mode:04o})")
-    udp = getattr(obs, "udp_address", None)
-    if cfg.udp_port is not None:
-        host, port = udp if udp is not None else (cfg.effective_udp_bind_addr, cfg.udp_port)
-        kind = "secure (ChaCha20-Poly1305)" if cfg.has_keys else "plaintext"
-        shown = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        log.info(f"listening on UDP {shown} ({kind})")
-
-
-# --- shared loop state (read by the watchdog and metrics threads) ---------------------
-
-
-class LoopState:
-    """Progress marks; plain attribute stores, so readers need no lock."""
-
-    def __init__(self) -> None:
-        now = time.monotonic()
-        self.started = now
-        self.iterations = 0
-        self.last_iteration_end = now
-        self.last_loop_unix = 0.0
-        #: (stage, monotonic start) of the main thread's current stage, or None.
-        self.stage: Optional[tuple[str, float]] = None
-        #: Monotonic start of the metrics thread's current serve pass, or None.
-        self.serve_started: Optional[float] = None
-
-    def problem(self, now: float, limit_s: float) -> Optional[str]:
-        """Why the self-watchdog should abort now (a stage over its limit is named first)."""
-        current = self.stage
-        if current is not None and now - current[1] > STAGE_LIMITS_S[current[0]]:
-            return (
-                f"stage {current[0]} has run for {now - current[1]:.1f} s "
-                f"(limit {STAGE_LIMITS_S[current[0]]:g} s)"
-            )
-        serve = self.serve_started
-        if serve is not None and now - serve > STAGE_LIMITS_S["serve_pending"]:
-            return f"stage serve_pending has run for {now - serve:.1f} s"
-        if now - self.last_iteration_end > limit_s:
-            return f"no loop iteration completed for {now - self.last_iteration_end:.1f} s"
-        return None
-
-
-class SelfWatchdog:
-    """Abort when the loop stops making progress; feed systemd's watchdog
-    (docs/observer.md#systemd-and-watchdogs)."""
-
-    def __init__(self, state: LoopState, limit_s: float, watchdog_usec: Optional[int]) -> None:
-        self.state = state
-        self.limit_s = limit_s
-        self.notify_every_s = None if watchdog_usec is None else watchdog_usec / 2e6
-        if watchdog_usec is None:
-            self.tick_s = 0.5
-        else:
-            self.tick_s = min(0.5, max(0.025, watchdog_usec / 4e6))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="varta-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        last_ping = 0.0
-        while not self._stop.wait(self.tick_s):
-            now = time.monotonic()
-            problem = self.state.problem(now, self.limit_s)
-            if problem is not None and not self._stop.is_set():
-                log.critical(f"self-watchdog: {problem}; aborting")
-                for h in log.handlers:
-                    h.flush()
-                os.abort()
-            if (
-                self.notify_every_s is not None
-                and self.state.iterations > 0
-                and now - last_ping >= self.notify_every_s
-            ):
-                notify.sd_notify(notify.WATCHDOG)
-                last_ping = now
-
-
-class HwWatchdog:
-    """A write-only character device kicked once per iteration
-    (docs/observer.md#systemd-and-watchdogs)."""
-
-    def __init__(self, path: str) -> None:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StartupError(f"--hw-watchdog {path}: {_reason(exc)}") from None
-        self.fd = fd
-        st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode):
-            os.close(fd)
-            raise StartupError(f"--hw-watchdog {path}: not a character device")
-        if sys.platform.startswith("linux"):
-            import fcntl
-
-            buf = array.array("i", [0])
-            try:
-                fcntl.ioctl(fd, WDIOC_GETTIMEOUT, buf, True)
-                if buf[0] < HW_WATCHDOG_MIN_TIMEOUT_S:
-                    buf[0] = HW_WATCHDOG_MIN_TIMEOUT_S
-                    fcntl.ioctl(fd, WDIOC_SETTIMEOUT, buf, True)
-            except OSError as exc:
-                self.close()
-                raise StartupError(
-                    f"--hw-watchdog {path}: watchdog timeout ioctl failed: {_reason(exc)}"
-                ) from None
-
-    def kick(self) -> None:
-        os.write(self.fd, b"\0")
-
-    def close(self) -> None:
-        """Magic close: ``V`` disarms the device on a clean exit."""
-        if self.fd < 0:
-            return
-        try:
-            os.write(self.fd, b"V")
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def write_heartbeat(path: str, content: bytes, seq: Iterator[int]) -> None:
-    """Atomically replace *path*: exclusive-create ``PATH.<pid>.<seq>.tmp`` 0600, rename."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(HEARTBEAT_ATTEMPTS):
-        tmp = f"{path}.{os.getpid()}.{next(seq)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o600)
-        except FileExistsError:
-            continue
-        try:
-            try:
-                os.write(fd, content)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return
-    raise OSError(errno.EEXIST, "no free temporary name", path)
-
-
-# --- startup helpers -------------------------------------------------------------------
-
-
-def recovery_config(cfg: WatchConfig) -> Optional[RecoveryConfig]:
-    """Load the recovery command (after the bind, like upstream): exit 1 on errors."""
-    if not cfg.recovery_configured:
-        return None
-    if cfg.recovery_exec is not None and cfg.recovery_exec_file is not None:
-        raise StartupError(
-            "MutuallyExclusive: --recovery-exec and --recovery-exec-file; give one of them"
-        )
-
-    def make(command: RecoveryCommand, source: str) -> RecoveryConfig:
-        return RecoveryConfig(
-            command,
-            source,
-            debounce_ms=cfg.recovery_debounce_ms,
-            timeout_ms=cfg.recovery_timeout_ms,
-            env=cfg.recovery_env,
-            inherit_env=cfg.recovery_inherit_env,
-            capture_stdio=cfg.recovery_capture_stdio,
-            capture_bytes=cfg.recovery_capture_bytes,
-            recovery_on=cfg.recovery_on,
-        )
-
-    if cfg.recovery_exec is not None:
-        try:
-            return make(RecoveryCommand.parse(cfg.recovery_exec), "inline")
-        except ValueError as exc:
-            raise StartupError(f"--recovery-exec: {exc}") from None
-    assert cfg.recovery_exec_file is not None
-    try:
-        command, source = RecoveryConfig.read_exec_file(cfg.recovery_exec_file)
-        return make(command, source)
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"--recovery-exec-file: {_reason(exc)}") from None
-
-
-def read_token(path: str) -> bytes:
-    try:
-        return parse_hex32(read_secret_file(path, "prom token file", max_bytes=4096))
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"--prom-token-file {path}: {_reason(exc)}") from None
-
-
-# --- network transports (isolated: wired to the observer by the network stream) -------
-
-
-def network_kwargs(cfg: WatchConfig) -> dict[str, object]:
-    """Observer keyword arguments for ``--udp-port`` and the key files.
-
-    The key files are loaded here (``varta.keys``: secret-file rules, line rules
-    of ``docs/protocol.md#key-files``) so an unreadable or malformed one fails startup with
-    exit 1 whatever the observer build supports. Keys stay native ``varta.Key``
-    objects.
-    """
-    if cfg.udp_port is None:
-        return {}
-    from .. import keys as vkeys
-
-    def load(flag: str, path: str, loader: Callable[[str], T]) -> T:
-        try:
-            return loader(path)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"{flag} {path}: {_reason(exc)}") from None
-
-    shared: list[varta.Key] = []
-    if cfg.key_file is not None:
-        shared.append(load("--key-file", cfg.key_file, vkeys.load_key_file))
-    for path in cfg.accepted_key_files:
-        shared += load("--accepted-key-file", path, vkeys.load_accepted_key_file)
-    if len(shared) > vkeys.MAX_SHARED_KEYS:
-        raise StartupError(
-            f"{len(shared)} shared keys (--key-file + --accepted-key-file); "
-            f"at most {vkeys.MAX_SHARED_KEYS}"
-        )
-    master = None
-    if cfg.master_key_file is not None:
-        master = load("--master-key-file", cfg.master_key_file, vkeys.load_master_key_file)
-    secure = bool(shared) or master is not None
-    if secure:
-        trusted = cfg.secure_udp_i_accept_recovery_on_unauthenticated_transport
-    else:
-        trusted = cfg.plaintext_udp_i_accept_recovery_on_unauthenticated_transport
-    return {
-        "udp_port": cfg.udp_port,
-        "udp_bind_addr": cfg.effective_udp_bind_addr,
-        "keys": shared,
-        "master_key": master,
-        "plaintext_udp": not secure,
-        "udp_trust": "operator" if trusted else "untrusted",
-    }
 
 
 # --- the daemon ------------------------------------------------------------------------
@@ -1048,3 +763,33 @@ def run(
     environ: Optional[Mapping[str, str]] = None,
 ) -> int:
     return Daemon(cfg, observer_factory=observer_factory, stdout=stdout, environ=environ).run()
+
+
+#: The daemon API (defined here or in startup/watchdogs).
+__all__ = [
+    "AUDIT_DRAIN_MS",
+    "Daemon",
+    "HEARTBEAT_ATTEMPTS",
+    "HW_WATCHDOG_MIN_TIMEOUT_S",
+    "HwWatchdog",
+    "LoopState",
+    "ObserverFactory",
+    "ObserverLike",
+    "PRE_DRAIN_EVENTS",
+    "REMOVED_PER_TICK",
+    "REOPEN_AND_IGNORED_SIGNALS",
+    "SHUTDOWN_DRAIN_BATCHES",
+    "STAGE_LIMITS_S",
+    "SelfWatchdog",
+    "StartupError",
+    "WDIOC_GETTIMEOUT",
+    "WDIOC_SETTIMEOUT",
+    "describe_stall",
+    "native_observer_factory",
+    "network_kwargs",
+    "raise_fd_limit",
+    "read_token",
+    "recovery_config",
+    "run",
+    "write_heartbeat",
+]

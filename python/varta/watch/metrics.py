@@ -28,8 +28,8 @@ from typing import Callable, Literal, Optional, Union
 
 from varta import PidRows
 
-from .audit import DROP_REASONS as AUDIT_DROP_REASONS
-from .audit import FSYNC_BUCKETS, Histogram
+from .audit_format import DROP_REASONS as AUDIT_DROP_REASONS
+from .audit_format import FSYNC_BUCKETS, Histogram
 from .logsetup import SUPPRESSED_KINDS, RateLimiter
 from .recovery import OUTCOMES, REFUSED_REASONS
 
