@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod agent;
 mod codec;
+mod errors;
 // The observer side needs the core's Linux-only observer module.
 #[cfg(target_os = "linux")]
 mod observer;

@@ -12,9 +12,10 @@ use crate::pytypes::{
     decode_error_value, extract_origin, extract_status, extract_verdict, origin_obj, status_obj,
     types, verdict_obj,
 };
+use crate::errors::Error;
 use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
-use varta_core::observer::listener::error_errno;
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
@@ -716,16 +716,6 @@ fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
 /// Events handed to Python per `poll()` batch at most.
 const POLL_BATCH: usize = 4096;
 
-fn observer_error(e: ObserverError) -> PyErr {
-    match e {
-        ObserverError::Config(m) => PyValueError::new_err(m),
-        ObserverError::Io(e) => match error_errno(&e) {
-            Some(errno) => PyOSError::new_err((errno, e.to_string())),
-            None => PyOSError::new_err(e.to_string()),
-        },
-    }
-}
-
 fn closed_error() -> PyErr {
     PyValueError::new_err("operation on a closed Observer")
 }
@@ -922,11 +912,10 @@ impl PyObserver {
                 }
                 Ok(obs)
             })
-            .map_err(observer_error)?;
+            .map_err(Error::from)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread)
-            .map_err(|e| observer_error(ObserverError::Io(e)))?;
+        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread).map_err(Error::from)?;
         Ok(PyObserver {
             pump,
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
@@ -1195,10 +1184,7 @@ fn _bench_recv_floor(
     py.detach(move || {
         varta_core::observer::listener::bench_recv_floor(&path, n, rcvbuf, idle_timeout_ms, pidfd)
     })
-    .map_err(|e| match error_errno(&e) {
-        Some(errno) => PyOSError::new_err((errno, e.to_string())),
-        None => PyOSError::new_err(e.to_string()),
-    })
+    .map_err(|e| Error::from(e).into())
 }
 
 /// Thread CPU time (ns) as the Rust core measures it (for benchmarks).

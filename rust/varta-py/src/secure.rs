@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyOSError, PyPermissionError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 use varta_core::frame::FRAME_LEN;
@@ -18,12 +18,13 @@ use varta_core::secure::keys::{
 use varta_core::secure::zeroize::Zeroize;
 use varta_core::secure::{
     derive_agent_key, derive_epoch_key, derive_iv_prefix, derive_panic_iv_prefix, seal_master,
-    seal_panic_frame, seal_shared, Key, KeyFileError, Opened, ReceiverConfig, SecureReceiver,
-    SecureSession, IV_RANDOM_LEN, KEY_LEN, MASTER_WIRE_LEN, MAX_SHARED_KEYS, MAX_WIRE_LEN,
-    SALT_LEN, SHARED_WIRE_LEN,
+    seal_panic_frame, seal_shared, Key, Opened, ReceiverConfig, SecureReceiver, SecureSession,
+    IV_RANDOM_LEN, KEY_LEN, MASTER_WIRE_LEN, MAX_SHARED_KEYS, MAX_WIRE_LEN, SALT_LEN,
+    SHARED_WIRE_LEN,
 };
 
 use crate::codec::PyFrame;
+use crate::errors::Error;
 use crate::pytypes::decode_error_value;
 
 /// A 32-byte secret key (shared key or master key).
@@ -39,22 +40,6 @@ pub struct PyKey {
 
 fn value_err(e: impl ToString) -> PyErr {
     PyValueError::new_err(e.to_string())
-}
-
-/// Map a key-file error: rule violations → `PermissionError`, OS errors →
-/// the matching `OSError` subclass (with the filename), content → `ValueError`.
-pub fn key_file_err(e: KeyFileError) -> PyErr {
-    if e.is_permission_error() {
-        return PyPermissionError::new_err(e.to_string());
-    }
-    if let Some(io) = e.io_error() {
-        let path = e.path.to_string_lossy().into_owned();
-        return match io.raw_os_error() {
-            Some(errno) => PyOSError::new_err((errno, io.to_string(), path)),
-            None => PyOSError::new_err(e.to_string()),
-        };
-    }
-    value_err(e)
 }
 
 fn key_from_bytes_like(obj: &Bound<'_, PyAny>) -> PyResult<Option<Key>> {
@@ -116,7 +101,7 @@ impl PyKey {
     fn from_file(py: Python<'_>, path: PathBuf, check_permissions: bool) -> PyResult<Self> {
         py.detach(|| Key::from_file(&path, check_permissions))
             .map(|inner| PyKey { inner })
-            .map_err(key_file_err)
+            .map_err(|e| Error::from(e).into())
     }
 
     /// A new random key from OS entropy.
@@ -144,7 +129,7 @@ impl PyKey {
 fn py_load_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
     py.detach(|| load_key_file(&path))
         .map(|inner| PyKey { inner })
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// Observer `--accepted-key-file`: line-based, one or more keys.
@@ -153,7 +138,7 @@ fn py_load_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
 fn py_load_accepted_key_file(py: Python<'_>, path: PathBuf) -> PyResult<Vec<PyKey>> {
     py.detach(|| load_accepted_key_file(&path))
         .map(|keys| keys.into_iter().map(|inner| PyKey { inner }).collect())
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// Observer `--master-key-file`: the whole file, trimmed, is one key.
@@ -162,23 +147,18 @@ fn py_load_accepted_key_file(py: Python<'_>, path: PathBuf) -> PyResult<Vec<PyKe
 fn py_load_master_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
     py.detach(|| load_master_key_file(&path))
         .map(|inner| PyKey { inner })
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// `keygen`: create `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600) holding a
 /// fresh key as 64 hex characters and a newline. `FileExistsError` if it exists.
 #[pyfunction]
 fn _generate_key_file(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| write_new_key_file(&path)).map_err(|e| {
-        let p = path.to_string_lossy().into_owned();
-        match e.raw_os_error() {
-            Some(errno) => PyOSError::new_err((errno, e.to_string(), p)),
-            None => PyOSError::new_err(e.to_string()),
-        }
-    })
+    py.detach(|| write_new_key_file(&path))
+        .map_err(|e| Error::from(e).at(path.to_string_lossy()).into())
 }
 
-// ---- test helpers (underscored; for cross-checks against `cryptography`) ----
+// ---- test helpers (`varta._varta._testing`; cross-checked against `cryptography`) ----
 
 fn fixed<const N: usize>(what: &str, data: &[u8]) -> PyResult<[u8; N]> {
     data.try_into()
@@ -400,7 +380,7 @@ impl PySecureSession {
         let n = self
             .inner
             .next_wire(&pt, &mut out)
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| Error::os(None, e.to_string()))?;
         Ok(PyBytes::new(py, &out[..n]))
     }
 
