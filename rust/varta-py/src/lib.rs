@@ -8,6 +8,8 @@ use pyo3::prelude::*;
 mod agent;
 mod codec;
 mod errors;
+#[cfg(target_os = "linux")]
+mod events;
 // The observer side needs the core's Linux-only observer module.
 #[cfg(target_os = "linux")]
 mod observer;
