@@ -142,7 +142,7 @@ def floor_cpu(path: str, agents: int, per_agent: int, *, pidfd: bool = False) ->
     out: dict[str, Any] = {}
 
     def run() -> None:
-        out["r"] = _varta._bench_recv_floor(path, total, 3000, pidfd=pidfd)
+        out["r"] = _varta._testing.bench_recv_floor(path, total, 3000, pidfd=pidfd)
 
     th = threading.Thread(target=run)
     th.start()
@@ -300,7 +300,7 @@ def main() -> None:
         # Dense pids (agents started together) are the target; the other
         # layouts show what the index costs when pids are spread out.
         for layout in ("dense", "stride:3", "scattered"):
-            rows = _varta._bench_tracker_scaling(
+            rows = _varta._testing.bench_tracker_scaling(
                 [100, 10_000, 100_000],
                 args.tracker_chunk_beats,
                 args.tracker_chunks,

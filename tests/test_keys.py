@@ -15,7 +15,7 @@ import pytest
 
 import varta
 from varta import Key, keys
-from varta._varta import _seal_shared
+from varta._varta._testing import seal_shared
 
 HEX = bytes(range(32)).hex()
 ZERO_IV = b"\0" * 8
@@ -24,7 +24,7 @@ PT = varta.encode(varta.Status.OK, 1234, 1, 1, 0)
 
 def same_key(a: Key, raw: bytes) -> bool:
     """Keys export nothing, so compare what they seal."""
-    return _seal_shared(a, ZERO_IV, 0, PT) == _seal_shared(raw, ZERO_IV, 0, PT)
+    return seal_shared(a, ZERO_IV, 0, PT) == seal_shared(raw, ZERO_IV, 0, PT)
 
 
 def write(path: pathlib.Path, text: str, mode: int = 0o600) -> pathlib.Path:
@@ -70,7 +70,7 @@ def test_from_bytes() -> None:
 
 def test_generate_gives_distinct_keys() -> None:
     a, b = Key.generate(), Key.generate()
-    assert _seal_shared(a, ZERO_IV, 0, PT) != _seal_shared(b, ZERO_IV, 0, PT)
+    assert seal_shared(a, ZERO_IV, 0, PT) != seal_shared(b, ZERO_IV, 0, PT)
 
 
 def test_key_never_shows_or_exports_its_bytes() -> None:

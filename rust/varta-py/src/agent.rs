@@ -548,22 +548,39 @@ impl PyVarta {
             ),
         }
     }
+}
 
-    // Test hooks (parity with upstream's `_set_*_for_test`).
-    fn _set_nonce_for_test(&self, py: Python<'_>, value: u64) {
-        self.lock(py).set_nonce_for_test(value);
-    }
+// Test hooks (`varta._varta._testing`; upstream's `_set_*_for_test`).
 
-    fn _set_connect_pid_for_test(&self, py: Python<'_>, pid: u32) {
-        self.lock(py).set_connect_pid_for_test(pid);
-    }
+/// Set the nonce of the agent's next beat.
+#[pyfunction]
+fn set_nonce(agent: &Bound<'_, PyVarta>, value: u64) {
+    agent.get().lock(agent.py()).set_nonce_for_test(value);
+}
 
-    fn _set_connect_fork_epoch_for_test(&self, py: Python<'_>, epoch: u64) {
-        self.lock(py).set_connect_fork_epoch_for_test(epoch);
-    }
+/// Pretend the agent connected from `pid` (as if it had forked since).
+#[pyfunction]
+fn set_connect_pid(agent: &Bound<'_, PyVarta>, pid: u32) {
+    agent.get().lock(agent.py()).set_connect_pid_for_test(pid);
+}
+
+/// Pretend the agent connected in fork epoch `epoch`.
+#[pyfunction]
+fn set_connect_fork_epoch(agent: &Bound<'_, PyVarta>, epoch: u64) {
+    agent
+        .get()
+        .lock(agent.py())
+        .set_connect_fork_epoch_for_test(epoch);
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVarta>()?;
+    Ok(())
+}
+
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(set_nonce, m)?)?;
+    m.add_function(wrap_pyfunction!(set_connect_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(set_connect_fork_epoch, m)?)?;
     Ok(())
 }

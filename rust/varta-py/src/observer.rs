@@ -455,7 +455,7 @@ impl PyObserver {
     }
 }
 
-// ------------------------------------------------------------ benchmarks
+// ------------------------------------------ benchmarks (`varta._varta._testing`)
 
 /// Benchmark helper: simulated pids (`layout`: "dense", "stride:N" or
 /// "scattered") through the Rust tracker, one tracker per size, run in
@@ -463,7 +463,7 @@ impl PyObserver {
 /// beat of each chunk).
 #[pyfunction]
 #[pyo3(signature = (sizes, beats_per_chunk, chunks, layout = "dense"))]
-fn _bench_tracker_scaling(
+fn bench_tracker_scaling(
     py: Python<'_>,
     sizes: Vec<u32>,
     beats_per_chunk: u64,
@@ -489,7 +489,7 @@ fn _bench_tracker_scaling(
 /// closed); returns (thread CPU ns, datagrams counted).
 #[pyfunction]
 #[pyo3(signature = (path, n, idle_timeout_ms=2000, rcvbuf=1_048_576, pidfd=false))]
-fn _bench_recv_floor(
+fn bench_recv_floor(
     py: Python<'_>,
     path: PathBuf,
     n: u64,
@@ -505,15 +505,19 @@ fn _bench_recv_floor(
 
 /// Thread CPU time (ns) as the Rust core measures it (for benchmarks).
 #[pyfunction]
-fn _thread_cpu_ns() -> u64 {
+fn thread_cpu_ns() -> u64 {
     varta_core::observer::listener::thread_cpu_ns()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObserver>()?;
-    crate::events::register(m)?;
-    m.add_function(wrap_pyfunction!(_bench_tracker_scaling, m)?)?;
-    m.add_function(wrap_pyfunction!(_bench_recv_floor, m)?)?;
-    m.add_function(wrap_pyfunction!(_thread_cpu_ns, m)?)?;
+    crate::events::register(m)
+}
+
+/// The benchmark entry points, in `varta._varta._testing`.
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(bench_tracker_scaling, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_recv_floor, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_cpu_ns, m)?)?;
     Ok(())
 }

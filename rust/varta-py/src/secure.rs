@@ -1,6 +1,6 @@
 //! Python surface of the secure layer: `varta.Key`, the key-file loaders,
-//! `keygen`'s file writer, and clearly underscored test helpers
-//! (`_seal_shared`, `_derive_*`, `_SecureReceiver`, `_SecureSession`) that
+//! `keygen`'s file writer, and the test helpers of `varta._varta._testing`
+//! (`seal_shared`, `derive_*`, `SecureReceiver`, `SecureSession`) that
 //! pytest cross-checks against the `cryptography` package.
 //!
 //! Sibling bindings (agent, panic, observer) take keys through
@@ -166,7 +166,8 @@ fn fixed<const N: usize>(what: &str, data: &[u8]) -> PyResult<[u8; N]> {
 }
 
 #[pyfunction]
-fn _seal_shared<'py>(
+#[pyo3(name = "seal_shared")]
+fn seal_shared_py<'py>(
     py: Python<'py>,
     key: &Bound<'py, PyAny>,
     iv_random: &[u8],
@@ -186,7 +187,8 @@ fn _seal_shared<'py>(
 }
 
 #[pyfunction]
-fn _seal_master<'py>(
+#[pyo3(name = "seal_master")]
+fn seal_master_py<'py>(
     py: Python<'py>,
     master_key: &Bound<'py, PyAny>,
     pid: u32,
@@ -208,7 +210,8 @@ fn _seal_master<'py>(
 }
 
 #[pyfunction]
-fn _seal_panic_frame<'py>(
+#[pyo3(name = "seal_panic_frame")]
+fn seal_panic_frame_py<'py>(
     py: Python<'py>,
     key: &Bound<'py, PyAny>,
     fork_salt: &[u8],
@@ -232,7 +235,8 @@ fn _seal_panic_frame<'py>(
 }
 
 #[pyfunction]
-fn _derive_agent_key<'py>(
+#[pyo3(name = "derive_agent_key")]
+fn derive_agent_key_py<'py>(
     py: Python<'py>,
     master_key: &Bound<'py, PyAny>,
     pid: u32,
@@ -242,7 +246,8 @@ fn _derive_agent_key<'py>(
 }
 
 #[pyfunction]
-fn _derive_iv_prefix<'py>(
+#[pyo3(name = "derive_iv_prefix")]
+fn derive_iv_prefix_py<'py>(
     py: Python<'py>,
     salt: &[u8],
     prefix_index: u32,
@@ -252,7 +257,8 @@ fn _derive_iv_prefix<'py>(
 }
 
 #[pyfunction]
-fn _derive_panic_iv_prefix<'py>(
+#[pyo3(name = "derive_panic_iv_prefix")]
+fn derive_panic_iv_prefix_py<'py>(
     py: Python<'py>,
     fork_salt: &[u8],
     pid: u32,
@@ -269,7 +275,8 @@ fn _derive_panic_iv_prefix<'py>(
 }
 
 #[pyfunction]
-fn _derive_epoch_key<'py>(
+#[pyo3(name = "derive_epoch_key")]
+fn derive_epoch_key_py<'py>(
     py: Python<'py>,
     agent_key: &Bound<'py, PyAny>,
     epoch: u64,
@@ -281,7 +288,7 @@ fn _derive_epoch_key<'py>(
 /// Test wrapper over the core `SecureReceiver` (the observer embeds the core
 /// type directly). `open()` returns `("accepted", Frame)`,
 /// `("decode", DecodeError)` or `("rejected", reason)`.
-#[pyclass(name = "_SecureReceiver", module = "varta._varta")]
+#[pyclass(name = "SecureReceiver", module = "varta._varta._testing")]
 struct PySecureReceiver {
     inner: SecureReceiver,
 }
@@ -346,7 +353,7 @@ impl PySecureReceiver {
 }
 
 /// Test wrapper over the core sender `SecureSession`.
-#[pyclass(name = "_SecureSession", module = "varta._varta")]
+#[pyclass(name = "SecureSession", module = "varta._varta._testing")]
 struct PySecureSession {
     inner: SecureSession,
 }
@@ -392,7 +399,7 @@ impl PySecureSession {
         Ok(self.inner.reseed(pid)?)
     }
 
-    fn _set_position(&mut self, prefix_index: u32, counter: u32) {
+    fn set_position(&mut self, prefix_index: u32, counter: u32) {
         self.inner.set_position_for_test(prefix_index, counter);
     }
 
@@ -426,13 +433,18 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_load_accepted_key_file, m)?)?;
     m.add_function(wrap_pyfunction!(py_load_master_key_file, m)?)?;
     m.add_function(wrap_pyfunction!(_generate_key_file, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_shared, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_master, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_panic_frame, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_agent_key, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_iv_prefix, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_panic_iv_prefix, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_epoch_key, m)?)?;
+    Ok(())
+}
+
+/// The test helpers, in `varta._varta._testing`.
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(seal_shared_py, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_master_py, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_panic_frame_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_agent_key_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_iv_prefix_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_panic_iv_prefix_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_epoch_key_py, m)?)?;
     m.add_class::<PySecureReceiver>()?;
     m.add_class::<PySecureSession>()?;
     Ok(())
