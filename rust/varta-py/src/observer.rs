@@ -33,6 +33,17 @@ use varta_core::secure::{ReceiverConfig, SecureReceiver};
 /// Events handed to Python per `poll()` batch at most.
 const POLL_BATCH: usize = 4096;
 
+/// `udp_rcvbuf_bytes` when not given (the core's UDP listener takes it as
+/// an argument and has no default of its own).
+const UDP_RCVBUF_BYTES: u32 = 1_048_576;
+
+/// Override a default with the caller's value, if given.
+fn given<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
 fn closed_error() -> PyErr {
     PyValueError::new_err("operation on a closed Observer")
 }
@@ -47,13 +58,14 @@ fn udp_setup(
     keys: Option<&Bound<'_, PyAny>>,
     master_key: Option<&Bound<'_, PyAny>>,
     plaintext: bool,
-    trust: &str,
+    trust: Option<&str>,
     threshold_ns: u64,
 ) -> PyResult<Option<(SocketAddr, UdpMode, TransportTrust)>> {
     let trust = match trust {
-        "untrusted" => TransportTrust::Untrusted,
-        "operator" => TransportTrust::Operator,
-        other => {
+        None => TransportTrust::default(),
+        Some("untrusted") => TransportTrust::Untrusted,
+        Some("operator") => TransportTrust::Operator,
+        Some(other) => {
             return Err(PyValueError::new_err(format!(
                 "udp_trust must be 'untrusted' or 'operator', not {other:?}"
             )))
@@ -141,39 +153,41 @@ impl PyObserver {
 
 #[pymethods]
 impl PyObserver {
+    /// Keyword options left out (or None) keep the core's defaults
+    /// (`ObserverConfig::new`; `docs/configuration.md`).
     #[new]
     #[pyo3(signature = (
-        socket_path, threshold_ms, *, socket_mode=0o600, capacity=256, eviction="strict",
-        eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
-        global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
-        clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
-        master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576,
-        exit_watch=true, ingest_thread=true
+        socket_path, threshold_ms, *, socket_mode=None, capacity=None, eviction=None,
+        eviction_scan_window=None, uds_rcvbuf_bytes=None, max_beat_rate=None,
+        global_beat_rate=None, global_beat_burst=None, allow_cross_namespace=None,
+        clock=None, emit_beats=None, udp_port=None, udp_bind_addr=None, keys=None,
+        master_key=None, plaintext_udp=false, udp_trust=None, udp_rcvbuf_bytes=None,
+        exit_watch=None, ingest_thread=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         socket_path: Option<PathBuf>,
         threshold_ms: u64,
-        socket_mode: u32,
-        capacity: usize,
-        eviction: &str,
-        eviction_scan_window: usize,
-        uds_rcvbuf_bytes: u32,
-        max_beat_rate: u32,
-        global_beat_rate: u32,
-        global_beat_burst: u32,
-        allow_cross_namespace: bool,
-        clock: &str,
-        emit_beats: bool,
+        socket_mode: Option<u32>,
+        capacity: Option<usize>,
+        eviction: Option<&str>,
+        eviction_scan_window: Option<usize>,
+        uds_rcvbuf_bytes: Option<u32>,
+        max_beat_rate: Option<u32>,
+        global_beat_rate: Option<u32>,
+        global_beat_burst: Option<u32>,
+        allow_cross_namespace: Option<bool>,
+        clock: Option<&str>,
+        emit_beats: Option<bool>,
         udp_port: Option<u16>,
         udp_bind_addr: Option<&str>,
         keys: Option<Bound<'_, PyAny>>,
         master_key: Option<Bound<'_, PyAny>>,
         plaintext_udp: bool,
-        udp_trust: &str,
-        udp_rcvbuf_bytes: u32,
-        exit_watch: bool,
+        udp_trust: Option<&str>,
+        udp_rcvbuf_bytes: Option<u32>,
+        exit_watch: Option<bool>,
         ingest_thread: bool,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
@@ -182,16 +196,23 @@ impl PyObserver {
         let threshold_ns = threshold_ms
             .checked_mul(1_000_000)
             .ok_or_else(|| PyValueError::new_err("threshold_ms is too large"))?;
-        let eviction = EvictionPolicy::from_name(eviction).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "eviction must be 'strict' or 'balanced', not {eviction:?}"
-            ))
-        })?;
-        let source = ClockSource::from_name(clock).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "clock must be 'monotonic' or 'boottime', not {clock:?}"
-            ))
-        })?;
+        let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
+        if let Some(name) = eviction {
+            cfg.tracker.eviction = EvictionPolicy::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "eviction must be 'strict' or 'balanced', not {name:?}"
+                ))
+            })?;
+        }
+        let source = match clock {
+            None => ClockSource::Monotonic,
+            Some(name) => ClockSource::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "clock must be 'monotonic' or 'boottime', not {name:?}"
+                ))
+            })?,
+        };
+        let udp_rcvbuf_bytes = udp_rcvbuf_bytes.unwrap_or(UDP_RCVBUF_BYTES);
         if udp_rcvbuf_bytes > i32::MAX as u32 {
             return Err(PyValueError::new_err(format!(
                 "udp_rcvbuf_bytes {udp_rcvbuf_bytes} exceeds {}",
@@ -207,18 +228,16 @@ impl PyObserver {
             udp_trust,
             threshold_ns,
         )?;
-        let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
-        cfg.socket_mode = socket_mode;
-        cfg.tracker.capacity = capacity;
-        cfg.tracker.eviction = eviction;
-        cfg.tracker.scan_window = eviction_scan_window;
-        cfg.uds_rcvbuf_bytes = uds_rcvbuf_bytes;
-        cfg.max_beat_rate = max_beat_rate;
-        cfg.global_beat_rate = global_beat_rate;
-        cfg.global_beat_burst = global_beat_burst;
-        cfg.allow_cross_namespace = allow_cross_namespace;
-        cfg.emit_beats = emit_beats;
-        cfg.exit_watch = exit_watch;
+        given(&mut cfg.socket_mode, socket_mode);
+        given(&mut cfg.uds_rcvbuf_bytes, uds_rcvbuf_bytes);
+        given(&mut cfg.tracker.capacity, capacity);
+        given(&mut cfg.tracker.scan_window, eviction_scan_window);
+        given(&mut cfg.max_beat_rate, max_beat_rate);
+        given(&mut cfg.global_beat_rate, global_beat_rate);
+        given(&mut cfg.global_beat_burst, global_beat_burst);
+        given(&mut cfg.allow_cross_namespace, allow_cross_namespace);
+        given(&mut cfg.emit_beats, emit_beats);
+        given(&mut cfg.exit_watch, exit_watch);
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
