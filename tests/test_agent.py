@@ -135,6 +135,17 @@ def test_public_names_match_upstream() -> None:
         assert callable(getattr(Varta, meth)), meth
 
 
+def test_test_hooks_live_in_the_private_testing_submodule() -> None:
+    import varta._varta as native
+
+    assert sys.modules["varta._varta._testing"] is _testing is native._testing
+    assert not hasattr(varta, "_testing") and "_testing" not in native.__all__
+    for name in ("_seal_shared", "_derive_agent_key", "_SecureSession", "_bench_recv_floor"):
+        assert not hasattr(native, name), name
+    assert not hasattr(Varta, "_set_nonce_for_test")
+    assert callable(_testing.set_nonce) and callable(_testing.seal_shared)
+
+
 def test_varta_is_immutable(agent: Varta) -> None:
     with pytest.raises(AttributeError):
         agent.nonce = 5  # type: ignore[attr-defined]

@@ -151,6 +151,18 @@ def test_missing_file_is_file_not_found_with_filename(tmp_path: pathlib.Path) ->
     assert exc.value.filename == str(tmp_path / "nope")
 
 
+def test_os_errors_have_one_shape(tmp_path: pathlib.Path) -> None:
+    """Key files and agent connects raise through the same funnel: the
+    errno's subclass, the bare strerror, the path as filename."""
+    errors = []
+    for call in (Key.from_file, varta.Varta.connect):
+        with pytest.raises(FileNotFoundError) as exc:
+            call(tmp_path / "nope")
+        errors.append((exc.value.errno, exc.value.strerror, exc.value.filename, str(exc.value)))
+    assert errors[0] == errors[1]
+    assert "os error" not in errors[0][1]
+
+
 # ---- observer loaders ---------------------------------------------------------
 
 
