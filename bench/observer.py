@@ -227,7 +227,7 @@ def floor_cpu(
 
     def run() -> None:
         s0 = task_stats("/proc/thread-self")[1]
-        out["r"] = _varta._bench_recv_floor(path, total, 3000, pidfd=pidfd)
+        out["r"] = _varta._testing.bench_recv_floor(path, total, 3000, pidfd=pidfd)
         out["sleeps"] = task_stats("/proc/thread-self")[1] - s0
 
     th = threading.Thread(target=run)
@@ -734,7 +734,7 @@ def bench_tracker(args: argparse.Namespace) -> None:
     # Dense pids (agents started together) are the target; the other
     # layouts show what the index costs when pids are spread out.
     for layout in ("dense", "stride:3", "scattered"):
-        rows = _varta._bench_tracker_scaling(
+        rows = _varta._testing.bench_tracker_scaling(
             [100, 10_000, 100_000],
             args.tracker_chunk_beats,
             args.tracker_chunks,

@@ -1,6 +1,6 @@
 """Seal cost of the installed ``varta`` (printed, not a test).
 
-Median ns per ``varta._varta._seal_shared`` call (one 32-byte frame sealed
+Median ns per ``varta._varta._testing.seal_shared`` call (one 32-byte frame sealed
 into a 60-byte ChaCha20-Poly1305 datagram, plus the Python call around it),
 over ``--rounds`` timed batches of ``--batch`` calls.
 
@@ -19,12 +19,12 @@ import statistics
 import time
 
 import varta
-from varta import _varta
+from varta._varta import _testing
 
 
 def seal_ns(rounds: int, batch: int) -> float:
     key = varta.Key.generate()
-    seal = _varta._seal_shared
+    seal = _testing.seal_shared
     iv = bytes(range(8))
     frame = varta.encode(varta.Status.OK, 4242, 1, 1, 0)
     for counter in range(batch):  # warm-up

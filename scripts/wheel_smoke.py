@@ -49,7 +49,7 @@ def main() -> int:
             if beat.origin != varta.BeatOrigin.KERNEL_ATTESTED:
                 print(f"FAIL: origin {beat.origin!r}, expected KERNEL_ATTESTED")
                 return 1
-        sealed = varta._varta._seal_shared(
+        sealed = varta._varta._testing.seal_shared(
             varta.Key.generate(), bytes(8), 1, varta.encode(varta.Status.OK, 1, 1, 1)
         )
         if len(sealed) != 60:

@@ -29,6 +29,7 @@ from varta import (
 )
 from varta._transport import BeatTransport
 from varta._types import _DROPPED, _SENT
+from varta._varta import _testing
 
 # --- helpers -----------------------------------------------------------------
 
@@ -132,6 +133,17 @@ def test_public_names_match_upstream() -> None:
         "__exit__",
     ):
         assert callable(getattr(Varta, meth)), meth
+
+
+def test_test_hooks_live_in_the_private_testing_submodule() -> None:
+    import varta._varta as native
+
+    assert sys.modules["varta._varta._testing"] is _testing is native._testing
+    assert not hasattr(varta, "_testing") and "_testing" not in native.__all__
+    for name in ("_seal_shared", "_derive_agent_key", "_SecureSession", "_bench_recv_floor"):
+        assert not hasattr(native, name), name
+    assert not hasattr(Varta, "_set_nonce_for_test")
+    assert callable(_testing.set_nonce) and callable(_testing.seal_shared)
 
 
 def test_varta_is_immutable(agent: Varta) -> None:
@@ -368,13 +380,14 @@ def test_nonce_wraps_to_zero_with_one_warning() -> None:
     # A subprocess, so the process-wide one-time warning is observable.
     script = """
 import os, socket, sys, tempfile, varta
+from varta._varta import _testing
 d = tempfile.mkdtemp(prefix="va-")
 p = os.path.join(d, "s")
 r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); r.bind(p)
 a = varta.Varta.connect(p)
 nonces = []
 for _ in range(2):
-    a._set_nonce_for_test(varta.NONCE_TERMINAL - 2)
+    _testing.set_nonce(a, varta.NONCE_TERMINAL - 2)
     for _ in range(3):
         assert a.beat().is_sent
         nonces.append(varta.decode(r.recv(64)).nonce)
@@ -598,11 +611,11 @@ def test_fork_epoch_change_reconnects_a_custom_transport() -> None:
     t = ListTransport()
     a = Varta(t)
     a.beat()
-    a._set_connect_fork_epoch_for_test(2**64 - 1)  # as if forked
+    _testing.set_connect_fork_epoch(a, 2**64 - 1)  # as if forked
     assert a.beat().is_sent
     assert t.reconnects == 1 and a.fork_recoveries() == 1
     assert [varta.decode(b).nonce for b in t.frames] == [1, 1]
-    a._set_connect_pid_for_test(1)
+    _testing.set_connect_pid(a, 1)
     assert a.beat().is_sent
     assert t.reconnects == 2 and a.fork_recoveries() == 2
 

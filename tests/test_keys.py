@@ -15,7 +15,7 @@ import pytest
 
 import varta
 from varta import Key, keys
-from varta._varta import _seal_shared
+from varta._varta._testing import seal_shared
 
 HEX = bytes(range(32)).hex()
 ZERO_IV = b"\0" * 8
@@ -24,7 +24,7 @@ PT = varta.encode(varta.Status.OK, 1234, 1, 1, 0)
 
 def same_key(a: Key, raw: bytes) -> bool:
     """Keys export nothing, so compare what they seal."""
-    return _seal_shared(a, ZERO_IV, 0, PT) == _seal_shared(raw, ZERO_IV, 0, PT)
+    return seal_shared(a, ZERO_IV, 0, PT) == seal_shared(raw, ZERO_IV, 0, PT)
 
 
 def write(path: pathlib.Path, text: str, mode: int = 0o600) -> pathlib.Path:
@@ -70,7 +70,7 @@ def test_from_bytes() -> None:
 
 def test_generate_gives_distinct_keys() -> None:
     a, b = Key.generate(), Key.generate()
-    assert _seal_shared(a, ZERO_IV, 0, PT) != _seal_shared(b, ZERO_IV, 0, PT)
+    assert seal_shared(a, ZERO_IV, 0, PT) != seal_shared(b, ZERO_IV, 0, PT)
 
 
 def test_key_never_shows_or_exports_its_bytes() -> None:
@@ -149,6 +149,18 @@ def test_missing_file_is_file_not_found_with_filename(tmp_path: pathlib.Path) ->
     with pytest.raises(FileNotFoundError) as exc:
         Key.from_file(tmp_path / "nope")
     assert exc.value.filename == str(tmp_path / "nope")
+
+
+def test_os_errors_have_one_shape(tmp_path: pathlib.Path) -> None:
+    """Key files and agent connects raise through the same funnel: the
+    errno's subclass, the bare strerror, the path as filename."""
+    errors = []
+    for call in (Key.from_file, varta.Varta.connect):
+        with pytest.raises(FileNotFoundError) as exc:
+            call(tmp_path / "nope")
+        errors.append((exc.value.errno, exc.value.strerror, exc.value.filename, str(exc.value)))
+    assert errors[0] == errors[1]
+    assert "os error" not in errors[0][1]
 
 
 # ---- observer loaders ---------------------------------------------------------

@@ -72,6 +72,14 @@ def test_socket_file_mode_default_and_custom(sock_path: str) -> None:
         assert stat.S_IMODE(os.lstat(sock_path).st_mode) == 0o660
 
 
+def test_options_left_out_or_none_keep_the_core_defaults(sock_path: str) -> None:
+    """The binding passes only the options given; None is "the default"."""
+    with varta.Observer(sock_path, 100, socket_mode=None, capacity=None, udp_trust=None):
+        assert stat.S_IMODE(os.lstat(sock_path).st_mode) == 0o600
+    with pytest.raises(ValueError, match="need udp_port"):
+        varta.Observer(sock_path, 100, udp_trust="operator")
+
+
 def test_live_observer_at_the_same_path_is_refused(sock_path: str) -> None:
     with varta.Observer(sock_path, 100):
         with pytest.raises(OSError) as ei:

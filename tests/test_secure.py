@@ -20,16 +20,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 import varta
 from varta import DecodeError, Frame, Key, Status
-from varta._varta import (
-    _derive_agent_key,
-    _derive_epoch_key,
-    _derive_iv_prefix,
-    _derive_panic_iv_prefix,
-    _seal_master,
-    _seal_panic_frame,
-    _seal_shared,
-    _SecureReceiver,
-    _SecureSession,
+from varta._varta._testing import (
+    SecureReceiver,
+    SecureSession,
+    derive_agent_key,
+    derive_epoch_key,
+    derive_iv_prefix,
+    derive_panic_iv_prefix,
+    seal_master,
+    seal_panic_frame,
+    seal_shared,
 )
 
 SEC = 1_000_000_000
@@ -96,8 +96,8 @@ def crash(pid: int, ts: int) -> bytes:
 
 def rx(
     shared: list[bytes] | None = None, master: bytes | None = None, gap_ms: int = 5000
-) -> _SecureReceiver:
-    return _SecureReceiver([Key.from_bytes(k) for k in shared or []], master, gap_ms)
+) -> SecureReceiver:
+    return SecureReceiver([Key.from_bytes(k) for k in shared or []], master, gap_ms)
 
 
 # ---- conformance vectors -----------------------------------------------------
@@ -117,31 +117,31 @@ def test_every_secure_vector_both_implementations(vectors: dict[str, Any]) -> No
         if c["kind"] == "shared_key_seal":
             args = (h(c["key_hex"]), h(c["iv_random_hex"]), c["iv_counter"], h(c["plaintext_hex"]))
             want = h(c["expected_wire_hex"])
-            assert _seal_shared(*args) == want, c["id"]
+            assert seal_shared(*args) == want, c["id"]
             assert ref_seal_shared(*args) == want, c["id"]
             assert ref_open_shared(args[0], want) == args[3]
         elif c["kind"] == "master_key_seal":
             master, pid = h(c["master_key_hex"]), c["agent_pid"]
-            assert _derive_agent_key(master, pid) == h(c["derived_agent_key_hex"])
+            assert derive_agent_key(master, pid) == h(c["derived_agent_key_hex"])
             assert ref_agent_key(master, pid) == h(c["derived_agent_key_hex"])
             args2 = (master, pid, h(c["iv_random_hex"]), c["iv_counter"], h(c["plaintext_hex"]))
             want = h(c["expected_wire_hex"])
-            assert _seal_master(*args2) == want, c["id"]
+            assert seal_master(*args2) == want, c["id"]
             assert ref_seal_master(*args2) == want, c["id"]
         elif c["kind"] == "kdf_agent_key":
             master, pid = h(c["master_key_hex"]), c["agent_id"]
             assert b"varta-agent-v1\0" + struct.pack("<I", pid) == h(c["info_hex"])
-            assert _derive_agent_key(master, pid) == h(c["expected_okm_hex"])
+            assert derive_agent_key(master, pid) == h(c["expected_okm_hex"])
             assert ref_agent_key(master, pid) == h(c["expected_okm_hex"])
         elif c["kind"] == "kdf_iv_prefix":
             salt, idx = h(c["session_salt_hex"]), c["prefix_index"]
             assert b"varta-iv-prefix-v1\0" + struct.pack("<I", idx) == h(c["info_hex"])
-            assert _derive_iv_prefix(salt, idx) == h(c["expected_iv_prefix_hex"])
+            assert derive_iv_prefix(salt, idx) == h(c["expected_iv_prefix_hex"])
             assert ref_iv_prefix(salt, idx) == h(c["expected_iv_prefix_hex"])
         elif c["kind"] == "kdf_epoch_key":
             key, epoch = h(c["agent_key_hex"]), c["epoch"]
             assert b"varta-epoch-v1\0" + struct.pack("<Q", epoch) == h(c["info_hex"])
-            assert _derive_epoch_key(key, epoch) == h(c["expected_okm_hex"])
+            assert derive_epoch_key(key, epoch) == h(c["expected_okm_hex"])
             assert ref_epoch_key(key, epoch) == h(c["expected_okm_hex"])
 
 
@@ -153,14 +153,14 @@ def test_iv_prefix_vector_description_salt_is_wrong() -> None:
     info = b"varta-iv-prefix-v1\0\x07\0\0\0"
     wrong = HKDF(algorithm=hashes.SHA256(), length=8, salt=salt, info=info).derive(salt)
     assert wrong.hex() == "30cfa71880bffaec"
-    assert _derive_iv_prefix(salt, 7).hex() == "9fee777f36be69ce"
+    assert derive_iv_prefix(salt, 7).hex() == "9fee777f36be69ce"
 
 
 def test_spec_reference_table() -> None:
-    assert _derive_agent_key(M, 2).hex() == (
+    assert derive_agent_key(M, 2).hex() == (
         "db292f5843a0737aec785a9df270561b343d06e5fe8f89fce72f0869ba77afd5"
     )
-    assert _derive_panic_iv_prefix(b"\xa5" * 16, 42, 1000, 7).hex() == "e2615ed3e4f44375"
+    assert derive_panic_iv_prefix(b"\xa5" * 16, 42, 1000, 7).hex() == "e2615ed3e4f44375"
     assert ref_panic_iv_prefix(b"\xa5" * 16, 42, 1000, 7).hex() == "e2615ed3e4f44375"
 
 
@@ -174,12 +174,10 @@ def test_kdfs_agree_with_cryptography_on_random_inputs() -> None:
             r.getrandbits(64),
             r.getrandbits(32),
         )
-        assert _derive_agent_key(k, pid) == ref_agent_key(k, pid)
-        assert _derive_iv_prefix(salt, idx) == ref_iv_prefix(salt, idx)
-        assert _derive_panic_iv_prefix(salt, pid, ts, ctr) == ref_panic_iv_prefix(
-            salt, pid, ts, ctr
-        )
-        assert _derive_epoch_key(k, ts) == ref_epoch_key(k, ts)
+        assert derive_agent_key(k, pid) == ref_agent_key(k, pid)
+        assert derive_iv_prefix(salt, idx) == ref_iv_prefix(salt, idx)
+        assert derive_panic_iv_prefix(salt, pid, ts, ctr) == ref_panic_iv_prefix(salt, pid, ts, ctr)
+        assert derive_epoch_key(k, ts) == ref_epoch_key(k, ts)
 
 
 # ---- cross-opening -------------------------------------------------------------
@@ -194,9 +192,9 @@ def test_ours_open_with_cryptography_and_theirs_open_with_ours() -> None:
         iv, ctr = r.randbytes(8), r.getrandbits(32)
         pt = beat(pid, i + 1)
         # ours -> cryptography
-        assert ref_open_shared(key, _seal_shared(key, iv, ctr, pt)) == pt
-        assert ref_open_master(master, _seal_master(master, pid, iv, ctr, pt)) == pt
-        tampered = bytearray(_seal_shared(key, iv, ctr, pt))
+        assert ref_open_shared(key, seal_shared(key, iv, ctr, pt)) == pt
+        assert ref_open_master(master, seal_master(master, pid, iv, ctr, pt)) == pt
+        tampered = bytearray(seal_shared(key, iv, ctr, pt))
         tampered[r.randrange(60)] ^= 1 << r.randrange(8)
         with pytest.raises(InvalidTag):
             ref_open_shared(key, bytes(tampered))
@@ -213,7 +211,7 @@ def test_ours_open_with_cryptography_and_theirs_open_with_ours() -> None:
 
 def test_session_frames_follow_the_spec_and_open_with_cryptography() -> None:
     key = bytes(range(100, 132))
-    s = _SecureSession(key)
+    s = SecureSession(key)
     assert s.wire_len == 60 and s.prefix_index == 0 and s.counter == 0
     salt = s.salt
     assert len(salt) == 16
@@ -225,7 +223,7 @@ def test_session_frames_follow_the_spec_and_open_with_cryptography() -> None:
         assert ref_open_shared(key, wire) == pt
         assert s.commit()
     # Near the u32 wrap: 0xFFFFFFFE is the last counter of a prefix, then prefix 1 / counter 0.
-    s._set_position(0, 0xFFFF_FFFE)
+    s.set_position(0, 0xFFFF_FFFE)
     w1 = s.next_wire(beat(4242, 10))
     assert w1[8:12] == b"\xfe\xff\xff\xff"
     s.commit()
@@ -243,7 +241,7 @@ def test_session_frames_follow_the_spec_and_open_with_cryptography() -> None:
 
 def test_master_session_opens_with_cryptography() -> None:
     master = bytes(range(32))
-    s = _SecureSession(master, master_pid=2, salt=bytes(range(1, 17)))
+    s = SecureSession(master, master_pid=2, salt=bytes(range(1, 17)))
     pt = beat(2, 1)
     wire = s.next_wire(pt)
     assert len(wire) == 64 and wire[:4] == b"\x02\0\0\0"
@@ -256,7 +254,7 @@ def test_master_session_opens_with_cryptography() -> None:
 def test_panic_frame_opens_with_cryptography() -> None:
     key, salt = bytes(32), b"\x11" * 16
     pt = crash(4242, 123_456)
-    wire = _seal_panic_frame(key, salt, 4242, 123_456, 3, pt)
+    wire = seal_panic_frame(key, salt, 4242, 123_456, 3, pt)
     assert wire[:8] == ref_panic_iv_prefix(salt, 4242, 123_456, 3)
     assert wire[8:12] == b"\x03\0\0\0"
     assert ref_open_shared(key, wire) == pt
@@ -402,11 +400,11 @@ def test_sender_table_full_fails_closed() -> None:
 def test_key_objects_and_raw_bytes_are_interchangeable() -> None:
     k = Key.from_bytes(KEY)
     pt = beat(1100, 1)
-    assert _seal_shared(k, b"\0" * 8, 0, pt) == _seal_shared(KEY, b"\0" * 8, 0, pt)
-    assert _seal_shared(bytearray(KEY), b"\0" * 8, 0, pt) == _seal_shared(KEY, b"\0" * 8, 0, pt)
+    assert seal_shared(k, b"\0" * 8, 0, pt) == seal_shared(KEY, b"\0" * 8, 0, pt)
+    assert seal_shared(bytearray(KEY), b"\0" * 8, 0, pt) == seal_shared(KEY, b"\0" * 8, 0, pt)
     with pytest.raises(TypeError):
-        _seal_shared("not a key", b"\0" * 8, 0, pt)  # type: ignore[arg-type]
+        seal_shared("not a key", b"\0" * 8, 0, pt)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        _seal_shared(KEY[:31], b"\0" * 8, 0, pt)
+        seal_shared(KEY[:31], b"\0" * 8, 0, pt)
     with pytest.raises(ValueError, match="iv_random"):
-        _seal_shared(KEY, b"\0" * 7, 0, pt)
+        seal_shared(KEY, b"\0" * 7, 0, pt)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import varta
-from varta._varta import _seal_shared
+from varta._varta import _testing
 from watch_e2e import Watch, audit_rows, http_get, token_file, wait_for
 
 SEC = 1_000_000_000
@@ -177,7 +177,7 @@ def secure_replay(frames: int = 30, threshold_ms: int = 200) -> dict[str, Any]:
             for ctr in range(count):
                 nonce += 1
                 pt = varta.encode(varta.Status.OK, pid, nonce * 10, nonce, 0)
-                out.append(_seal_shared(key, iv, ctr, pt))
+                out.append(_testing.seal_shared(key, iv, ctr, pt))
             return out
 
         recorded = session(b"\xaa" * 8, frames)

@@ -10,6 +10,7 @@
 //! Outcomes are the cached `varta._types._SENT` / `_DROPPED[reason]`
 //! singletons; only `Failed` builds new objects.
 
+use crate::errors::Error;
 use crate::pytypes::{agent_types, extract_status};
 use crate::secure::extract_key;
 use pyo3::exceptions::{PyBlockingIOError, PyOSError, PyOverflowError, PyTypeError, PyValueError};
@@ -262,43 +263,8 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Payload {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------
-
-/// The `OSError` subclass for `err` (the constructor picks it from the
-/// errno: `FileNotFoundError`, `ConnectionRefusedError`, …) with `target`
-/// as its filename, so the message names the path or address.
-fn os_error(py: Python<'_>, err: &io::Error, target: &str) -> PyErr {
-    let build = || -> PyResult<PyErr> {
-        let v = match err.raw_os_error() {
-            Some(code) => {
-                let msg = py
-                    .import(intern!(py, "os"))?
-                    .call_method1(intern!(py, "strerror"), (code,))?;
-                py.get_type::<PyOSError>().call1((code, msg, target))?
-            }
-            None => py
-                .get_type::<PyOSError>()
-                .call1((format!("{err}: {target}"),))?,
-        };
-        Ok(PyErr::from_value(v))
-    };
-    build().unwrap_or_else(|e| e)
-}
-
-fn closed_reconnect_error(py: Python<'_>) -> PyErr {
-    let build = || -> PyResult<PyErr> {
-        let ebadf = py
-            .import(intern!(py, "errno"))?
-            .getattr(intern!(py, "EBADF"))?;
-        let v = py
-            .get_type::<PyOSError>()
-            .call1((ebadf, "Varta.reconnect: Closed"))?;
-        Ok(PyErr::from_value(v))
-    };
-    build().unwrap_or_else(|e| e)
-}
+/// `EBADF`: the same number on every Unix.
+const EBADF: i32 = 9;
 
 // ---------------------------------------------------------------------------
 // Varta
@@ -336,7 +302,7 @@ impl PyVarta {
             };
             PyVarta::from_tx(Tx::Secure(t))
         })
-        .map_err(|e| os_error(py, &e, &target))
+        .map_err(|e| Error::from(e).at(target).into())
     }
 
     /// Take the agent lock without blocking while attached to the
@@ -394,9 +360,9 @@ impl PyVarta {
 impl PyVarta {
     /// Wrap a custom transport object (upstream's `Varta(transport)`).
     #[new]
-    fn new(py: Python<'_>, transport: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(transport: &Bound<'_, PyAny>) -> PyResult<Self> {
         let tx = Tx::Py(PyTransport::new(transport)?);
-        PyVarta::from_tx(tx).map_err(|e| os_error(py, &e, "fork epoch registration"))
+        PyVarta::from_tx(tx).map_err(|e| Error::from(e).at("fork epoch registration").into())
     }
 
     /// Connect to the observer's Unix datagram socket at `path`.
@@ -408,7 +374,7 @@ impl PyVarta {
             DgramTransport::connect(Endpoint::unix(&path)?)
                 .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
         })
-        .map_err(|e| os_error(py, &e, &target))
+        .map_err(|e| Error::from(e).at(target).into())
     }
 
     /// Connect to the observer over plaintext UDP; `addr` is `(host, port)`.
@@ -425,7 +391,7 @@ impl PyVarta {
             DgramTransport::connect(Endpoint::udp(&host, port)?)
                 .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
         })
-        .map_err(|e| os_error(py, &e, &target))
+        .map_err(|e| Error::from(e).at(target).into())
     }
 
     /// Secure UDP with a shared key (`varta.Key` or 32 bytes): 60-byte
@@ -487,7 +453,7 @@ impl PyVarta {
         if a.is_closed() {
             // Keep the core's bookkeeping (drop run reset) consistent.
             let _ = a.reconnect();
-            return Err(closed_reconnect_error(py));
+            return Err(Error::os(Some(EBADF), "Varta.reconnect: Closed").into());
         }
         match a.reconnect() {
             Ok(()) => Ok(()),
@@ -496,8 +462,7 @@ impl PyVarta {
                 if let Some(pe) = tx.take_py_error() {
                     return Err(pe);
                 }
-                let target = tx.describe();
-                Err(os_error(py, &e, &target))
+                Err(Error::from(e).at(tx.describe()).into())
             }
         }
     }
@@ -583,22 +548,39 @@ impl PyVarta {
             ),
         }
     }
+}
 
-    // Test hooks (parity with upstream's `_set_*_for_test`).
-    fn _set_nonce_for_test(&self, py: Python<'_>, value: u64) {
-        self.lock(py).set_nonce_for_test(value);
-    }
+// Test hooks (`varta._varta._testing`; upstream's `_set_*_for_test`).
 
-    fn _set_connect_pid_for_test(&self, py: Python<'_>, pid: u32) {
-        self.lock(py).set_connect_pid_for_test(pid);
-    }
+/// Set the nonce of the agent's next beat.
+#[pyfunction]
+fn set_nonce(agent: &Bound<'_, PyVarta>, value: u64) {
+    agent.get().lock(agent.py()).set_nonce_for_test(value);
+}
 
-    fn _set_connect_fork_epoch_for_test(&self, py: Python<'_>, epoch: u64) {
-        self.lock(py).set_connect_fork_epoch_for_test(epoch);
-    }
+/// Pretend the agent connected from `pid` (as if it had forked since).
+#[pyfunction]
+fn set_connect_pid(agent: &Bound<'_, PyVarta>, pid: u32) {
+    agent.get().lock(agent.py()).set_connect_pid_for_test(pid);
+}
+
+/// Pretend the agent connected in fork epoch `epoch`.
+#[pyfunction]
+fn set_connect_fork_epoch(agent: &Bound<'_, PyVarta>, epoch: u64) {
+    agent
+        .get()
+        .lock(agent.py())
+        .set_connect_fork_epoch_for_test(epoch);
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVarta>()?;
+    Ok(())
+}
+
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(set_nonce, m)?)?;
+    m.add_function(wrap_pyfunction!(set_connect_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(set_connect_fork_epoch, m)?)?;
     Ok(())
 }

@@ -7,6 +7,9 @@ use pyo3::prelude::*;
 
 mod agent;
 mod codec;
+mod errors;
+#[cfg(target_os = "linux")]
+mod events;
 // The observer side needs the core's Linux-only observer module.
 #[cfg(target_os = "linux")]
 mod observer;
@@ -32,5 +35,25 @@ fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     secure::register(m)?;
     #[cfg(target_os = "linux")]
     signals::register(m)?;
+    testing(m)
+}
+
+/// `varta._varta._testing`: test and benchmark entry points (sealing and
+/// key derivation for cross-checks, agent state hooks, benchmark loops).
+/// Not public API and not re-exported by `varta`.
+fn testing(parent: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = parent.py();
+    let m = PyModule::new(py, "varta._varta._testing")?;
+    agent::register_testing(&m)?;
+    secure::register_testing(&m)?;
+    #[cfg(target_os = "linux")]
+    observer::register_testing(&m)?;
+    // An attribute, not in `__all__`: `from varta._varta import *` stays public names only.
+    parent.setattr("_testing", &m)?;
+    // A native submodule has no file: register it so that
+    // `import varta._varta._testing` finds it too.
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("varta._varta._testing", &m)?;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `varta.Observer` and its event classes: thin glue over
-//! `varta_core::observer::Observer`.
+//! `varta.Observer`: thin glue over `varta_core::observer::Observer` (its
+//! event classes are in `events.rs`).
 //!
 //! Ingest runs on the core's own thread ([`Pump`]): it drains the sockets,
 //! runs the gates and the tracker and queues events without ever touching
@@ -8,721 +8,39 @@
 //! `KeyboardInterrupt` promptly. Reads (`agents()`, `counters()`, …) lock the
 //! observer briefly; the lock is never held while calling into Python.
 
-use crate::pytypes::{
-    decode_error_value, extract_origin, extract_status, extract_verdict, origin_obj, status_obj,
-    types, verdict_obj,
-};
+use crate::errors::Error;
+use crate::events::{event_to_py, AgentInfo};
 use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use varta_core::frame::Status;
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
-use varta_core::observer::listener::error_errno;
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
-use varta_core::observer::tracker::{AgentView, EvictionPolicy, StallInfo};
+use varta_core::observer::tracker::{AgentView, EvictionPolicy};
 use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
-use varta_core::observer::{
-    BeatOrigin, Event, Observer, ObserverConfig, ObserverError, TerminalCause, Verdict,
-};
+use varta_core::observer::{Event, Observer, ObserverConfig, ObserverError};
 use varta_core::secure::{ReceiverConfig, SecureReceiver};
-
-fn opt_repr(v: Option<u64>) -> String {
-    v.map_or_else(|| "None".to_owned(), |v| v.to_string())
-}
-
-/// Python's repr of an optional str (ASCII names; quotes escaped).
-fn py_str_repr(v: Option<&str>) -> String {
-    v.map_or_else(
-        || "None".to_owned(),
-        |s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-    )
-}
-
-fn status_repr(s: Status) -> String {
-    format!("Status.{}", s.as_str().to_ascii_uppercase())
-}
-
-fn origin_repr(o: BeatOrigin) -> String {
-    format!("BeatOrigin.{}", o.name())
-}
-
-fn py_status(v: &Bound<'_, PyAny>) -> PyResult<(Status, Py<PyAny>)> {
-    let s = extract_status(v)?;
-    Ok((s, status_obj(v.py(), s)?))
-}
-
-fn py_origin(v: &Bound<'_, PyAny>) -> PyResult<(BeatOrigin, Py<PyAny>)> {
-    let o = extract_origin(v)?;
-    Ok((o, origin_obj(v.py(), o)?))
-}
-
-// ---------------------------------------------------------------- events
-
-/// An accepted beat (only when the observer was built with `emit_beats=True`).
-#[pyclass(name = "Beat", module = "varta", frozen)]
-pub struct PyBeat {
-    #[pyo3(get)]
-    pid: u32,
-    #[pyo3(get)]
-    status: Py<PyAny>,
-    #[pyo3(get)]
-    payload: u32,
-    #[pyo3(get)]
-    nonce: u64,
-    #[pyo3(get)]
-    origin: Py<PyAny>,
-    #[pyo3(get)]
-    pid_ns_inode: Option<u64>,
-    #[pyo3(get)]
-    observer_ns: u64,
-    st: Status,
-    or: BeatOrigin,
-}
-
-#[pymethods]
-impl PyBeat {
-    #[new]
-    #[pyo3(signature = (pid, status, payload, nonce, origin, pid_ns_inode, observer_ns))]
-    fn new(
-        pid: u32,
-        status: &Bound<'_, PyAny>,
-        payload: u32,
-        nonce: u64,
-        origin: &Bound<'_, PyAny>,
-        pid_ns_inode: Option<u64>,
-        observer_ns: u64,
-    ) -> PyResult<Self> {
-        let (st, status) = py_status(status)?;
-        let (or, origin) = py_origin(origin)?;
-        Ok(PyBeat {
-            pid,
-            status,
-            payload,
-            nonce,
-            origin,
-            pid_ns_inode,
-            observer_ns,
-            st,
-            or,
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Beat(pid={}, status={}, payload={}, nonce={}, origin={}, pid_ns_inode={}, observer_ns={})",
-            self.pid,
-            status_repr(self.st),
-            self.payload,
-            self.nonce,
-            origin_repr(self.or),
-            opt_repr(self.pid_ns_inode),
-            self.observer_ns
-        )
-    }
-}
-
-/// A tracked pid fell silent for the threshold (once per silence run).
-#[pyclass(name = "Stall", module = "varta", frozen)]
-pub struct PyStall {
-    #[pyo3(get)]
-    pid: u32,
-    #[pyo3(get)]
-    last_nonce: u64,
-    #[pyo3(get)]
-    last_ns: u64,
-    #[pyo3(get)]
-    origin: Py<PyAny>,
-    #[pyo3(get)]
-    pid_ns_inode: Option<u64>,
-    #[pyo3(get)]
-    generation: Option<u64>,
-    #[pyo3(get)]
-    observer_ns: u64,
-    /// Why the agent went silent (`varta.Verdict`).
-    #[pyo3(get)]
-    verdict: Py<PyAny>,
-    /// The process's command name, when the observer read it.
-    #[pyo3(get)]
-    comm: Option<String>,
-    /// The cause announced by the agent's last (terminal) frame:
-    /// `"clean_exit"`, `"crash"`, a signal name such as `"SIGTERM"`, or None.
-    #[pyo3(get)]
-    cause: Option<String>,
-    or: BeatOrigin,
-    vd: Verdict,
-}
-
-#[pymethods]
-impl PyStall {
-    #[new]
-    #[pyo3(signature = (
-        pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns,
-        verdict=None, comm=None, cause=None
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        pid: u32,
-        last_nonce: u64,
-        last_ns: u64,
-        origin: &Bound<'_, PyAny>,
-        pid_ns_inode: Option<u64>,
-        generation: Option<u64>,
-        observer_ns: u64,
-        verdict: Option<&Bound<'_, PyAny>>,
-        comm: Option<String>,
-        cause: Option<String>,
-    ) -> PyResult<Self> {
-        let (or, origin) = py_origin(origin)?;
-        let vd = verdict.map_or(Ok(Verdict::Unknown), extract_verdict)?;
-        Ok(PyStall {
-            pid,
-            last_nonce,
-            last_ns,
-            origin,
-            pid_ns_inode,
-            generation,
-            observer_ns,
-            verdict: verdict_obj(py, vd)?,
-            comm,
-            cause,
-            or,
-            vd,
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Stall(pid={}, last_nonce={}, last_ns={}, origin={}, pid_ns_inode={}, generation={}, observer_ns={}, verdict=Verdict.{}, comm={}, cause={})",
-            self.pid,
-            self.last_nonce,
-            self.last_ns,
-            origin_repr(self.or),
-            opt_repr(self.pid_ns_inode),
-            opt_repr(self.generation),
-            self.observer_ns,
-            self.vd.as_str().to_ascii_uppercase(),
-            py_str_repr(self.comm.as_deref()),
-            py_str_repr(self.cause.as_deref()),
-        )
-    }
-}
-
-impl PyStall {
-    fn from_core(py: Python<'_>, s: &StallInfo) -> PyResult<Self> {
-        Ok(PyStall {
-            pid: s.pid,
-            last_nonce: s.last_nonce,
-            last_ns: s.last_ns,
-            origin: origin_obj(py, s.origin)?,
-            pid_ns_inode: s.pid_ns_inode,
-            generation: s.generation,
-            observer_ns: s.observer_ns,
-            verdict: verdict_obj(py, s.verdict)?,
-            comm: s.comm.map(|c| c.to_string_lossy()),
-            cause: s.cause.map(TerminalCause::name),
-            or: s.origin,
-            vd: s.verdict,
-        })
-    }
-}
-
-/// The observer itself could not look for `duration_ns` (its process was
-/// stopped, the host stalled): every armed deadline was pushed back by that
-/// much, so no agent is blamed for beats it could not receive.
-#[pyclass(name = "Blind", module = "varta", frozen)]
-pub struct PyBlind {
-    #[pyo3(get)]
-    started_ns: u64,
-    #[pyo3(get)]
-    duration_ns: u64,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyBlind {
-    #[new]
-    fn new(started_ns: u64, duration_ns: u64, observer_ns: u64) -> Self {
-        PyBlind {
-            started_ns,
-            duration_ns,
-            observer_ns,
-        }
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Blind(started_ns={}, duration_ns={}, observer_ns={})",
-            self.started_ns, self.duration_ns, self.observer_ns
-        )
-    }
-}
-
-/// A 32-byte datagram that failed VLP decoding; `error` is a `varta.DecodeError`.
-#[pyclass(name = "Decode", module = "varta", frozen)]
-pub struct PyDecode {
-    #[pyo3(get)]
-    error: Py<PyAny>,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyDecode {
-    #[new]
-    fn new(py: Python<'_>, error: Bound<'_, PyAny>, observer_ns: u64) -> PyResult<Self> {
-        if !error.is_instance(types(py)?.decode_error.bind(py))? {
-            return Err(PyTypeError::new_err("error must be a varta.DecodeError"));
-        }
-        Ok(PyDecode {
-            error: error.unbind(),
-            observer_ns,
-        })
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let e = self.error.bind(py);
-        Ok(format!(
-            "Decode(error=DecodeError({}, {}), observer_ns={})",
-            e.getattr("kind")?.repr()?,
-            e.str()?.repr()?,
-            self.observer_ns
-        ))
-    }
-}
-
-/// The kernel-attested sender pid differs from the pid the frame claims.
-#[pyclass(name = "AuthFailure", module = "varta", frozen)]
-pub struct PyAuthFailure {
-    #[pyo3(get)]
-    claimed_pid: u32,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyAuthFailure {
-    #[new]
-    fn new(claimed_pid: u32, observer_ns: u64) -> Self {
-        PyAuthFailure {
-            claimed_pid,
-            observer_ns,
-        }
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "AuthFailure(claimed_pid={}, observer_ns={})",
-            self.claimed_pid, self.observer_ns
-        )
-    }
-}
-
-/// A beat whose origin is weaker than the origin pinned on the pid's slot.
-#[pyclass(name = "OriginConflict", module = "varta", frozen)]
-pub struct PyOriginConflict {
-    #[pyo3(get)]
-    claimed_pid: u32,
-    #[pyo3(get)]
-    observed_origin: Py<PyAny>,
-    #[pyo3(get)]
-    slot_origin: Py<PyAny>,
-    #[pyo3(get)]
-    observer_ns: u64,
-    observed: BeatOrigin,
-    slot: BeatOrigin,
-}
-
-#[pymethods]
-impl PyOriginConflict {
-    #[new]
-    fn new(
-        claimed_pid: u32,
-        observed_origin: &Bound<'_, PyAny>,
-        slot_origin: &Bound<'_, PyAny>,
-        observer_ns: u64,
-    ) -> PyResult<Self> {
-        let (observed, observed_origin) = py_origin(observed_origin)?;
-        let (slot, slot_origin) = py_origin(slot_origin)?;
-        Ok(PyOriginConflict {
-            claimed_pid,
-            observed_origin,
-            slot_origin,
-            observer_ns,
-            observed,
-            slot,
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "OriginConflict(claimed_pid={}, observed_origin={}, slot_origin={}, observer_ns={})",
-            self.claimed_pid,
-            origin_repr(self.observed),
-            origin_repr(self.slot),
-            self.observer_ns
-        )
-    }
-}
-
-/// A pid-namespace refusal (ingress gate: `observer_ns_inode` is the
-/// observer's own namespace; tracker first-namespace-wins: the slot's).
-#[pyclass(name = "NamespaceConflict", module = "varta", frozen)]
-pub struct PyNamespaceConflict {
-    #[pyo3(get)]
-    claimed_pid: u32,
-    #[pyo3(get)]
-    observed_ns_inode: Option<u64>,
-    #[pyo3(get)]
-    observer_ns_inode: Option<u64>,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyNamespaceConflict {
-    #[new]
-    fn new(
-        claimed_pid: u32,
-        observed_ns_inode: Option<u64>,
-        observer_ns_inode: Option<u64>,
-        observer_ns: u64,
-    ) -> Self {
-        PyNamespaceConflict {
-            claimed_pid,
-            observed_ns_inode,
-            observer_ns_inode,
-            observer_ns,
-        }
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "NamespaceConflict(claimed_pid={}, observed_ns_inode={}, observer_ns_inode={}, observer_ns={})",
-            self.claimed_pid,
-            opt_repr(self.observed_ns_inode),
-            opt_repr(self.observer_ns_inode),
-            self.observer_ns
-        )
-    }
-}
-
-/// A receive error, missing credentials or a sender with a foreign uid.
-#[pyclass(name = "Io", module = "varta", frozen)]
-pub struct PyIo {
-    #[pyo3(get)]
-    error: String,
-    #[pyo3(get)]
-    errno: Option<i32>,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyIo {
-    #[new]
-    #[pyo3(signature = (error, errno, observer_ns))]
-    fn new(error: String, errno: Option<i32>, observer_ns: u64) -> Self {
-        PyIo {
-            error,
-            errno,
-            observer_ns,
-        }
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Io(error={:?}, errno={}, observer_ns={})",
-            self.error,
-            self.errno
-                .map_or_else(|| "None".to_owned(), |e| e.to_string()),
-            self.observer_ns
-        )
-    }
-}
-
-/// A datagram whose control data was truncated (`MSG_CTRUNC`); discarded.
-#[pyclass(name = "CtrlTruncated", module = "varta", frozen)]
-pub struct PyCtrlTruncated {
-    #[pyo3(get)]
-    error: String,
-    #[pyo3(get)]
-    observer_ns: u64,
-}
-
-#[pymethods]
-impl PyCtrlTruncated {
-    #[new]
-    fn new(error: String, observer_ns: u64) -> Self {
-        PyCtrlTruncated { error, observer_ns }
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "CtrlTruncated(error={:?}, observer_ns={})",
-            self.error, self.observer_ns
-        )
-    }
-}
-
-/// One tracked pid, as `Observer.agents()` / `Observer.agent()` report it.
-/// `status` is the last accepted beat's status; `stalled` says whether a
-/// stall was emitted for the current silence run.
-#[pyclass(name = "AgentInfo", module = "varta", frozen)]
-pub struct PyAgentInfo {
-    #[pyo3(get)]
-    pid: u32,
-    #[pyo3(get)]
-    status: Py<PyAny>,
-    #[pyo3(get)]
-    origin: Py<PyAny>,
-    #[pyo3(get)]
-    beats: u64,
-    #[pyo3(get)]
-    stalls: u64,
-    #[pyo3(get)]
-    last_nonce: u64,
-    #[pyo3(get)]
-    last_ns: u64,
-    #[pyo3(get)]
-    age_ns: u64,
-    #[pyo3(get)]
-    stalled: bool,
-    #[pyo3(get)]
-    pid_ns_inode: Option<u64>,
-    #[pyo3(get)]
-    generation: Option<u64>,
-    /// The verdict of the current stall while `stalled`, else None.
-    #[pyo3(get)]
-    verdict: Option<Py<PyAny>>,
-    st: Status,
-    or: BeatOrigin,
-}
-
-impl PyAgentInfo {
-    fn from_core(py: Python<'_>, a: &AgentView, now_ns: u64) -> PyResult<Self> {
-        Ok(PyAgentInfo {
-            pid: a.pid,
-            status: status_obj(py, a.status)?,
-            origin: origin_obj(py, a.origin)?,
-            beats: a.beats,
-            stalls: a.stalls,
-            last_nonce: a.last_nonce,
-            last_ns: a.last_ns,
-            age_ns: now_ns.saturating_sub(a.last_ns),
-            stalled: a.stalled,
-            pid_ns_inode: a.pid_ns_inode,
-            generation: a.generation,
-            verdict: a.verdict.map(|v| verdict_obj(py, v)).transpose()?,
-            st: a.status,
-            or: a.origin,
-        })
-    }
-}
-
-#[pymethods]
-impl PyAgentInfo {
-    #[new]
-    #[pyo3(signature = (
-        pid, status, origin, beats, stalls, last_nonce, last_ns, age_ns, stalled,
-        pid_ns_inode, generation, verdict=None
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        pid: u32,
-        status: &Bound<'_, PyAny>,
-        origin: &Bound<'_, PyAny>,
-        beats: u64,
-        stalls: u64,
-        last_nonce: u64,
-        last_ns: u64,
-        age_ns: u64,
-        stalled: bool,
-        pid_ns_inode: Option<u64>,
-        generation: Option<u64>,
-        verdict: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let (st, status) = py_status(status)?;
-        let (or, origin) = py_origin(origin)?;
-        let verdict = verdict
-            .map(|v| verdict_obj(v.py(), extract_verdict(v)?))
-            .transpose()?;
-        Ok(PyAgentInfo {
-            pid,
-            status,
-            origin,
-            beats,
-            stalls,
-            last_nonce,
-            last_ns,
-            age_ns,
-            stalled,
-            pid_ns_inode,
-            generation,
-            verdict,
-            st,
-            or,
-        })
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let verdict = match &self.verdict {
-            Some(v) => v.bind(py).repr()?.to_string(),
-            None => "None".to_owned(),
-        };
-        Ok(format!(
-            "AgentInfo(pid={}, status={}, origin={}, beats={}, stalls={}, last_nonce={}, last_ns={}, age_ns={}, stalled={}, pid_ns_inode={}, generation={}, verdict={})",
-            self.pid,
-            status_repr(self.st),
-            origin_repr(self.or),
-            self.beats,
-            self.stalls,
-            self.last_nonce,
-            self.last_ns,
-            self.age_ns,
-            if self.stalled { "True" } else { "False" },
-            opt_repr(self.pid_ns_inode),
-            opt_repr(self.generation),
-            verdict
-        ))
-    }
-}
-
-fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
-    Ok(match ev {
-        Event::Beat {
-            pid,
-            status,
-            payload,
-            nonce,
-            origin,
-            pid_ns_inode,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyBeat {
-                pid,
-                status: status_obj(py, status)?,
-                payload,
-                nonce,
-                origin: origin_obj(py, origin)?,
-                pid_ns_inode,
-                observer_ns,
-                st: status,
-                or: origin,
-            },
-        )?
-        .into_any(),
-        Event::Stall(s) => Py::new(py, PyStall::from_core(py, &s)?)?.into_any(),
-        Event::Decode { error, observer_ns } => Py::new(
-            py,
-            PyDecode {
-                error: decode_error_value(py, &error)?,
-                observer_ns,
-            },
-        )?
-        .into_any(),
-        Event::AuthFailure {
-            claimed_pid,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyAuthFailure {
-                claimed_pid,
-                observer_ns,
-            },
-        )?
-        .into_any(),
-        Event::OriginConflict {
-            claimed_pid,
-            observed_origin,
-            slot_origin,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyOriginConflict {
-                claimed_pid,
-                observed_origin: origin_obj(py, observed_origin)?,
-                slot_origin: origin_obj(py, slot_origin)?,
-                observer_ns,
-                observed: observed_origin,
-                slot: slot_origin,
-            },
-        )?
-        .into_any(),
-        Event::NamespaceConflict {
-            claimed_pid,
-            observed_ns_inode,
-            observer_ns_inode,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyNamespaceConflict {
-                claimed_pid,
-                observed_ns_inode,
-                observer_ns_inode,
-                observer_ns,
-            },
-        )?
-        .into_any(),
-        Event::Io {
-            error,
-            errno,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyIo {
-                error: error.into_owned(),
-                errno,
-                observer_ns,
-            },
-        )?
-        .into_any(),
-        Event::CtrlTruncated { error, observer_ns } => Py::new(
-            py,
-            PyCtrlTruncated {
-                error: error.into_owned(),
-                observer_ns,
-            },
-        )?
-        .into_any(),
-        Event::Blind {
-            started_ns,
-            duration_ns,
-            observer_ns,
-        } => Py::new(
-            py,
-            PyBlind {
-                started_ns,
-                duration_ns,
-                observer_ns,
-            },
-        )?
-        .into_any(),
-    })
-}
 
 // -------------------------------------------------------------- observer
 
 /// Events handed to Python per `poll()` batch at most.
 const POLL_BATCH: usize = 4096;
 
-fn observer_error(e: ObserverError) -> PyErr {
-    match e {
-        ObserverError::Config(m) => PyValueError::new_err(m),
-        ObserverError::Io(e) => match error_errno(&e) {
-            Some(errno) => PyOSError::new_err((errno, e.to_string())),
-            None => PyOSError::new_err(e.to_string()),
-        },
+/// `udp_rcvbuf_bytes` when not given (the core's UDP listener takes it as
+/// an argument and has no default of its own).
+const UDP_RCVBUF_BYTES: u32 = 1_048_576;
+
+/// Override a default with the caller's value, if given.
+fn given<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
 }
 
@@ -740,13 +58,14 @@ fn udp_setup(
     keys: Option<&Bound<'_, PyAny>>,
     master_key: Option<&Bound<'_, PyAny>>,
     plaintext: bool,
-    trust: &str,
+    trust: Option<&str>,
     threshold_ns: u64,
 ) -> PyResult<Option<(SocketAddr, UdpMode, TransportTrust)>> {
     let trust = match trust {
-        "untrusted" => TransportTrust::Untrusted,
-        "operator" => TransportTrust::Operator,
-        other => {
+        None => TransportTrust::default(),
+        Some("untrusted") => TransportTrust::Untrusted,
+        Some("operator") => TransportTrust::Operator,
+        Some(other) => {
             return Err(PyValueError::new_err(format!(
                 "udp_trust must be 'untrusted' or 'operator', not {other:?}"
             )))
@@ -834,39 +153,41 @@ impl PyObserver {
 
 #[pymethods]
 impl PyObserver {
+    /// Keyword options left out (or None) keep the core's defaults
+    /// (`ObserverConfig::new`; `docs/configuration.md`).
     #[new]
     #[pyo3(signature = (
-        socket_path, threshold_ms, *, socket_mode=0o600, capacity=256, eviction="strict",
-        eviction_scan_window=256, uds_rcvbuf_bytes=1_048_576, max_beat_rate=100,
-        global_beat_rate=5000, global_beat_burst=10000, allow_cross_namespace=false,
-        clock="monotonic", emit_beats=true, udp_port=None, udp_bind_addr=None, keys=None,
-        master_key=None, plaintext_udp=false, udp_trust="untrusted", udp_rcvbuf_bytes=1_048_576,
-        exit_watch=true, ingest_thread=true
+        socket_path, threshold_ms, *, socket_mode=None, capacity=None, eviction=None,
+        eviction_scan_window=None, uds_rcvbuf_bytes=None, max_beat_rate=None,
+        global_beat_rate=None, global_beat_burst=None, allow_cross_namespace=None,
+        clock=None, emit_beats=None, udp_port=None, udp_bind_addr=None, keys=None,
+        master_key=None, plaintext_udp=false, udp_trust=None, udp_rcvbuf_bytes=None,
+        exit_watch=None, ingest_thread=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         socket_path: Option<PathBuf>,
         threshold_ms: u64,
-        socket_mode: u32,
-        capacity: usize,
-        eviction: &str,
-        eviction_scan_window: usize,
-        uds_rcvbuf_bytes: u32,
-        max_beat_rate: u32,
-        global_beat_rate: u32,
-        global_beat_burst: u32,
-        allow_cross_namespace: bool,
-        clock: &str,
-        emit_beats: bool,
+        socket_mode: Option<u32>,
+        capacity: Option<usize>,
+        eviction: Option<&str>,
+        eviction_scan_window: Option<usize>,
+        uds_rcvbuf_bytes: Option<u32>,
+        max_beat_rate: Option<u32>,
+        global_beat_rate: Option<u32>,
+        global_beat_burst: Option<u32>,
+        allow_cross_namespace: Option<bool>,
+        clock: Option<&str>,
+        emit_beats: Option<bool>,
         udp_port: Option<u16>,
         udp_bind_addr: Option<&str>,
         keys: Option<Bound<'_, PyAny>>,
         master_key: Option<Bound<'_, PyAny>>,
         plaintext_udp: bool,
-        udp_trust: &str,
-        udp_rcvbuf_bytes: u32,
-        exit_watch: bool,
+        udp_trust: Option<&str>,
+        udp_rcvbuf_bytes: Option<u32>,
+        exit_watch: Option<bool>,
         ingest_thread: bool,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
@@ -875,16 +196,23 @@ impl PyObserver {
         let threshold_ns = threshold_ms
             .checked_mul(1_000_000)
             .ok_or_else(|| PyValueError::new_err("threshold_ms is too large"))?;
-        let eviction = EvictionPolicy::from_name(eviction).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "eviction must be 'strict' or 'balanced', not {eviction:?}"
-            ))
-        })?;
-        let source = ClockSource::from_name(clock).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "clock must be 'monotonic' or 'boottime', not {clock:?}"
-            ))
-        })?;
+        let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
+        if let Some(name) = eviction {
+            cfg.tracker.eviction = EvictionPolicy::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "eviction must be 'strict' or 'balanced', not {name:?}"
+                ))
+            })?;
+        }
+        let source = match clock {
+            None => ClockSource::Monotonic,
+            Some(name) => ClockSource::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "clock must be 'monotonic' or 'boottime', not {name:?}"
+                ))
+            })?,
+        };
+        let udp_rcvbuf_bytes = udp_rcvbuf_bytes.unwrap_or(UDP_RCVBUF_BYTES);
         if udp_rcvbuf_bytes > i32::MAX as u32 {
             return Err(PyValueError::new_err(format!(
                 "udp_rcvbuf_bytes {udp_rcvbuf_bytes} exceeds {}",
@@ -900,18 +228,16 @@ impl PyObserver {
             udp_trust,
             threshold_ns,
         )?;
-        let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
-        cfg.socket_mode = socket_mode;
-        cfg.tracker.capacity = capacity;
-        cfg.tracker.eviction = eviction;
-        cfg.tracker.scan_window = eviction_scan_window;
-        cfg.uds_rcvbuf_bytes = uds_rcvbuf_bytes;
-        cfg.max_beat_rate = max_beat_rate;
-        cfg.global_beat_rate = global_beat_rate;
-        cfg.global_beat_burst = global_beat_burst;
-        cfg.allow_cross_namespace = allow_cross_namespace;
-        cfg.emit_beats = emit_beats;
-        cfg.exit_watch = exit_watch;
+        given(&mut cfg.socket_mode, socket_mode);
+        given(&mut cfg.uds_rcvbuf_bytes, uds_rcvbuf_bytes);
+        given(&mut cfg.tracker.capacity, capacity);
+        given(&mut cfg.tracker.scan_window, eviction_scan_window);
+        given(&mut cfg.max_beat_rate, max_beat_rate);
+        given(&mut cfg.global_beat_rate, global_beat_rate);
+        given(&mut cfg.global_beat_burst, global_beat_burst);
+        given(&mut cfg.allow_cross_namespace, allow_cross_namespace);
+        given(&mut cfg.emit_beats, emit_beats);
+        given(&mut cfg.exit_watch, exit_watch);
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
@@ -922,11 +248,10 @@ impl PyObserver {
                 }
                 Ok(obs)
             })
-            .map_err(observer_error)?;
+            .map_err(Error::from)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread)
-            .map_err(|e| observer_error(ObserverError::Io(e)))?;
+        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread).map_err(Error::from)?;
         Ok(PyObserver {
             pump,
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
@@ -980,12 +305,12 @@ impl PyObserver {
     }
 
     /// Every tracked pid.
-    fn agents(&self, py: Python<'_>) -> PyResult<Vec<PyAgentInfo>> {
+    fn agents(&self, py: Python<'_>) -> PyResult<Vec<AgentInfo>> {
         let (views, now): (Vec<AgentView>, u64) =
             self.with_obs(|o| (o.agents().collect(), o.now_ns()));
         views
             .iter()
-            .map(|a| PyAgentInfo::from_core(py, a, now))
+            .map(|a| AgentInfo::from_view(py, a, now))
             .collect()
     }
 
@@ -997,13 +322,12 @@ impl PyObserver {
     }
 
     /// One tracked pid, or `None`.
-    fn agent(&self, py: Python<'_>, pid: i64) -> PyResult<Option<PyAgentInfo>> {
+    fn agent(&self, py: Python<'_>, pid: i64) -> PyResult<Option<AgentInfo>> {
         let Ok(pid) = u32::try_from(pid) else {
             return Ok(None);
         };
         let (view, now) = self.with_obs(|o| (o.agent(pid), o.now_ns()));
-        view.map(|a| PyAgentInfo::from_core(py, &a, now))
-            .transpose()
+        view.map(|a| AgentInfo::from_view(py, &a, now)).transpose()
     }
 
     /// Counters keyed by Prometheus family name (no `varta_` prefix, no
@@ -1150,7 +474,7 @@ impl PyObserver {
     }
 }
 
-// ------------------------------------------------------------ benchmarks
+// ------------------------------------------ benchmarks (`varta._varta._testing`)
 
 /// Benchmark helper: simulated pids (`layout`: "dense", "stride:N" or
 /// "scattered") through the Rust tracker, one tracker per size, run in
@@ -1158,7 +482,7 @@ impl PyObserver {
 /// beat of each chunk).
 #[pyfunction]
 #[pyo3(signature = (sizes, beats_per_chunk, chunks, layout = "dense"))]
-fn _bench_tracker_scaling(
+fn bench_tracker_scaling(
     py: Python<'_>,
     sizes: Vec<u32>,
     beats_per_chunk: u64,
@@ -1184,7 +508,7 @@ fn _bench_tracker_scaling(
 /// closed); returns (thread CPU ns, datagrams counted).
 #[pyfunction]
 #[pyo3(signature = (path, n, idle_timeout_ms=2000, rcvbuf=1_048_576, pidfd=false))]
-fn _bench_recv_floor(
+fn bench_recv_floor(
     py: Python<'_>,
     path: PathBuf,
     n: u64,
@@ -1195,32 +519,24 @@ fn _bench_recv_floor(
     py.detach(move || {
         varta_core::observer::listener::bench_recv_floor(&path, n, rcvbuf, idle_timeout_ms, pidfd)
     })
-    .map_err(|e| match error_errno(&e) {
-        Some(errno) => PyOSError::new_err((errno, e.to_string())),
-        None => PyOSError::new_err(e.to_string()),
-    })
+    .map_err(|e| Error::from(e).into())
 }
 
 /// Thread CPU time (ns) as the Rust core measures it (for benchmarks).
 #[pyfunction]
-fn _thread_cpu_ns() -> u64 {
+fn thread_cpu_ns() -> u64 {
     varta_core::observer::listener::thread_cpu_ns()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObserver>()?;
-    m.add_class::<PyBeat>()?;
-    m.add_class::<PyStall>()?;
-    m.add_class::<PyDecode>()?;
-    m.add_class::<PyAuthFailure>()?;
-    m.add_class::<PyOriginConflict>()?;
-    m.add_class::<PyNamespaceConflict>()?;
-    m.add_class::<PyIo>()?;
-    m.add_class::<PyCtrlTruncated>()?;
-    m.add_class::<PyBlind>()?;
-    m.add_class::<PyAgentInfo>()?;
-    m.add_function(wrap_pyfunction!(_bench_tracker_scaling, m)?)?;
-    m.add_function(wrap_pyfunction!(_bench_recv_floor, m)?)?;
-    m.add_function(wrap_pyfunction!(_thread_cpu_ns, m)?)?;
+    crate::events::register(m)
+}
+
+/// The benchmark entry points, in `varta._varta._testing`.
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(bench_tracker_scaling, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_recv_floor, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_cpu_ns, m)?)?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! Python hooks. The hook policy (chaining, dedupe, signals) lives in
 //! `python/varta/panic.py`.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use crate::errors::Error;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use std::io;
 use std::path::PathBuf;
@@ -23,19 +24,6 @@ impl PyPanicEmitter {
         PyPanicEmitter {
             inner: Mutex::new(Some(e)),
         }
-    }
-}
-
-fn os_error(e: &io::Error, what: &str) -> PyErr {
-    match e.raw_os_error() {
-        // OSError(errno, strerror, filename) picks the matching subclass.
-        Some(errno) => {
-            let full = io::Error::from_raw_os_error(errno).to_string();
-            let suffix = format!(" (os error {errno})");
-            let strerror = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
-            PyOSError::new_err((errno, strerror, what.to_owned()))
-        }
-        None => PyOSError::new_err(format!("{what}: {e}")),
     }
 }
 
@@ -81,7 +69,7 @@ impl PyPanicEmitter {
 fn _panic_connect_uds(py: Python<'_>, path: PathBuf) -> PyResult<PyPanicEmitter> {
     let e = py
         .detach(|| Emitter::connect_uds(&path))
-        .map_err(|e| os_error(&e, &path.to_string_lossy()))?;
+        .map_err(|e| Error::from(e).at(path.to_string_lossy()))?;
     Ok(PyPanicEmitter::wrap(e))
 }
 
@@ -90,7 +78,7 @@ fn _panic_connect_uds(py: Python<'_>, path: PathBuf) -> PyResult<PyPanicEmitter>
 fn _panic_connect_udp(py: Python<'_>, host: String, port: u16) -> PyResult<PyPanicEmitter> {
     let e = py
         .detach(|| Emitter::connect_udp_resolve((host.as_str(), port)))
-        .map_err(|e| os_error(&e, &format!("{host}:{port}")))?;
+        .map_err(|e| Error::from(e).at(format!("{host}:{port}")))?;
     Ok(PyPanicEmitter::wrap(e))
 }
 
@@ -116,7 +104,7 @@ fn connect_secure(
         .map_err(|e| PyRuntimeError::new_err(format!("entropy unavailable: {e}")))?;
     let e = py
         .detach(|| Emitter::new(udp_connected_resolve((host.as_str(), port))?.into(), wire))
-        .map_err(|e| os_error(&e, &format!("{host}:{port}")))?;
+        .map_err(|e| Error::from(e).at(format!("{host}:{port}")))?;
     Ok(PyPanicEmitter::wrap(e))
 }
 

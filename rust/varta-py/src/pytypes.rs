@@ -1,5 +1,6 @@
 //! Handles to the plain-Python value types defined in `varta._types`
-//! (`Status`, `DecodeError`, `DropReason`, `BeatOutcome`, `BeatError`).
+//! (`Status`, `DecodeError`, `BeatError`, the outcome singletons, the
+//! observer's enums).
 //!
 //! Imported once per interpreter and cached, so hot paths hand out existing
 //! objects (a refcount bump) instead of building new ones.
@@ -11,16 +12,11 @@ use varta_core::frame::{DecodeError, Status};
 #[cfg(target_os = "linux")]
 use varta_core::observer::{BeatOrigin, Verdict};
 
-// The agent binding is the consumer of the outcome types.
-#[allow(dead_code)]
 pub struct PyTypes {
     /// `Status` members indexed by their code (0..=3).
     pub status: [Py<PyAny>; 4],
     pub decode_error: Py<PyAny>,
-    pub drop_reason: Py<PyAny>,
-    pub beat_outcome: Py<PyAny>,
     pub beat_error: Py<PyAny>,
-    pub classify_send_error: Py<PyAny>,
 }
 
 static TYPES: PyOnceLock<PyTypes> = PyOnceLock::new();
@@ -34,10 +30,7 @@ pub fn types(py: Python<'_>) -> PyResult<&PyTypes> {
         Ok(PyTypes {
             status: [a?, b?, c?, d?],
             decode_error: m.getattr("DecodeError")?.unbind(),
-            drop_reason: m.getattr("DropReason")?.unbind(),
-            beat_outcome: m.getattr("BeatOutcome")?.unbind(),
             beat_error: m.getattr("BeatError")?.unbind(),
-            classify_send_error: m.getattr("classify_send_error")?.unbind(),
         })
     })
 }

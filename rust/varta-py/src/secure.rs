@@ -1,6 +1,6 @@
 //! Python surface of the secure layer: `varta.Key`, the key-file loaders,
-//! `keygen`'s file writer, and clearly underscored test helpers
-//! (`_seal_shared`, `_derive_*`, `_SecureReceiver`, `_SecureSession`) that
+//! `keygen`'s file writer, and the test helpers of `varta._varta._testing`
+//! (`seal_shared`, `derive_*`, `SecureReceiver`, `SecureSession`) that
 //! pytest cross-checks against the `cryptography` package.
 //!
 //! Sibling bindings (agent, panic, observer) take keys through
@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyOSError, PyPermissionError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 use varta_core::frame::FRAME_LEN;
@@ -18,12 +18,13 @@ use varta_core::secure::keys::{
 use varta_core::secure::zeroize::Zeroize;
 use varta_core::secure::{
     derive_agent_key, derive_epoch_key, derive_iv_prefix, derive_panic_iv_prefix, seal_master,
-    seal_panic_frame, seal_shared, Key, KeyFileError, Opened, ReceiverConfig, SecureReceiver,
-    SecureSession, IV_RANDOM_LEN, KEY_LEN, MASTER_WIRE_LEN, MAX_SHARED_KEYS, MAX_WIRE_LEN,
-    SALT_LEN, SHARED_WIRE_LEN,
+    seal_panic_frame, seal_shared, Key, Opened, ReceiverConfig, SecureReceiver, SecureSession,
+    IV_RANDOM_LEN, KEY_LEN, MASTER_WIRE_LEN, MAX_SHARED_KEYS, MAX_WIRE_LEN, SALT_LEN,
+    SHARED_WIRE_LEN,
 };
 
 use crate::codec::PyFrame;
+use crate::errors::Error;
 use crate::pytypes::decode_error_value;
 
 /// A 32-byte secret key (shared key or master key).
@@ -39,22 +40,6 @@ pub struct PyKey {
 
 fn value_err(e: impl ToString) -> PyErr {
     PyValueError::new_err(e.to_string())
-}
-
-/// Map a key-file error: rule violations → `PermissionError`, OS errors →
-/// the matching `OSError` subclass (with the filename), content → `ValueError`.
-pub fn key_file_err(e: KeyFileError) -> PyErr {
-    if e.is_permission_error() {
-        return PyPermissionError::new_err(e.to_string());
-    }
-    if let Some(io) = e.io_error() {
-        let path = e.path.to_string_lossy().into_owned();
-        return match io.raw_os_error() {
-            Some(errno) => PyOSError::new_err((errno, io.to_string(), path)),
-            None => PyOSError::new_err(e.to_string()),
-        };
-    }
-    value_err(e)
 }
 
 fn key_from_bytes_like(obj: &Bound<'_, PyAny>) -> PyResult<Option<Key>> {
@@ -116,7 +101,7 @@ impl PyKey {
     fn from_file(py: Python<'_>, path: PathBuf, check_permissions: bool) -> PyResult<Self> {
         py.detach(|| Key::from_file(&path, check_permissions))
             .map(|inner| PyKey { inner })
-            .map_err(key_file_err)
+            .map_err(|e| Error::from(e).into())
     }
 
     /// A new random key from OS entropy.
@@ -144,7 +129,7 @@ impl PyKey {
 fn py_load_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
     py.detach(|| load_key_file(&path))
         .map(|inner| PyKey { inner })
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// Observer `--accepted-key-file`: line-based, one or more keys.
@@ -153,7 +138,7 @@ fn py_load_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
 fn py_load_accepted_key_file(py: Python<'_>, path: PathBuf) -> PyResult<Vec<PyKey>> {
     py.detach(|| load_accepted_key_file(&path))
         .map(|keys| keys.into_iter().map(|inner| PyKey { inner }).collect())
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// Observer `--master-key-file`: the whole file, trimmed, is one key.
@@ -162,23 +147,18 @@ fn py_load_accepted_key_file(py: Python<'_>, path: PathBuf) -> PyResult<Vec<PyKe
 fn py_load_master_key_file(py: Python<'_>, path: PathBuf) -> PyResult<PyKey> {
     py.detach(|| load_master_key_file(&path))
         .map(|inner| PyKey { inner })
-        .map_err(key_file_err)
+        .map_err(|e| Error::from(e).into())
 }
 
 /// `keygen`: create `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600) holding a
 /// fresh key as 64 hex characters and a newline. `FileExistsError` if it exists.
 #[pyfunction]
 fn _generate_key_file(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| write_new_key_file(&path)).map_err(|e| {
-        let p = path.to_string_lossy().into_owned();
-        match e.raw_os_error() {
-            Some(errno) => PyOSError::new_err((errno, e.to_string(), p)),
-            None => PyOSError::new_err(e.to_string()),
-        }
-    })
+    py.detach(|| write_new_key_file(&path))
+        .map_err(|e| Error::from(e).at(path.to_string_lossy()).into())
 }
 
-// ---- test helpers (underscored; for cross-checks against `cryptography`) ----
+// ---- test helpers (`varta._varta._testing`; cross-checked against `cryptography`) ----
 
 fn fixed<const N: usize>(what: &str, data: &[u8]) -> PyResult<[u8; N]> {
     data.try_into()
@@ -186,7 +166,8 @@ fn fixed<const N: usize>(what: &str, data: &[u8]) -> PyResult<[u8; N]> {
 }
 
 #[pyfunction]
-fn _seal_shared<'py>(
+#[pyo3(name = "seal_shared")]
+fn seal_shared_py<'py>(
     py: Python<'py>,
     key: &Bound<'py, PyAny>,
     iv_random: &[u8],
@@ -206,7 +187,8 @@ fn _seal_shared<'py>(
 }
 
 #[pyfunction]
-fn _seal_master<'py>(
+#[pyo3(name = "seal_master")]
+fn seal_master_py<'py>(
     py: Python<'py>,
     master_key: &Bound<'py, PyAny>,
     pid: u32,
@@ -228,7 +210,8 @@ fn _seal_master<'py>(
 }
 
 #[pyfunction]
-fn _seal_panic_frame<'py>(
+#[pyo3(name = "seal_panic_frame")]
+fn seal_panic_frame_py<'py>(
     py: Python<'py>,
     key: &Bound<'py, PyAny>,
     fork_salt: &[u8],
@@ -252,7 +235,8 @@ fn _seal_panic_frame<'py>(
 }
 
 #[pyfunction]
-fn _derive_agent_key<'py>(
+#[pyo3(name = "derive_agent_key")]
+fn derive_agent_key_py<'py>(
     py: Python<'py>,
     master_key: &Bound<'py, PyAny>,
     pid: u32,
@@ -262,7 +246,8 @@ fn _derive_agent_key<'py>(
 }
 
 #[pyfunction]
-fn _derive_iv_prefix<'py>(
+#[pyo3(name = "derive_iv_prefix")]
+fn derive_iv_prefix_py<'py>(
     py: Python<'py>,
     salt: &[u8],
     prefix_index: u32,
@@ -272,7 +257,8 @@ fn _derive_iv_prefix<'py>(
 }
 
 #[pyfunction]
-fn _derive_panic_iv_prefix<'py>(
+#[pyo3(name = "derive_panic_iv_prefix")]
+fn derive_panic_iv_prefix_py<'py>(
     py: Python<'py>,
     fork_salt: &[u8],
     pid: u32,
@@ -289,7 +275,8 @@ fn _derive_panic_iv_prefix<'py>(
 }
 
 #[pyfunction]
-fn _derive_epoch_key<'py>(
+#[pyo3(name = "derive_epoch_key")]
+fn derive_epoch_key_py<'py>(
     py: Python<'py>,
     agent_key: &Bound<'py, PyAny>,
     epoch: u64,
@@ -301,7 +288,7 @@ fn _derive_epoch_key<'py>(
 /// Test wrapper over the core `SecureReceiver` (the observer embeds the core
 /// type directly). `open()` returns `("accepted", Frame)`,
 /// `("decode", DecodeError)` or `("rejected", reason)`.
-#[pyclass(name = "_SecureReceiver", module = "varta._varta")]
+#[pyclass(name = "SecureReceiver", module = "varta._varta._testing")]
 struct PySecureReceiver {
     inner: SecureReceiver,
 }
@@ -366,7 +353,7 @@ impl PySecureReceiver {
 }
 
 /// Test wrapper over the core sender `SecureSession`.
-#[pyclass(name = "_SecureSession", module = "varta._varta")]
+#[pyclass(name = "SecureSession", module = "varta._varta._testing")]
 struct PySecureSession {
     inner: SecureSession,
 }
@@ -400,7 +387,7 @@ impl PySecureSession {
         let n = self
             .inner
             .next_wire(&pt, &mut out)
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| Error::os(None, e.to_string()))?;
         Ok(PyBytes::new(py, &out[..n]))
     }
 
@@ -412,7 +399,7 @@ impl PySecureSession {
         Ok(self.inner.reseed(pid)?)
     }
 
-    fn _set_position(&mut self, prefix_index: u32, counter: u32) {
+    fn set_position(&mut self, prefix_index: u32, counter: u32) {
         self.inner.set_position_for_test(prefix_index, counter);
     }
 
@@ -446,13 +433,18 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_load_accepted_key_file, m)?)?;
     m.add_function(wrap_pyfunction!(py_load_master_key_file, m)?)?;
     m.add_function(wrap_pyfunction!(_generate_key_file, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_shared, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_master, m)?)?;
-    m.add_function(wrap_pyfunction!(_seal_panic_frame, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_agent_key, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_iv_prefix, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_panic_iv_prefix, m)?)?;
-    m.add_function(wrap_pyfunction!(_derive_epoch_key, m)?)?;
+    Ok(())
+}
+
+/// The test helpers, in `varta._varta._testing`.
+pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(seal_shared_py, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_master_py, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_panic_frame_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_agent_key_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_iv_prefix_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_panic_iv_prefix_py, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_epoch_key_py, m)?)?;
     m.add_class::<PySecureReceiver>()?;
     m.add_class::<PySecureSession>()?;
     Ok(())

@@ -1,6 +1,7 @@
 //! The daemon's stop-signal latch (`varta_core::observer::signals`).
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use crate::errors::Error;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use varta_core::observer::signals::{self, HandlerMode};
 
@@ -11,8 +12,12 @@ fn _install_stop_handlers(mode: &str, signals: Vec<i32>) -> PyResult<()> {
     let mode = HandlerMode::from_name(mode).ok_or_else(|| {
         PyValueError::new_err(format!("mode must be 'direct' or 'libc', not {mode:?}"))
     })?;
-    signals::install_stop_handlers(mode, &signals)
-        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    signals::install_stop_handlers(mode, &signals).map_err(|e| {
+        // Always an errno (0 when the core added context): the daemon
+        // reports the exception's `strerror`.
+        let errno = e.raw_os_error().unwrap_or(0);
+        Error::from(e).with_errno(errno).into()
+    })
 }
 
 /// The latched stop signal, or None.

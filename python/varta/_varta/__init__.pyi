@@ -1,4 +1,7 @@
-"""Type stubs for the native extension ``varta._varta`` (checked by mypy.stubtest)."""
+"""Type stubs for the native extension ``varta._varta`` (checked by mypy.stubtest).
+
+Its test and benchmark entry points are in the submodule ``_testing`` (``_testing.pyi``).
+"""
 
 import os
 from collections.abc import Iterable, Iterator
@@ -7,8 +10,8 @@ from typing import Literal, NoReturn, Optional, Sequence, Union, final
 
 from typing_extensions import TypeAlias
 
-from ._transport import BeatTransport
-from ._types import BeatOrigin, BeatOutcome, DecodeError, Status, StatusLike, Verdict
+from .._transport import BeatTransport
+from .._types import BeatOrigin, BeatOutcome, DecodeError, Status, StatusLike, Verdict
 
 __version__: str
 NONCE_TERMINAL: int
@@ -275,30 +278,31 @@ class PidRows:
 
 @final
 class Observer:
+    # An option left out or None keeps the core's default (docs/configuration.md).
     def __new__(
         cls,
         socket_path: Union[str, os.PathLike[str], None],
         threshold_ms: int,
         *,
-        socket_mode: int = 0o600,
-        capacity: int = 256,
-        eviction: str = "strict",
-        eviction_scan_window: int = 256,
-        uds_rcvbuf_bytes: int = 1_048_576,
-        max_beat_rate: int = 100,
-        global_beat_rate: int = 5000,
-        global_beat_burst: int = 10000,
-        allow_cross_namespace: bool = False,
-        clock: str = "monotonic",
-        emit_beats: bool = True,
+        socket_mode: Optional[int] = None,
+        capacity: Optional[int] = None,
+        eviction: Optional[str] = None,
+        eviction_scan_window: Optional[int] = None,
+        uds_rcvbuf_bytes: Optional[int] = None,
+        max_beat_rate: Optional[int] = None,
+        global_beat_rate: Optional[int] = None,
+        global_beat_burst: Optional[int] = None,
+        allow_cross_namespace: Optional[bool] = None,
+        clock: Optional[str] = None,
+        emit_beats: Optional[bool] = None,
         udp_port: Optional[int] = None,
         udp_bind_addr: Optional[str] = None,
         keys: Optional[Sequence[Union[Key, bytes, bytearray]]] = None,
         master_key: Union[Key, bytes, bytearray, None] = None,
         plaintext_udp: bool = False,
-        udp_trust: str = "untrusted",
-        udp_rcvbuf_bytes: int = 1_048_576,
-        exit_watch: bool = True,
+        udp_trust: Optional[str] = None,
+        udp_rcvbuf_bytes: Optional[int] = None,
+        exit_watch: Optional[bool] = None,
         ingest_thread: bool = True,
     ) -> Observer: ...
     def poll(self, timeout: Optional[float] = None) -> Iterator[_Event]: ...
@@ -326,17 +330,6 @@ class Observer:
     def __enter__(self) -> Observer: ...
     def __exit__(self, *args: object) -> bool: ...
 
-def _bench_tracker_scaling(
-    sizes: list[int], beats_per_chunk: int, chunks: int, layout: str = "dense"
-) -> list[tuple[int, int, list[float]]]: ...
-def _bench_recv_floor(
-    path: Union[str, os.PathLike[str]],
-    n: int,
-    idle_timeout_ms: int = 2000,
-    rcvbuf: int = 1_048_576,
-    pidfd: bool = False,
-) -> tuple[int, int]: ...
-def _thread_cpu_ns() -> int: ...
 def _install_stop_handlers(mode: str, signals: list[int]) -> None: ...
 def _stop_signal() -> Optional[int]: ...
 def _clear_stop_signal() -> None: ...
@@ -367,50 +360,6 @@ def load_key_file(path: str | os.PathLike[str]) -> Key: ...
 def load_accepted_key_file(path: str | os.PathLike[str]) -> list[Key]: ...
 def load_master_key_file(path: str | os.PathLike[str]) -> Key: ...
 def _generate_key_file(path: str | os.PathLike[str]) -> None: ...
-
-# Test helpers (cross-checked against `cryptography` in pytest; not public API).
-def _seal_shared(key: _KeyLike, iv_random: bytes, counter: int, plaintext: bytes) -> bytes: ...
-def _seal_master(
-    master_key: _KeyLike, pid: int, iv_random: bytes, counter: int, plaintext: bytes
-) -> bytes: ...
-def _seal_panic_frame(
-    key: _KeyLike, fork_salt: bytes, pid: int, timestamp: int, counter: int, plaintext: bytes
-) -> bytes: ...
-def _derive_agent_key(master_key: _KeyLike, pid: int) -> bytes: ...
-def _derive_iv_prefix(salt: bytes, prefix_index: int) -> bytes: ...
-def _derive_panic_iv_prefix(fork_salt: bytes, pid: int, timestamp: int, counter: int) -> bytes: ...
-def _derive_epoch_key(agent_key: _KeyLike, epoch: int) -> bytes: ...
-
-@final
-class _SecureReceiver:
-    def __new__(
-        cls,
-        shared_keys: Sequence[_KeyLike],
-        master_key: _KeyLike | None = None,
-        session_restart_gap_ms: int = 5000,
-    ) -> _SecureReceiver: ...
-    def open(self, datagram: bytes, now_ns: int) -> tuple[str, Frame | DecodeError | str]: ...
-    def counters(self) -> dict[str, int]: ...
-    @property
-    def senders(self) -> int: ...
-
-@final
-class _SecureSession:
-    def __new__(
-        cls, key: _KeyLike, *, master_pid: int | None = None, salt: bytes | None = None
-    ) -> _SecureSession: ...
-    def next_wire(self, plaintext: bytes) -> bytes: ...
-    def commit(self) -> bool: ...
-    def reseed(self, pid: int) -> None: ...
-    def _set_position(self, prefix_index: int, counter: int) -> None: ...
-    @property
-    def salt(self) -> bytes: ...
-    @property
-    def prefix_index(self) -> int: ...
-    @property
-    def counter(self) -> int: ...
-    @property
-    def wire_len(self) -> int: ...
 
 # --- panic ---
 @final
