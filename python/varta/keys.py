@@ -25,7 +25,6 @@ zeroized native memory.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Sequence, Union
@@ -64,6 +63,8 @@ def generate_key_file(path: PathLike) -> None:
 
 def keygen_main(argv: Sequence[str]) -> int:
     """``python -m varta keygen FILE``: exit 0 on success, 1 if the file cannot be created."""
+    import argparse  # only the keygen command needs it (~1.5 MB resident)
+
     parser = argparse.ArgumentParser(
         prog="python -m varta keygen",
         description="Write a new random 32-byte key for the secure UDP transport to FILE "

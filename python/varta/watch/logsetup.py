@@ -12,7 +12,6 @@ kinds of ``varta_log_suppressed_total{kind}`` are counted.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -61,6 +60,8 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 out[name] = value if isinstance(value, (int, float)) else str(value)
+        import json  # only --log-format json needs it (~1.3 MB resident)
+
         return json.dumps(out, separators=(",", ":"))
 
 
