@@ -94,6 +94,27 @@ class _Queued:
     reason: bytes = b""  # a gap marker's reason
 
 
+def _spawn_columns(
+    observer_ns: int,
+    agent_pid: int,
+    child_pid: int,
+    program: str,
+    source: str,
+    template_len: int,
+) -> list[bytes]:
+    """A ``spawn`` record's columns after the wall clock (queued or written ahead)."""
+    return [
+        _num(observer_ns),
+        b"spawn",
+        _num(agent_pid),
+        _num(child_pid),
+        b"exec",
+        _text(program),
+        _text(source),
+        _num(template_len),
+    ]
+
+
 class AuditLog:
     """Append-only, hash-chained recovery audit log (implements the runner's ``AuditSink``).
 
@@ -357,17 +378,8 @@ class AuditLog:
         source: str,
         template_len: int,
     ) -> bool:
-        body = [
-            _num(observer_ns),
-            b"spawn",
-            _num(agent_pid),
-            _num(child_pid),
-            b"exec",
-            _text(program),
-            _text(source),
-            _num(template_len),
-        ]
-        return self._enqueue(b"spawn", body)
+        columns = _spawn_columns(observer_ns, agent_pid, child_pid, program, source, template_len)
+        return self._enqueue(b"spawn", columns)
 
     def complete(
         self,
@@ -589,19 +601,8 @@ class AuditLog:
         self.flush(None)
         if self._ring or self._outbuf:
             return self.last_error or OSError(errno.EIO, "audit drain incomplete")
-        body = b"\t".join(
-            [
-                _num(self._wall()),
-                _num(observer_ns),
-                b"spawn",
-                _num(agent_pid),
-                _num(child_pid),
-                b"exec",
-                _text(program),
-                _text(source),
-                _num(template_len),
-            ]
-        )
+        columns = _spawn_columns(observer_ns, agent_pid, child_pid, program, source, template_len)
+        body = b"\t".join([_num(self._wall()), *columns])
         saved = (self._seq, self._prev, self.records_written, self._size)
         seq = self._seq
         self._seq += 1
