@@ -272,3 +272,51 @@ fn a_full_queue_drops_beats_but_never_stalls() {
     pump.take_events(&mut out, 16, Duration::ZERO);
     assert!(matches!(out.last(), Some(Event::Stall(s)) if s.verdict == Verdict::Hung));
 }
+
+#[test]
+fn a_dead_ingest_thread_is_reported_not_mistaken_for_silence() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use varta_core::observer::clock::Clock;
+
+    /// A clock that panics on the ingest thread once armed.
+    struct Booby(Arc<AtomicBool>, MonotonicClock);
+    impl Clock for Booby {
+        fn now_ns(&self) -> u64 {
+            let on_ingest = std::thread::current().name() == Some("varta-ingest");
+            if on_ingest && self.0.load(Ordering::SeqCst) {
+                panic!("the ingest thread's clock failed (test)");
+            }
+            self.1.now_ns()
+        }
+    }
+    let armed = Arc::new(AtomicBool::new(false));
+    let clock = Booby(
+        Arc::clone(&armed),
+        MonotonicClock::new(ClockSource::Monotonic).unwrap(),
+    );
+    let obs = Observer::new(ObserverConfig::new(None, 60_000 * MS), Box::new(clock)).unwrap();
+    let pump = Pump::start(obs, 16, true).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        pump.take_events(&mut out, 16, Duration::from_millis(20)),
+        Taken::Timeout
+    );
+    armed.store(true, Ordering::SeqCst);
+    // The thread dies at its next clock reading (within one wait slice);
+    // events the consumer's own drains make meanwhile (a Blind, once nobody
+    // else drains) may come first.
+    let mut taken = Taken::Timeout;
+    for _ in 0..100 {
+        taken = pump.take_events(&mut out, 16, Duration::from_millis(100));
+        if taken == Taken::Closed {
+            break;
+        }
+    }
+    assert_eq!(
+        taken,
+        Taken::Closed,
+        "a dead thread must not look like silence"
+    );
+    assert!(!pump.is_closed(), "nobody closed it");
+}

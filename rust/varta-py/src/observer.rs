@@ -291,7 +291,14 @@ impl PyObserver {
                         .try_iter()
                         .map(Bound::into_any);
                 }
-                (Taken::Closed, _) => return Err(closed_error()),
+                (Taken::Closed, _) if self.pump.is_closed() => return Err(closed_error()),
+                // Not closed by anyone: the ingest thread died. Say so loudly
+                // rather than report an empty, healthy-looking silence.
+                (Taken::Closed, _) => {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "varta.Observer: the ingest thread stopped unexpectedly",
+                    ))
+                }
                 (Taken::Timeout, _) => {
                     if deadline.is_some_and(|d| Instant::now() >= d)
                         || signals::stop_signal().is_some()

@@ -316,7 +316,20 @@ impl Drop for Pump {
     }
 }
 
+/// Marks the queue done when the ingest thread ends, however it ends (a
+/// panic included), so a consumer is told instead of waiting on a dead
+/// thread forever.
+struct EndOfIngest<'a>(&'a Shared);
+
+impl Drop for EndOfIngest<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.queue).done = true;
+        self.0.ready.notify_all();
+    }
+}
+
 fn ingest(shared: &Shared, waiter: &Waiter) {
+    let _end = EndOfIngest(shared);
     let mut batch: Vec<Event> = Vec::with_capacity(256);
     while !shared.stop.load(Ordering::SeqCst) {
         let slice = lock(&shared.obs).wait_slice_ns(None);
@@ -349,6 +362,4 @@ fn ingest(shared: &Shared, waiter: &Waiter) {
             shared.ready.notify_all();
         }
     }
-    lock(&shared.queue).done = true;
-    shared.ready.notify_all();
 }
