@@ -169,6 +169,29 @@ def test_rotation_after_the_write_reaching_the_limit(tmp_path: pathlib.Path) -> 
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
 
 
+def test_header_row_starts_every_new_file_and_only_new_ones(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "events.tsv"
+    header = "observer_ns\tkind\tpid\tnonce\tstatus\tpayload\n"
+    row = "1000\teviction\t4242\t-\t-\t-\n"
+    t = TsvExporter(p, max_bytes=100, header=True)
+    assert p.read_text() == header  # at once, before any row
+    for _ in range(3):
+        t.eviction(1000, 4242)
+    t.flush()  # 44 + 3 x 26 = 122 bytes >= 100: the file rotated
+    assert (tmp_path / "events.tsv.1").read_text() == header + row * 3
+    assert p.read_text() == header  # the new file starts with it too
+    t.eviction(1000, 4242)
+    t.close()
+    assert p.read_text() == header + row
+    # Reopening a file that already has content adds no second header.
+    TsvExporter(p, header=True).close()
+    assert p.read_text() == header + row
+    # Off by default: upstream's files have no header row.
+    q = tmp_path / "plain.tsv"
+    TsvExporter(q).close()
+    assert q.read_text() == ""
+
+
 def test_rotation_keeps_five_generations(tmp_path: pathlib.Path) -> None:
     p = tmp_path / "events.tsv"
     with TsvExporter(p, max_bytes=60) as t:

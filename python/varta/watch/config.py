@@ -114,6 +114,7 @@ class WatchConfig:
     export_file: Optional[str] = None
     export_file_max_bytes: Optional[int] = None
     export_file_sync_every: int = 0
+    export_file_header: bool = False
     prom_addr: Optional[PromAddr] = None
     prom_token_file: Optional[str] = None
     prom_rate_limit_per_sec: int = 5
@@ -386,6 +387,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--export-file", "path", "PATH", "", "TSV event file"),
         Flag("--export-file-max-bytes", "4096..u64", "N", "unbounded",
              "rotate the TSV file at N bytes, >= 4096"),
+        Flag("--export-file-header", _B, "", "",
+             "start each new export file with a column-name row (varta addition)"),
         Flag("--export-file-sync-every", "0..u32", "N", "",
              "fdatasync every N rows (0 = rotation/exit only)"),
         Flag("--prom-addr", "addr", "IP:PORT", "",

@@ -56,6 +56,9 @@ import varta
 from .secretfile import PathLike, fsync_dir, open_output_file
 
 GENERATIONS = 5
+#: The column names, the first line of every new file with ``--export-file-header``
+#: (off by default: upstream's files have no header row).
+HEADER_ROW = b"observer_ns\tkind\tpid\tnonce\tstatus\tpayload\n"
 #: Buffered bytes that trigger a write without waiting for :meth:`flush`.
 WRITE_THRESHOLD = 65536
 #: Unwritten backlog kept while the file is failing; rows beyond it are dropped.
@@ -96,7 +99,11 @@ class TsvExporter:
     must be a regular file owned by us with one hard link and not a symlink)."""
 
     def __init__(
-        self, path: PathLike, max_bytes: Optional[int] = None, sync_every: int = 0
+        self,
+        path: PathLike,
+        max_bytes: Optional[int] = None,
+        sync_every: int = 0,
+        header: bool = False,
     ) -> None:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("export max_bytes must be positive")
@@ -105,6 +112,8 @@ class TsvExporter:
         self.path = os.fsdecode(path)
         self.max_bytes = max_bytes
         self.sync_every = sync_every
+        #: Start every new (empty) file with :data:`HEADER_ROW` (``--export-file-header``).
+        self.header = header
         self.torn_tails = 0
         self.torn_bytes = 0
         #: ``(bytes cut, offset)`` of the last torn-tail cut (see :meth:`take_torn`).
@@ -139,11 +148,22 @@ class TsvExporter:
                 self.torn_bytes += size - cut
                 self.last_torn = (size - cut, cut)
                 size = cut
+            if size == 0:
+                size = self._start(fd)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         self._size = size
+
+    def _start(self, fd: int) -> int:
+        """A new, empty file: its header row if asked for; returns its size."""
+        if not self.header:
+            return 0
+        done = 0
+        while done < len(HEADER_ROW):
+            done += os.pwrite(fd, HEADER_ROW[done:], done)
+        return done
 
     def take_torn(self) -> Optional[tuple[int, int]]:
         """The last torn-tail repair since the last call (bytes cut, offset)."""
@@ -307,7 +327,7 @@ class TsvExporter:
                     raise
                 self._copy_out(f"{self.path}.1")
                 os.ftruncate(self._fd, 0)
-                self._size = 0
+                self._size = self._start(self._fd)
                 self._finish_rotation()
                 return
             os.close(self._fd)

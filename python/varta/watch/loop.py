@@ -323,6 +323,7 @@ class Daemon:
                     cfg.export_file,
                     max_bytes=cfg.export_file_max_bytes,
                     sync_every=cfg.export_file_sync_every,
+                    header=cfg.export_file_header,
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--export-file: {_reason(exc)}") from None
