@@ -165,7 +165,8 @@ def test_cli_verify(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) 
     assert cli_main(["verify"]) == 2
     assert cli_main(["check", str(p)]) == 2
     assert cli_main(["verify", str(tmp_path / "missing")]) == 2
-    assert "usage" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(see --help)" in err and "No such file" in err
     assert cli_main(["--help"]) == 0
 
 

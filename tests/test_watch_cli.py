@@ -468,3 +468,32 @@ def test_console_scripts_are_declared() -> None:
         "varta-watch": "varta.watch.cli:main",
         "varta": "varta.cli:main",
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["keygen"], "python -m varta keygen: the following arguments are required: FILE"),
+        (["audit"], "python -m varta audit: missing subcommand: expected 'verify'"),
+        (["audit", "check", "x"], "python -m varta audit: unknown subcommand 'check'"),
+        (["audit", "verify"], "python -m varta audit: verify needs at least one FILE"),
+        (["audit", "verify", "--bogus", "x"], "python -m varta audit: unknown option '--bogus'"),
+        (["demo", "--bogus"], "python -m varta demo: unrecognized arguments: --bogus"),
+        (["nope"], "varta: unknown command 'nope'"),
+    ],
+)
+def test_every_subcommand_errs_on_one_line(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same command-line convention as varta-watch: one line naming what is
+    wrong and pointing at --help, exit 2, for every ``python -m varta`` command."""
+    from varta import cli as varta_cli
+
+    try:
+        code = varta_cli.main(argv)
+    except SystemExit as exc:  # argparse-based commands exit through SystemExit
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [err.rstrip("\n")], err  # exactly one line
+    assert err.startswith(says) and err.rstrip().endswith("(see --help)"), err

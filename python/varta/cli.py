@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable, Optional, Sequence, cast
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Sequence, cast
+
+if TYPE_CHECKING:
+    import argparse
 
 USAGE = """usage: python -m varta <command> [args]   (or: varta <command> [args])
 
@@ -45,3 +48,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module, func = target.split(":")
     entry = cast(Callable[[list[str]], int], getattr(importlib.import_module(module), func))
     return entry(args[1:])
+
+
+def usage_error(prog: str, message: str) -> int:
+    """The one-line command-line error every varta command prints: exit 2."""
+    sys.stderr.write(f"{prog}: {message} (see --help)\n")
+    return 2
+
+
+def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ``argparse`` parser whose errors are one line naming what is wrong
+    and pointing at ``--help`` (not argparse's usage block), exit 2."""
+    import argparse
+
+    class OneLineErrors(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise SystemExit(usage_error(self.prog, message))
+
+    return OneLineErrors(prog=prog, description=description)

@@ -63,17 +63,17 @@ def generate_key_file(path: PathLike) -> None:
 
 def keygen_main(argv: Sequence[str]) -> int:
     """``python -m varta keygen FILE``: exit 0 on success, 1 if the file cannot be created."""
-    import argparse  # only the keygen command needs it (~1.5 MB resident)
+    from .cli import argument_parser  # argparse only when keygen runs (~1.5 MB resident)
 
-    parser = argparse.ArgumentParser(
-        prog="python -m varta keygen",
-        description="Write a new random 32-byte key for the secure UDP transport to FILE "
+    parser = argument_parser(
+        "python -m varta keygen",
+        "Write a new random 32-byte key for the secure UDP transport to FILE "
         "(64 hex characters and a newline, mode 0600). Refuses to overwrite an existing file.",
     )
     parser.add_argument("file", metavar="FILE", help="path of the key file to create")
     try:
         ns = parser.parse_args(list(argv))
-    except SystemExit as exc:  # --help or a usage error: argparse already printed why
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
     path: str = ns.file
     try:

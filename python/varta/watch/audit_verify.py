@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
+from ..cli import usage_error
 from .audit_format import (
     HEADER,
     ZERO_CHAIN,
@@ -198,9 +199,15 @@ def cli_main(argv: Sequence[str]) -> int:
         return 0
     strict = len(args) > 1 and args[1] == "--strict"
     files = args[2:] if strict else args[1:]
-    if not files or args[0] != "verify" or any(a.startswith("-") for a in files):
-        sys.stderr.write(AUDIT_USAGE)
-        return 2
+    prog = "python -m varta audit"
+    if not args or args[0] != "verify":
+        what = f"unknown subcommand {args[0]!r}" if args else "missing subcommand"
+        return usage_error(prog, f"{what}: expected 'verify'")
+    flags = [a for a in files if a.startswith("-")]
+    if flags:
+        return usage_error(prog, f"unknown option {flags[0]!r}")
+    if not files:
+        return usage_error(prog, "verify needs at least one FILE")
     try:
         index, result = verify_generations(files)
     except OSError as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from .._types import NONCE_TERMINAL, terminal_cause
+from ..cli import argument_parser
 
 HANG_EVERY = 15
 POLL_S = 0.05
@@ -55,9 +56,9 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m varta demo",
-        description="Run varta-watch with a demo agent beating into it; print what it sees.",
+    p = argument_parser(
+        "python -m varta demo",
+        "Run varta-watch with a demo agent beating into it; print what it sees.",
     )
     p.add_argument("--socket", type=Path, default=None, help="observer socket path")
     p.add_argument("--threshold-ms", type=int, default=1000, help="stall threshold (1000)")
