@@ -67,3 +67,24 @@ def test_every_produced_key_is_a_family_and_every_family_is_produced(tmp_path: P
     assert missing == set(), f"family without a producer: {sorted(missing)}"
     assert set(ALWAYS_ZERO) <= families, "a listed always-zero family left the table"
     assert not set(ALWAYS_ZERO) & produced, "an always-zero family has a producer now"
+
+
+def test_the_flag_table_builds_the_observer(tmp_path: Path) -> None:
+    """Each ``Flag.observer`` names a real ``varta.Observer`` keyword (an unknown
+    one is a TypeError here) and passes the flag's value: the daemon builds its
+    observer from the table, so a new observer flag touches no daemon code."""
+    import varta
+    from varta.watch.config import FLAGS, observer_kwargs
+
+    argv = [
+        "--socket", str(tmp_path / "w.sock"), "--threshold-ms", "1000",
+        "--socket-mode", "0640", "--tracker-capacity", "300", "--max-beat-rate", "7",
+        "--clock-source", "boottime", "--tracker-eviction-policy", "balanced",
+    ]  # fmt: skip
+    kwargs = observer_kwargs(parse_args(argv))
+    assert kwargs["socket_mode"] == 0o640 and kwargs["capacity"] == 300
+    assert kwargs["max_beat_rate"] == 7 and kwargs["clock"] == "boottime"
+    assert kwargs["eviction"] == "balanced"
+    assert set(kwargs) == {f.observer for f in FLAGS.values() if f.observer}
+    with varta.Observer(str(tmp_path / "o.sock"), 1000, **kwargs) as obs:  # type: ignore[arg-type]
+        assert obs.counters()["tracker_capacity"] == 300

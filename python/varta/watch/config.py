@@ -272,6 +272,9 @@ class Flag:
     #: WatchConfig's own default for the flag, shown by :attr:`default_text`.
     default: str
     help: str
+    #: The ``varta.Observer`` keyword this flag's value is passed as (the daemon
+    #: builds the observer from the table: :func:`observer_kwargs`).
+    observer: str = ""
 
     @property
     def default_text(self) -> str:
@@ -333,10 +336,12 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
     ("Listeners and transports", [
         Flag("--socket", "path", "PATH", "", "UDS datagram socket path (required)"),
         Flag("--threshold-ms", "10..u64", "MS", "", "silence before a stall, >= 10 (required)"),
-        Flag("--socket-mode", "octal", "OCTAL", "", "socket file mode (600, 0600, 0o600)"),
+        Flag("--socket-mode", "octal", "OCTAL", "", "socket file mode (600, 0600, 0o600)",
+             observer="socket_mode"),
         Flag("--read-timeout-ms", "1..1000", "MS", "", "bound on the idle wait, 1..=1000"),
         Flag("--uds-rcvbuf-bytes", "0..2147483647", "N", "",
-             "SO_RCVBUF request (0 = kernel default)"),
+             "SO_RCVBUF request (0 = kernel default)",
+             observer="uds_rcvbuf_bytes"),
         Flag("--udp-port", "0..u16", "PORT", "",
              "also listen on UDP (secure with a key file, else plaintext)"),
         Flag("--udp-bind-addr", "ip", "IP", "127.0.0.1 with keys, else 0.0.0.0",
@@ -352,10 +357,13 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              "plaintext-UDP beats may trigger recovery"),
     ]),
     ("Rate limits", [
-        Flag("--max-beat-rate", "0..u32", "N", "", "per-pid beats per second (0 = off)"),
+        Flag("--max-beat-rate", "0..u32", "N", "", "per-pid beats per second (0 = off)",
+             observer="max_beat_rate"),
         Flag("--global-beat-rate", "0..u32", "N", "",
-             "beats per second over all senders (0 = off)"),
-        Flag("--global-beat-burst", "0..u32", "N", "", "global bucket capacity (0 = off)"),
+             "beats per second over all senders (0 = off)",
+             observer="global_beat_rate"),
+        Flag("--global-beat-burst", "0..u32", "N", "", "global bucket capacity (0 = off)",
+             observer="global_beat_burst"),
     ]),
     ("Recovery and audit", [
         Flag("--recovery-exec", "str", "CMD", "",
@@ -400,13 +408,17 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--prom-rate-limit-burst", "0..u32", "N", "", "per-IP scrape burst (0 = no limit)"),
     ]),
     ("Tracker, loop, lifecycle", [
-        Flag("--tracker-capacity", "1..1000000", "N", "", "max tracked pids, 1..=1000000"),
+        Flag("--tracker-capacity", "1..1000000", "N", "", "max tracked pids, 1..=1000000",
+             observer="capacity"),
         Flag("--eviction-scan-window", "1..4096", "N", "",
-             "slots inspected per eviction attempt, 1..=4096"),
+             "slots inspected per eviction attempt, 1..=4096",
+             observer="eviction_scan_window"),
         Flag("--tracker-eviction-policy", "strict|balanced", "strict|balanced", "",
-             "who may be evicted when the tracker is full"),
+             "who may be evicted when the tracker is full",
+             observer="eviction"),
         Flag("--clock-source", "monotonic|boottime|monotonic-raw",
-             "monotonic|boottime|monotonic-raw", "", "stall clock"),
+             "monotonic|boottime|monotonic-raw", "", "stall clock",
+             observer="clock"),
         Flag("--iteration-budget-ms", "50..60000", "MS", "",
              "soft iteration budget, 50..=60000"),
         Flag("--scrape-budget-ms", "50..60000", "MS", "",
@@ -420,7 +432,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--shutdown-grace-ms", "100..60000", "MS", "",
              "bound on killing/reaping children at exit"),
         Flag("--allow-cross-namespace-agents", _B, "", "",
-             "accept agents from other pid namespaces"),
+             "accept agents from other pid namespaces",
+             observer="allow_cross_namespace"),
         Flag("--strict-namespace-check", _B, "", "",
              "the first namespace conflict terminates (exit 1)"),
         Flag("--signal-handler-mode", "direct|libc", "direct|libc", "",
@@ -488,6 +501,13 @@ def help_text() -> str:
 # --- parsing ---------------------------------------------------------------------------
 
 _FIELDS = {f.name for f in fields(WatchConfig)}
+
+
+def observer_kwargs(cfg: WatchConfig) -> dict[str, object]:
+    """The ``varta.Observer`` keywords the flag table maps (``Flag.observer``)."""
+    return {f.observer: getattr(cfg, f.attr) for f in FLAGS.values() if f.observer}
+
+
 #: WatchConfig's defaults by field: the one place a flag's default lives.
 _CONFIG_DEFAULTS: dict[str, object] = {
     f.name: f.default for f in fields(WatchConfig) if f.default is not MISSING

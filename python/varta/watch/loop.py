@@ -42,7 +42,7 @@ from varta import _varta
 from . import notify
 from .audit import AuditLog
 from .audit_format import Histogram
-from .config import WatchConfig, self_watchdog_secs, systemd_watchdog_usec
+from .config import WatchConfig, observer_kwargs, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
 from .logsetup import RateLimiter, log
 from .metrics import (
@@ -272,20 +272,9 @@ class Daemon:
         net = network_kwargs(cfg)
         raise_fd_limit(cfg.tracker_capacity)
         factory = self._factory or native_observer_factory()
-        kwargs: dict[str, object] = {
-            "socket_mode": cfg.socket_mode,
-            "capacity": cfg.tracker_capacity,
-            "eviction": cfg.tracker_eviction_policy,
-            "eviction_scan_window": cfg.eviction_scan_window,
-            "uds_rcvbuf_bytes": cfg.uds_rcvbuf_bytes,
-            "max_beat_rate": cfg.max_beat_rate,
-            "global_beat_rate": cfg.global_beat_rate,
-            "global_beat_burst": cfg.global_beat_burst,
-            "allow_cross_namespace": cfg.allow_cross_namespace_agents,
-            "clock": cfg.clock_source,
-            # Beat events cross into Python only when the TSV file records them.
-            "emit_beats": cfg.export_file is not None,
-        }
+        kwargs = observer_kwargs(cfg)
+        # Beat events cross into Python only when the TSV file records them.
+        kwargs["emit_beats"] = cfg.export_file is not None
         try:
             self.observer = factory(cfg.socket, cfg.threshold_ms, **kwargs, **net)
         except TypeError as exc:
