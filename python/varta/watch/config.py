@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Optional, Union
 
+from .._varta import udp_default_bind
 from ..keys import MAX_SHARED_KEYS
 from . import recovery
 
@@ -162,7 +163,7 @@ class WatchConfig:
             return None
         if self.udp_bind_addr is not None:
             return self.udp_bind_addr
-        return "127.0.0.1" if self.has_keys else "0.0.0.0"
+        return udp_default_bind(self.has_keys)
 
 
 # --- value parsers -------------------------------------------------------------------
@@ -344,7 +345,8 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
              observer="uds_rcvbuf_bytes"),
         Flag("--udp-port", "0..u16", "PORT", "",
              "also listen on UDP (secure with a key file, else plaintext)"),
-        Flag("--udp-bind-addr", "ip", "IP", "127.0.0.1 with keys, else 0.0.0.0",
+        Flag("--udp-bind-addr", "ip", "IP",
+             f"{udp_default_bind(True)} with keys, else {udp_default_bind(False)}",
              "UDP bind address"),
         Flag("--key-file", "path", "PATH", "", "primary shared key file (secret file)"),
         Flag("--accepted-key-file", "path", "PATH", "", "extra accepted key file (repeatable)"),

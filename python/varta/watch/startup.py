@@ -160,7 +160,7 @@ def network_kwargs(cfg: WatchConfig) -> dict[str, object]:
         trusted = cfg.plaintext_udp_i_accept_recovery_on_unauthenticated_transport
     return {
         "udp_port": cfg.udp_port,
-        "udp_bind_addr": cfg.effective_udp_bind_addr,
+        "udp_bind_addr": cfg.udp_bind_addr,  # None: the core's default
         "keys": shared,
         "master_key": master,
         "plaintext_udp": not secure,

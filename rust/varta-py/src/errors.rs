@@ -7,7 +7,7 @@
 //! errors are `ValueError`. Call sites convert with `?` (through
 //! [`Error`]'s `From` impls) and name the path or address with [`Error::at`].
 
-use pyo3::exceptions::{PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 use std::io;
 use varta_core::secure::KeyFileError;
@@ -26,6 +26,10 @@ pub enum Error {
     Permission(String),
     /// `ValueError`: a bad option or bad content.
     Value(String),
+    /// `TypeError`: an unknown keyword or a value of the wrong type.
+    Type(String),
+    /// `OverflowError`: an int that does not fit its option.
+    Overflow(String),
 }
 
 impl Error {
@@ -130,6 +134,18 @@ impl From<varta_core::observer::ObserverError> for Error {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl From<varta_core::observer::config::OptionError> for Error {
+    fn from(e: varta_core::observer::config::OptionError) -> Error {
+        use varta_core::observer::config::OptionError;
+        match e {
+            OptionError::Unknown(_) | OptionError::Type { .. } => Error::Type(e.to_string()),
+            OptionError::Overflow(m) => Error::Overflow(m),
+            OptionError::Value(m) => Error::Value(m),
+        }
+    }
+}
+
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
@@ -155,6 +171,8 @@ impl From<Error> for PyErr {
             } => PyOSError::new_err(message),
             Error::Permission(m) => PyPermissionError::new_err(m),
             Error::Value(m) => PyValueError::new_err(m),
+            Error::Type(m) => PyTypeError::new_err(m),
+            Error::Overflow(m) => PyOverflowError::new_err(m),
         }
     }
 }

@@ -12,19 +12,19 @@ use crate::errors::Error;
 use crate::events::{event_to_py, AgentInfo};
 use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use varta_core::observer::clock::{ClockSource, MonotonicClock};
+use varta_core::observer::clock::MonotonicClock;
+use varta_core::observer::config::{OptionValue, UdpOptions};
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
-use varta_core::observer::tracker::{AgentView, EvictionPolicy};
-use varta_core::observer::udp::{TransportTrust, UdpListener, UdpMode};
+use varta_core::observer::tracker::AgentView;
+use varta_core::observer::udp::{UdpListener, UdpMode};
 use varta_core::observer::{Event, Observer, ObserverConfig, ObserverError};
 use varta_core::secure::{ReceiverConfig, SecureReceiver};
 
@@ -33,47 +33,37 @@ use varta_core::secure::{ReceiverConfig, SecureReceiver};
 /// Events handed to Python per `poll()` batch at most.
 const POLL_BATCH: usize = 4096;
 
-/// `udp_rcvbuf_bytes` when not given (the core's UDP listener takes it as
-/// an argument and has no default of its own).
-const UDP_RCVBUF_BYTES: u32 = 1_048_576;
-
-/// Override a default with the caller's value, if given.
-fn given<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
-    }
-}
-
 fn closed_error() -> PyErr {
     PyValueError::new_err("operation on a closed Observer")
 }
 
-/// Validate the UDP keyword arguments into what the listener is bound
-/// with: secure with any key, plaintext only when asked for, nothing
-/// without a port (then no other UDP argument may be given).
-#[allow(clippy::too_many_arguments)]
-fn udp_setup(
-    port: Option<u16>,
-    bind_addr: Option<&str>,
+/// A non-`str` keyword option's Python value as the core takes it (a
+/// `str` is passed as borrowed text by the caller).
+fn scalar_option(name: &str, v: &Bound<'_, PyAny>) -> PyResult<OptionValue<'static>> {
+    if let Ok(b) = v.cast::<PyBool>() {
+        Ok(OptionValue::Bool(b.is_true()))
+    } else if v.is_instance_of::<PyInt>() {
+        let n: i128 = v.extract()?;
+        let n = u64::try_from(n)
+            .map_err(|_| PyOverflowError::new_err(format!("{name} {n} is out of range")))?;
+        Ok(OptionValue::Int(n))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{name} must be a bool, int or str, not {}",
+            v.get_type().name()?
+        )))
+    }
+}
+
+/// The secure receiver for the `keys` / `master_key` options, if any.
+fn secure_receiver(
     keys: Option<&Bound<'_, PyAny>>,
     master_key: Option<&Bound<'_, PyAny>>,
-    plaintext: bool,
-    trust: Option<&str>,
     threshold_ns: u64,
-) -> PyResult<Option<(SocketAddr, UdpMode, TransportTrust)>> {
-    let trust = match trust {
-        None => TransportTrust::default(),
-        Some("untrusted") => TransportTrust::Untrusted,
-        Some("operator") => TransportTrust::Operator,
-        Some(other) => {
-            return Err(PyValueError::new_err(format!(
-                "udp_trust must be 'untrusted' or 'operator', not {other:?}"
-            )))
-        }
-    };
+) -> PyResult<Option<SecureReceiver>> {
     let mut shared = Vec::new();
-    if let Some(ks) = keys {
-        if ks.is_instance_of::<pyo3::types::PyString>() {
+    if let Some(ks) = keys.filter(|k| !k.is_none()) {
+        if ks.is_instance_of::<PyString>() {
             return Err(PyTypeError::new_err(
                 "keys must be a sequence of varta.Key, not str",
             ));
@@ -82,45 +72,20 @@ fn udp_setup(
             shared.push(extract_key(&k?)?);
         }
     }
-    let master = master_key.map(extract_key).transpose()?;
-    let secure = !shared.is_empty() || master.is_some();
-    let Some(port) = port else {
-        if secure || plaintext || bind_addr.is_some() || trust != TransportTrust::Untrusted {
-            return Err(PyValueError::new_err(
-                "keys, master_key, plaintext_udp, udp_bind_addr and udp_trust need udp_port",
-            ));
-        }
+    let master = master_key
+        .filter(|k| !k.is_none())
+        .map(extract_key)
+        .transpose()?;
+    if shared.is_empty() && master.is_none() {
         return Ok(None);
-    };
-    if secure && plaintext {
-        return Err(PyValueError::new_err(
-            "plaintext_udp=True and keys are exclusive: one UDP listener is either secure or plaintext",
-        ));
     }
-    if !secure && !plaintext {
-        return Err(PyValueError::new_err(
-            "udp_port without keys or master_key needs plaintext_udp=True (unauthenticated UDP)",
-        ));
-    }
-    let ip: IpAddr = match bind_addr {
-        Some(a) => a.parse().map_err(|_| {
-            PyValueError::new_err(format!("udp_bind_addr {a:?} is not an IP address"))
-        })?,
-        None if secure => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    };
-    let mode = if secure {
-        let rx = SecureReceiver::new(ReceiverConfig {
-            shared_keys: shared,
-            master_key: master,
-            session_restart_gap_ns: threshold_ns,
-        })
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        UdpMode::Secure(Box::new(rx))
-    } else {
-        UdpMode::Plain
-    };
-    Ok(Some((SocketAddr::new(ip, port), mode, trust)))
+    SecureReceiver::new(ReceiverConfig {
+        shared_keys: shared,
+        master_key: master,
+        session_restart_gap_ns: threshold_ns,
+    })
+    .map(Some)
+    .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Receives beats, tracks every pid and reports stalls (`varta.Observer`).
@@ -153,42 +118,17 @@ impl PyObserver {
 
 #[pymethods]
 impl PyObserver {
-    /// Keyword options left out (or None) keep the core's defaults
-    /// (`ObserverConfig::new`; `docs/configuration.md`).
+    /// Every keyword option but the few handled here (`keys`,
+    /// `master_key`, `ingest_thread`) goes to the core by name
+    /// ([`ObserverConfig::set`]); left out or None keeps its default
+    /// (`docs/configuration.md`).
     #[new]
-    #[pyo3(signature = (
-        socket_path, threshold_ms, *, socket_mode=None, capacity=None, eviction=None,
-        eviction_scan_window=None, uds_rcvbuf_bytes=None, max_beat_rate=None,
-        global_beat_rate=None, global_beat_burst=None, allow_cross_namespace=None,
-        clock=None, emit_beats=None, udp_port=None, udp_bind_addr=None, keys=None,
-        master_key=None, plaintext_udp=false, udp_trust=None, udp_rcvbuf_bytes=None,
-        exit_watch=None, ingest_thread=true
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (socket_path, threshold_ms, **options))]
     fn new(
         py: Python<'_>,
         socket_path: Option<PathBuf>,
         threshold_ms: u64,
-        socket_mode: Option<u32>,
-        capacity: Option<usize>,
-        eviction: Option<&str>,
-        eviction_scan_window: Option<usize>,
-        uds_rcvbuf_bytes: Option<u32>,
-        max_beat_rate: Option<u32>,
-        global_beat_rate: Option<u32>,
-        global_beat_burst: Option<u32>,
-        allow_cross_namespace: Option<bool>,
-        clock: Option<&str>,
-        emit_beats: Option<bool>,
-        udp_port: Option<u16>,
-        udp_bind_addr: Option<&str>,
-        keys: Option<Bound<'_, PyAny>>,
-        master_key: Option<Bound<'_, PyAny>>,
-        plaintext_udp: bool,
-        udp_trust: Option<&str>,
-        udp_rcvbuf_bytes: Option<u32>,
-        exit_watch: Option<bool>,
-        ingest_thread: bool,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
@@ -197,52 +137,41 @@ impl PyObserver {
             .checked_mul(1_000_000)
             .ok_or_else(|| PyValueError::new_err("threshold_ms is too large"))?;
         let mut cfg = ObserverConfig::new(socket_path.clone(), threshold_ns);
-        if let Some(name) = eviction {
-            cfg.tracker.eviction = EvictionPolicy::from_name(name).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "eviction must be 'strict' or 'balanced', not {name:?}"
-                ))
-            })?;
+        let (mut keys, mut master_key, mut ingest_thread) = (None, None, true);
+        for (name, value) in options.into_iter().flatten() {
+            let name: String = name.extract()?;
+            match name.as_str() {
+                "keys" => keys = Some(value),
+                "master_key" => master_key = Some(value),
+                "ingest_thread" => ingest_thread = value.extract()?,
+                _ if value.is_none() => {}
+                other => {
+                    let text: Option<String> = if value.is_instance_of::<PyString>() {
+                        Some(value.extract()?)
+                    } else {
+                        None
+                    };
+                    let v = match &text {
+                        Some(t) => OptionValue::Str(t),
+                        None => scalar_option(other, &value)?,
+                    };
+                    cfg.set(other, v).map_err(Error::from)?;
+                }
+            }
         }
-        let source = match clock {
-            None => ClockSource::Monotonic,
-            Some(name) => ClockSource::from_name(name).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "clock must be 'monotonic' or 'boottime', not {name:?}"
-                ))
-            })?,
-        };
-        let udp_rcvbuf_bytes = udp_rcvbuf_bytes.unwrap_or(UDP_RCVBUF_BYTES);
-        if udp_rcvbuf_bytes > i32::MAX as u32 {
-            return Err(PyValueError::new_err(format!(
-                "udp_rcvbuf_bytes {udp_rcvbuf_bytes} exceeds {}",
-                i32::MAX
-            )));
-        }
-        let udp = udp_setup(
-            udp_port,
-            udp_bind_addr,
-            keys.as_ref(),
-            master_key.as_ref(),
-            plaintext_udp,
-            udp_trust,
-            threshold_ns,
-        )?;
-        given(&mut cfg.socket_mode, socket_mode);
-        given(&mut cfg.uds_rcvbuf_bytes, uds_rcvbuf_bytes);
-        given(&mut cfg.tracker.capacity, capacity);
-        given(&mut cfg.tracker.scan_window, eviction_scan_window);
-        given(&mut cfg.max_beat_rate, max_beat_rate);
-        given(&mut cfg.global_beat_rate, global_beat_rate);
-        given(&mut cfg.global_beat_burst, global_beat_burst);
-        given(&mut cfg.allow_cross_namespace, allow_cross_namespace);
-        given(&mut cfg.emit_beats, emit_beats);
-        given(&mut cfg.exit_watch, exit_watch);
+        let receiver = secure_receiver(keys.as_ref(), master_key.as_ref(), threshold_ns)?;
+        let udp = cfg.udp.resolve(receiver.is_some()).map_err(Error::from)?;
+        let udp_rcvbuf_bytes = cfg.udp.rcvbuf_bytes;
+        let source = cfg.clock;
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
                 let mut obs = Observer::new(cfg, Box::new(clock))?;
-                if let Some((addr, mode, trust)) = udp {
+                if let Some((addr, trust)) = udp {
+                    let mode = match receiver {
+                        Some(rx) => UdpMode::Secure(Box::new(rx)),
+                        None => UdpMode::Plain,
+                    };
                     let l = UdpListener::bind(addr, mode, trust, udp_rcvbuf_bytes)?;
                     obs.add_listener(Listener::Udp(l));
                 }
@@ -535,8 +464,16 @@ fn thread_cpu_ns() -> u64 {
     varta_core::observer::listener::thread_cpu_ns()
 }
 
+/// Where a UDP listener binds when `udp_bind_addr` is not given (the
+/// daemon's parse-time checks need it; the rule is the core's).
+#[pyfunction]
+fn udp_default_bind(secure: bool) -> String {
+    UdpOptions::default_bind(secure).to_string()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObserver>()?;
+    m.add_function(wrap_pyfunction!(udp_default_bind, m)?)?;
     crate::events::register(m)
 }
 

@@ -45,6 +45,15 @@ pub enum TransportTrust {
 }
 
 impl TransportTrust {
+    /// `"untrusted"` / `"operator"` (the `udp_trust` option).
+    pub fn from_name(name: &str) -> Option<TransportTrust> {
+        match name {
+            "untrusted" => Some(TransportTrust::Untrusted),
+            "operator" => Some(TransportTrust::Operator),
+            _ => None,
+        }
+    }
+
     pub fn origin(self) -> BeatOrigin {
         match self {
             TransportTrust::Untrusted => BeatOrigin::NetworkUnverified,
