@@ -21,7 +21,6 @@ from ._types import (
     Status,
     StatusLike,
     Verdict,
-    classify_send_error,
     signal_payload,
     terminal_cause,
 )
@@ -31,6 +30,7 @@ from ._varta import (
     FRAME_LEN,
     Frame,
     Varta,
+    classify_send_error,
     crc32c,
     decode,
     encode,

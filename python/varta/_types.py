@@ -300,19 +300,3 @@ class BeatOutcome:
 # Pre-built immutable outcomes: the steady-state beat returns one of these.
 _SENT = BeatOutcome("sent")
 _DROPPED = {r: BeatOutcome("dropped", reason=r) for r in DropReason}
-
-
-def classify_send_error(exc: OSError) -> BeatOutcome:
-    """Map a send ``OSError`` to an outcome (``docs/agent.md#outcomes``, first match wins)."""
-    code = exc.errno
-    if code == _errno.ENOBUFS:
-        return _DROPPED[DropReason.KERNEL_QUEUE_FULL]
-    if code == _errno.ENOSPC:
-        return _DROPPED[DropReason.STORAGE_FULL]
-    if isinstance(exc, BlockingIOError) or code in (_errno.EAGAIN, _errno.EWOULDBLOCK):
-        return _DROPPED[DropReason.KERNEL_QUEUE_FULL]
-    if code in (_errno.ECONNREFUSED, _errno.ENOENT):
-        return _DROPPED[DropReason.NO_OBSERVER]
-    if code in (_errno.ECONNRESET, _errno.ENOTCONN, _errno.EPIPE):
-        return _DROPPED[DropReason.PEER_GONE]
-    return BeatOutcome.failed(BeatError.from_oserror(exc))

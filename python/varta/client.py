@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._types import BeatError, BeatOutcome, DropReason, classify_send_error
-from ._varta import Varta
+from ._types import BeatError, BeatOutcome, DropReason
+from ._varta import Varta, classify_send_error
 
 __all__ = ["BeatError", "BeatOutcome", "DropReason", "Varta", "classify_send_error"]

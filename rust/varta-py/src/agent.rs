@@ -21,7 +21,10 @@ use std::cell::Cell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use varta_core::agent::{Agent, BeatOutcome, FailKind, ForkSafeGuard, ForkSafeMutex};
+use varta_core::agent::{
+    classify_send_error as core_classify_send_error, Agent, BeatOutcome, FailKind, ForkSafeGuard,
+    ForkSafeMutex,
+};
 use varta_core::frame::{Status, FRAME_LEN};
 use varta_core::secure::{Key, SessionMode};
 use varta_core::transport::{DgramTransport, Endpoint, Transport};
@@ -128,6 +131,41 @@ impl Tx {
     }
 }
 
+/// The `io::Error` the core classifies for a Python exception: an
+/// `OSError`'s errno, `WouldBlock` for a `BlockingIOError` without one;
+/// `None` when the errno alone would lose what the exception says.
+fn io_error_of(py: Python<'_>, e: &PyErr) -> Option<io::Error> {
+    let v = e.value(py);
+    if !v.is_instance_of::<PyOSError>() {
+        return None;
+    }
+    let errno = v
+        .getattr(intern!(py, "errno"))
+        .ok()
+        .and_then(|n| n.extract::<i32>().ok())
+        .filter(|&n| n != 0);
+    match errno {
+        Some(code) => Some(io::Error::from_raw_os_error(code)),
+        None if v.is_instance_of::<PyBlockingIOError>() => Some(io::ErrorKind::WouldBlock.into()),
+        None => None,
+    }
+}
+
+/// `varta.classify_send_error`: the outcome a send `OSError` stands for,
+/// by the core's rules (docs/agent.md#outcomes), so a custom transport's
+/// exceptions and the agent's own send errors are judged alike.
+#[pyfunction]
+fn classify_send_error(py: Python<'_>, exc: Bound<'_, PyOSError>) -> PyResult<Py<PyAny>> {
+    let err = PyErr::from_value(exc.into_any());
+    match io_error_of(py, &err) {
+        Some(io) => PyVarta::outcome(py, core_classify_send_error(&io), None),
+        None => {
+            let other = core_classify_send_error(&io::Error::other("no errno"));
+            PyVarta::outcome(py, other, Some(err))
+        }
+    }
+}
+
 /// A user object with upstream's `BeatTransport` shape: `send(buf) -> int`,
 /// `reconnect()`, optional `close()` and `expected_send_len`. Forgoes the
 /// zero-allocation guarantee (each send builds a `bytes`).
@@ -163,19 +201,8 @@ impl PyTransport {
     /// Turn a Python exception into an `io::Error` the core can classify;
     /// keep the exception when the errno alone would lose it.
     fn convert(&self, py: Python<'_>, e: PyErr) -> io::Error {
-        let v = e.value(py);
-        if v.is_instance_of::<PyOSError>() {
-            let errno = v
-                .getattr(intern!(py, "errno"))
-                .ok()
-                .and_then(|n| n.extract::<i32>().ok())
-                .filter(|&n| n != 0);
-            if let Some(code) = errno {
-                return io::Error::from_raw_os_error(code);
-            }
-            if v.is_instance_of::<PyBlockingIOError>() {
-                return io::ErrorKind::WouldBlock.into();
-            }
+        if let Some(io) = io_error_of(py, &e) {
+            return io;
         }
         self.error.set(Some(e));
         io::Error::other("custom transport raised")
@@ -575,6 +602,7 @@ fn set_connect_fork_epoch(agent: &Bound<'_, PyVarta>, epoch: u64) {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVarta>()?;
+    m.add_function(wrap_pyfunction!(classify_send_error, m)?)?;
     Ok(())
 }
 
