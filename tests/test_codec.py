@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -170,3 +170,20 @@ def test_frame_value_semantics() -> None:
     err = ei.value
     again = pickle.loads(pickle.dumps(err))
     assert again.kind == err.kind == "BadMagic"
+
+
+@pytest.mark.parametrize(
+    "value", [Status.OK, 1, 2, "critical", " Degraded ", "ok", "x", 7, -1, True, 1.0, None]
+)
+def test_status_coerce_accepts_what_encode_accepts(value: object) -> None:
+    """One set of rules for a status argument: Status.coerce and the codec agree."""
+
+    def outcome(f: Callable[[], object]) -> object:
+        try:
+            return f()
+        except (TypeError, ValueError) as exc:
+            return (type(exc), str(exc))
+
+    coerced = outcome(lambda: Status.coerce(value))  # type: ignore[arg-type]
+    encoded = outcome(lambda: varta.decode(varta.encode(value, 4242, 1, 1)).status)  # type: ignore[arg-type]
+    assert coerced == encoded

@@ -27,20 +27,16 @@ class Status(IntEnum):
 
     @classmethod
     def coerce(cls, value: StatusLike) -> Status:
-        """Accept a member, its int value, or its name in any case."""
-        if isinstance(value, cls):
+        """Accept a member, its int value (0..=3, not a bool), or its name in any case.
+
+        The rules are the agent's own (the extension's ``coerce_status``), so
+        ``Varta.beat(status=...)`` and this method accept exactly the same values.
+        """
+        if type(value) is cls:
             return value
-        if isinstance(value, str):
-            try:
-                return cls[value.strip().upper()]
-            except KeyError:
-                raise ValueError(f"unknown status name {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"status must be Status, int or str, not {type(value).__name__}")
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"status {value} is outside 0..=3") from None
+        from ._varta import coerce_status  # the extension imports this module first
+
+        return coerce_status(value)
 
 
 StatusLike = Union[Status, int, str]

@@ -150,8 +150,16 @@ pub fn decode(py: Python<'_>, data: &[u8]) -> PyResult<PyFrame> {
     })
 }
 
+/// `varta.Status.coerce`: the same rules the agent applies to a `status`
+/// argument (`crate::pytypes::extract_status`), so they live in one place.
+#[pyfunction]
+fn coerce_status(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    crate::pytypes::status_obj(py, crate::pytypes::extract_status(value)?)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crc32c, m)?)?;
+    m.add_function(wrap_pyfunction!(coerce_status, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_class::<PyFrame>()?;
