@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import IO, Callable, Literal, Optional, Union
 
+from .._varta import own_pid_ns_inode, process_start_time
 from .recovery_config import (
     _NETWORK_UNVERIFIED,
     _REFUSED_COUNTER,
@@ -118,30 +118,10 @@ class _Child:
         return self.popen.pid
 
 
-def read_start_time(pid: int) -> Optional[int]:
-    """Field 22 (start time, clock ticks) of ``/proc/<pid>/stat``; ``None`` if unreadable."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: parse after the last ')'.
-    rest = data[data.rfind(b")") + 1 :].split()
-    # rest[0] is field 3 (state), so field 22 is rest[19].
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def read_own_pid_ns_inode() -> Optional[int]:
-    """Our pid-namespace inode from ``/proc/self/ns/pid`` (``pid:[N]``), or ``None``."""
-    try:
-        link = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-    m = re.fullmatch(r"pid:\[(\d+)\]", link)
-    return int(m.group(1)) if m else None
+#: ``/proc/<pid>/stat`` start time (clock ticks) or ``None``; our pid-namespace inode or
+#: ``None``: the observer's own readers, so recovery pins a pid exactly as verdicts do.
+read_start_time = process_start_time
+read_own_pid_ns_inode = own_pid_ns_inode
 
 
 def resolve_program(program: str, env: dict[str, str]) -> str:

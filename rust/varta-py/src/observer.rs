@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use varta_core::observer::clock::MonotonicClock;
 use varta_core::observer::config::{OptionValue, UdpOptions};
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
+use varta_core::observer::procfs;
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
@@ -471,8 +472,24 @@ fn udp_default_bind(secure: bool) -> String {
     UdpOptions::default_bind(secure).to_string()
 }
 
+/// A process's start time (clock ticks since boot, `/proc/<pid>/stat`
+/// field 22), `None` when there is no such process: what pins a pid to one
+/// process for recovery as for the observer's verdicts.
+#[pyfunction]
+fn process_start_time(pid: i64) -> Option<u64> {
+    u32::try_from(pid).ok().and_then(procfs::start_time)
+}
+
+/// This process's pid-namespace inode (`/proc/self/ns/pid`), if readable.
+#[pyfunction]
+fn own_pid_ns_inode() -> Option<u64> {
+    procfs::own_pid_ns_inode()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObserver>()?;
+    m.add_function(wrap_pyfunction!(process_start_time, m)?)?;
+    m.add_function(wrap_pyfunction!(own_pid_ns_inode, m)?)?;
     m.add_function(wrap_pyfunction!(udp_default_bind, m)?)?;
     crate::events::register(m)
 }
