@@ -5,7 +5,7 @@ core's lock; the AgentInfo objects are made after it, so ingest waits only
 for the copy) and the recovery counts the poll loop publishes with its
 snapshot. Agents are sorted worst first (:data:`RANK`); at most
 :data:`MAX_AGENTS` are listed (``truncated`` says when more are tracked), and
-``?limit=N`` asks for fewer. Each agent is one ``%``-formatted string — no
+``?limit=N`` asks for fewer. Each agent is one f-string — no
 ``dict`` per agent, no ``json.dumps`` of the whole list — so 10⁵ agents stay
 cheap (``bench/metrics.py --sections agents``).
 """
@@ -39,16 +39,20 @@ RANK: Mapping[str, int] = {
     "exited": 7,
 }
 STATUSES = tuple(RANK)
+#: The ``verdict`` JSON per status: the statuses of a stalled agent are verdicts.
+_VERDICT_JSON = {st: ("null" if st in ("critical", "degraded", "ok") else f'"{st}"') for st in RANK}
 
-_BEAT_STATUS = {Status.OK: "ok", Status.DEGRADED: "degraded", Status.CRITICAL: "critical"}
-_ORIGIN = {o: o.name.lower() for o in BeatOrigin}
-_VERDICT = {v: str(v) for v in Verdict}
+# Keyed by the members' id(): they are singletons, and hashing an Enum member
+# is a Python-level call (this runs once per agent).
+_BEAT_STATUS = {
+    id(Status.OK): "ok",
+    id(Status.DEGRADED): "degraded",
+    id(Status.CRITICAL): "critical",
+}
+_ORIGIN = {id(o): o.name.lower() for o in BeatOrigin}
+_VERDICT = {id(v): str(v) for v in Verdict}
 
-_ROW = (
-    '{"pid":%d,"origin":"%s","peer":%s,"comm":%s,"cmdline":%s,"unit":%s,"container":%s,'
-    '"status":"%s","verdict":%s,"since_last_beat_s":%.3f,"beats":%d,"stalls":%d,'
-    '"recoveries":%d}'
-)
+_IDENTITY_FIELDS = ("peer", "comm", "cmdline", "unit", "container")
 
 
 class AgentLike(Protocol):
@@ -77,13 +81,26 @@ class AgentLike(Protocol):
 Identity = tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]
 
 
+_NO_IDENTITY: Identity = (None, None, None, None, None)
+_NO_IDENTITY_JSON = ",".join(f'"{f}":null' for f in _IDENTITY_FIELDS)
+_HAS_IDENTITY: dict[type, bool] = {}
+
+
 def identity(info: AgentLike) -> Identity:
     """``(peer, comm, cmdline, unit, container)`` of one agent.
 
     The agent-identity branch adds these five ``Optional[str]`` attributes to
     ``varta.AgentInfo``; until it lands they read as ``None`` (JSON ``null``).
-    The one place to switch to plain attribute access.
+    The one place to switch to plain attribute access. (Whether a type has
+    them is asked once per type: a missing attribute costs a raised
+    AttributeError per call.)
     """
+    kind = type(info)
+    has = _HAS_IDENTITY.get(kind)
+    if has is None:
+        has = _HAS_IDENTITY[kind] = hasattr(info, "unit")
+    if not has:
+        return _NO_IDENTITY
     return (
         getattr(info, "peer", None),
         getattr(info, "comm", None),
@@ -93,17 +110,20 @@ def identity(info: AgentLike) -> Identity:
     )
 
 
+def _identity_json(ident: Identity) -> str:
+    return ",".join(
+        f'"{f}":' + ("null" if v is None else json.dumps(v))
+        for f, v in zip(_IDENTITY_FIELDS, ident)
+    )
+
+
 def display_status(info: AgentLike) -> str:
     """``hung``/``crashed``/``vanished``/``unknown``/``exited`` while stalled
     (the verdict), else the last beat's ``ok``/``degraded``/``critical``."""
     if info.stalled:
         v = info.verdict
-        return "unknown" if v is None else _VERDICT[v]
-    return _BEAT_STATUS.get(info.status, "critical")
-
-
-def _js(value: Optional[str]) -> str:
-    return "null" if value is None else json.dumps(value)
+        return "unknown" if v is None else _VERDICT[id(v)]
+    return _BEAT_STATUS.get(id(info.status), "critical")
 
 
 @dataclass(frozen=True)
@@ -131,53 +151,64 @@ def render_agents(
     now_unix: Optional[float] = None,
 ) -> bytes:
     """The docs/live-view.md#agents-json body."""
-    keyed = []
+    # One list per status (-age_ns, pid, info), each sorted on its own: the
+    # statuses are the first sort key.
+    buckets: dict[str, list[tuple[int, int, AgentLike]]] = {st: [] for st in STATUSES}
     by_status = dict.fromkeys(STATUSES, 0)
     total = 0
     query = query or Query()
     statuses, unit = query.statuses, query.unit
+    status_of, verdict_of = _BEAT_STATUS.get, _VERDICT
     for info in agents:
-        st = display_status(info)
+        # display_status(), inlined: this loop runs once per tracked agent.
+        if info.stalled:
+            v = info.verdict
+            st = "unknown" if v is None else verdict_of[id(v)]
+        else:
+            st = status_of(id(info.status), "critical")
         by_status[st] += 1
         total += 1
         if statuses is not None and st not in statuses:
             continue
         if unit is not None and identity(info)[3] != unit:
             continue
-        keyed.append((RANK[st], -info.age_ns, info.pid, st, info))
-    matched = len(keyed)
+        buckets[st].append((-info.age_ns, info.pid, info))
     limit = query.limit
-    cap = MAX_AGENTS if limit is None else min(limit, MAX_AGENTS)
-    keyed.sort(key=lambda k: k[:3])
-    rows = []
+    left = MAX_AGENTS if limit is None else min(limit, MAX_AGENTS)
+    matched = 0
+    listed: list[tuple[str, list[tuple[int, int, AgentLike]]]] = []
+    for st in STATUSES:  # worst first
+        bucket = buckets[st]
+        matched += len(bucket)
+        if left <= 0 or not bucket:
+            continue
+        # Plain tuple order (C comparisons, no key objects): pids are unique,
+        # so the info objects themselves are never compared.
+        bucket.sort()
+        listed.append((st, bucket[:left]))
+        left -= len(bucket)
+    rows: list[str] = []
+    append = rows.append
     get = recoveries.get
-    for _, _, pid, st, info in keyed[:cap]:
-        peer, comm, cmdline, unit, container = identity(info)
-        rec = get(pid)
-        n_rec = 0
-        if rec is not None and (
-            rec[0] is None or info.generation is None or rec[0] == info.generation
-        ):
-            n_rec = rec[1]
-        v = info.verdict
-        rows.append(
-            _ROW
-            % (
-                pid,
-                _ORIGIN[info.origin],
-                _js(peer),
-                _js(comm),
-                _js(cmdline),
-                _js(unit),
-                _js(container),
-                st,
-                "null" if v is None else '"' + _VERDICT[v] + '"',
-                info.age_ns / 1e9,
-                info.beats,
-                info.stalls,
-                n_rec,
+    origin_of = _ORIGIN
+    no_identity, no_identity_json = _NO_IDENTITY, _NO_IDENTITY_JSON
+    for st, bucket in listed:
+        vj = _VERDICT_JSON[st]
+        for neg_age, pid, info in bucket:
+            rec = get(pid)
+            n_rec = 0
+            if rec is not None:
+                gen = info.generation
+                if rec[0] is None or gen is None or rec[0] == gen:
+                    n_rec = rec[1]
+            ident = identity(info)
+            ij = no_identity_json if ident is no_identity else _identity_json(ident)
+            # One f-string per agent (faster than %-formatting or json.dumps).
+            append(
+                f'{{"pid":{pid},"origin":"{origin_of[id(info.origin)]}",{ij},"status":"{st}",'
+                f'"verdict":{vj},"since_last_beat_s":{-neg_age / 1e9:.3f},"beats":{info.beats},'
+                f'"stalls":{info.stalls},"recoveries":{n_rec}}}'
             )
-        )
     observer = {
         "version": version,
         "hostname": socket.gethostname() if hostname is None else hostname,
