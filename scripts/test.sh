@@ -34,7 +34,8 @@ export VARTA_REQUIRE_UPSTREAM=1
 . "$venv/bin/activate"
 step "installing test tools"
 python -m pip install -q --disable-pip-version-check \
-  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff 'mkdocs>=1.6,<2'
+  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff 'mkdocs>=1.6,<2' \
+  'selenium>=4.10,<5'
 
 # Prometheus (server + promtool) for the metrics integration tests.
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
@@ -51,6 +52,17 @@ if ! command -v logrotate >/dev/null && [ ! -x /usr/sbin/logrotate ]; then
     step "installing logrotate (Debian package)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends logrotate; } >/dev/null 2>&1 \
       || echo "warning: could not install logrotate; the rotation test will fail"
+  fi
+fi
+
+# Chromium and its WebDriver for the status page's browser tests
+# (tests/test_live_view_browser.py, driven by Selenium; Debian packages, no
+# browser download).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing chromium + chromium-driver (Debian packages)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null 2>&1 \
+      || echo "warning: could not install chromium; the status page's browser tests will fail"
   fi
 fi
 

@@ -1,4 +1,5 @@
-"""``python -m varta <command>``: ``watch`` (the daemon), ``demo``, ``audit verify``, ``keygen``."""
+"""``python -m varta <command>``: ``watch`` (the daemon), ``demo``, ``audit verify``,
+``keygen``, ``top``, ``agents``."""
 
 from __future__ import annotations
 

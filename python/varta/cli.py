@@ -17,6 +17,8 @@ commands:
   demo [--socket P]  varta-watch plus a demo agent beating into it (the main job)
   audit verify FILE  verify a recovery audit log's hash chain
   keygen FILE        write a new 32-byte key file (mode 0600)
+  top --url U        live view of a running daemon's agents, worst first
+  agents --url U     list a running daemon's agents (--json: the /agents document)
 
   -h, --help         print this help and exit
   --version          print the version and exit
@@ -28,6 +30,8 @@ COMMANDS = {
     "demo": "varta.watch.demo:main",
     "audit": "varta.watch.audit:cli_main",
     "keygen": "varta.keys:keygen_main",
+    "top": "varta.watch.top:top_main",
+    "agents": "varta.watch.top:agents_main",
 }
 
 

@@ -40,10 +40,12 @@ import varta
 from varta import _varta
 
 from . import notify
+from .agents import parse_query, render_agents
 from .audit import AuditLog
 from .audit_format import Histogram
 from .config import WatchConfig, observer_kwargs, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
+from .live import live_routes
 from .logsetup import RateLimiter, log
 from .metrics import (
     STAGES,
@@ -97,6 +99,7 @@ class ObserverLike(Protocol):
 
     def poll(self, timeout: Optional[float] = None) -> Iterable[object]: ...
     def pid_rows(self) -> varta.PidRows: ...
+    def agents(self) -> list[varta.AgentInfo]: ...
     def agent(self, pid: int) -> Optional[varta.AgentInfo]: ...
     def counters(self) -> Mapping[str, Union[int, Mapping[str, int]]]: ...
     def take_removed(self) -> list[int]: ...
@@ -342,6 +345,18 @@ class Daemon:
                 self.box.request(wait_s)
                 return render(collector)
 
+            def agents_body(query: str) -> bytes:
+                # On the HTTP thread (docs/live-view.md#agents-json).
+                q = parse_query(query)
+                snap = self.box.request(wait_s)
+                return render_agents(
+                    obs.agents(),
+                    snap.recoveries,
+                    threshold_ms=cfg.threshold_ms,
+                    version=_varta.__version__,
+                    query=q,
+                )
+
             try:
                 self.server = MetricsServer(
                     cfg.prom_addr.host,
@@ -354,6 +369,7 @@ class Daemon:
                     scrape_budget_ms=cfg.scrape_budget_ms,
                     logs=self.logs,
                     on_serve=self._on_serve,
+                    routes=live_routes(agents_body),
                 )
             except OSError as exc:
                 raise StartupError(
@@ -602,8 +618,12 @@ class Daemon:
         self._removed.extend(obs.take_removed())
         for _ in range(min(REMOVED_PER_TICK, len(self._removed))):
             pid = self._removed.popleft()
-            if self.exporter is not None and obs.agent(pid) is None:
+            if (self.exporter is None and self.recovery is None) or obs.agent(pid) is not None:
+                continue
+            if self.exporter is not None:
                 self.exporter.eviction(obs.now_ns(), pid)
+            if self.recovery is not None:
+                self.recovery.forget(pid)
         if self.exporter is not None:
             if self.exporter.buffered_bytes:
                 self.exporter.flush()
@@ -671,8 +691,10 @@ class Daemon:
         blind_ns = counters.pop("observer_blind_ns", 0)
         assert isinstance(blind_ns, int)
         counters["observer_blind_seconds"] = blind_ns / 1e9
+        recoveries: dict[int, tuple[Optional[int], int]] = {}
         if self.recovery is not None:
             counters.update(self.recovery.counters())
+            recoveries = dict(self.recovery.recoveries_by_pid)
         hists: dict[str, Histogram] = {
             "varta_observer_iteration_seconds": copy_histogram(self._iteration_hist)
         }
@@ -693,6 +715,7 @@ class Daemon:
             histograms=hists,
             uptime_seconds=time.monotonic() - self.state.started,
             last_loop_unix=self.state.last_loop_unix,
+            recoveries=recoveries,
         )
 
     # --- shutdown (docs/observer.md#signals-and-shutdown) -----------------------------

@@ -203,6 +203,9 @@ class Snapshot:
     histograms: Mapping[str, Histogram] = field(default_factory=dict)
     uptime_seconds: float = 0.0
     last_loop_unix: float = 0.0
+    #: Recovery children started per agent pid, for ``/agents``
+    #: (``RecoveryRunner.recoveries_by_pid``; docs/live-view.md#agents-json).
+    recoveries: Mapping[int, tuple[Optional[int], int]] = field(default_factory=dict)
 
 
 def copy_histogram(h: Histogram) -> Histogram:

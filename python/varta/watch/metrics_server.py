@@ -3,7 +3,8 @@
 One daemon thread: HTTP/1.0, ``Connection: close``, any path; a per-IP token
 bucket; ``GET`` only (405); the bearer token compared in constant time (401);
 the body re-rendered at most once a second. The body itself comes from
-:mod:`varta.watch.metrics`.
+:mod:`varta.watch.metrics`. Extra paths (:class:`Route`: ``/agents`` and the
+status page ``/``, docs/live-view.md) answer on the same listener.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ RESP_401 = (
     b"HTTP/1.0 401 Unauthorized\r\n"
     b'WWW-Authenticate: Bearer realm="varta"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'
 )
+RESP_400 = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
+    b"Connection: close\r\n\r\nbad request\n"
+)
 CONTENT_TYPE = b"text/plain; version=0.0.4"
+ROUTE_CACHE_ENTRIES = 16
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -95,6 +101,32 @@ def bearer_from_request(request: bytes) -> Optional[bytes]:
             return None
         return bytes.fromhex(hexpart.decode("ascii"))
     return None
+
+
+def request_target(request: bytes) -> tuple[bytes, str]:
+    """``(path, query)`` of a ``GET`` request line (``b""`` when unparseable)."""
+    line = request.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) < 2:
+        return b"", ""
+    path, _, query = parts[1].partition(b"?")
+    return path, query.decode("ascii", "replace")
+
+
+@dataclass(frozen=True)
+class Route:
+    """An extra path on the listener (docs/live-view.md#endpoints).
+
+    *body* gets the query string and returns the body (``ValueError`` → 400);
+    bodies are cached a second per path and query, like ``/metrics``.
+    A *public* route is served without the bearer token: only for a static
+    page that holds no data (a browser cannot send a token when it navigates).
+    """
+
+    content_type: bytes
+    body: Callable[[str], bytes]
+    public: bool = False
+    headers: bytes = b""
 
 
 @dataclass
@@ -174,6 +206,7 @@ class MetricsServer:
         scrape_budget_ms: int = 250,
         logs: Optional[RateLimiter] = None,
         on_serve: Optional[Callable[[Optional[float]], None]] = None,
+        routes: Optional[dict[bytes, Route]] = None,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -199,6 +232,8 @@ class MetricsServer:
         self._logs = logs
         self._on_serve = on_serve
         self._cache: Optional[tuple[float, bytes]] = None
+        self._routes = routes or {}
+        self._route_cache: dict[tuple[bytes, str], tuple[float, bytes]] = {}
         self._render_s = 0.0  # body rendering time in the current serve pass
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -305,6 +340,12 @@ class MetricsServer:
                 return False
             try:
                 request = self._read_request(conn)
+                if not request:
+                    # Nothing sent within the read deadline: a browser's
+                    # speculative preconnect. Closed unanswered, so the
+                    # browser retries on a fresh connection instead of
+                    # reading a 405 meant for nothing (docs/live-view.md#endpoints).
+                    return True
                 self._send(conn, self._respond(request))
             except OSError as exc:
                 if self._logs is not None:
@@ -335,11 +376,17 @@ class MetricsServer:
     def _respond(self, request: bytes) -> bytes:
         if len(request) < 4 or not request.startswith(b"GET "):
             return RESP_405
+        path, query = request_target(request)
+        route = self._routes.get(path)
+        if route is not None and route.public:
+            return self._route_response(path, query, route)
         if self._token is not None:
             got = bearer_from_request(request)
             if got is None or not _compare_digest(got, self._token):
                 self.stats.auth_failures += 1
                 return RESP_401
+        if route is not None:
+            return self._route_response(path, query, route)
         body = self._cached_body()
         head = (
             b"HTTP/1.0 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\n"
@@ -357,6 +404,30 @@ class MetricsServer:
         self._render_s += done - now
         self._cache = (done, body)
         return body
+
+    def _route_response(self, path: bytes, query: str, route: Route) -> bytes:
+        """A :class:`Route`'s answer, its body cached a second per path and query."""
+        now = time.monotonic()
+        key = (path, query)
+        hit = self._route_cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_S:
+            body = hit[1]
+        else:
+            try:
+                body = route.body(query)
+            except ValueError:
+                return RESP_400
+            done = time.monotonic()
+            self._render_s += done - now
+            for k in [k for k, (t, _) in self._route_cache.items() if done - t >= CACHE_S]:
+                del self._route_cache[k]
+            if len(self._route_cache) < ROUTE_CACHE_ENTRIES:
+                self._route_cache[key] = (done, body)
+        return (
+            b"HTTP/1.0 200 OK\r\nContent-Type: " + route.content_type + b"\r\n" + route.headers
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )  # fmt: skip
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes) -> None:

@@ -212,6 +212,13 @@ class RecoveryRunner:
         self.spawn_budget_exceeded = 0
         self.invariant_violations = 0
         self.reap_truncated = 0
+        #: agent pid -> (generation at the last spawn, recovery children started
+        #: for that lineage), for ``/agents`` (docs/live-view.md#agents-json).
+        #: Bounded by the larger of *capacity* and the ledger's capacity
+        #: (least recently spawned dropped first); :meth:`forget` drops a pid
+        #: the tracker removed.
+        self.recoveries_by_pid: dict[int, tuple[Optional[int], int]] = {}
+        self._recoveries_cap = max(capacity, ledger_capacity)
 
     # --- introspection -------------------------------------------------------------
 
@@ -235,6 +242,10 @@ class RecoveryRunner:
     def outstanding(self) -> int:
         """Children not yet reaped (outstanding + orphans)."""
         return len(self._outstanding) + len(self._orphans)
+
+    def forget(self, pid: int) -> None:
+        """The tracker removed *pid*: drop its recovery count."""
+        self.recoveries_by_pid.pop(pid, None)
 
     def child_pids(self) -> list[int]:
         return [c.pid for c in self._outstanding.values()] + list(self._orphans)
@@ -488,6 +499,7 @@ class RecoveryRunner:
         self._ledger[pid] = (now_ns, gen)
         self._ledger.move_to_end(pid)
         self.outcomes["spawned"] += 1
+        self._count_recovery(pid, gen)
         if self.audit is not None and (write_ahead is None or err is not None):
             self.audit.spawn(
                 now_ns,
@@ -498,6 +510,13 @@ class RecoveryRunner:
                 len(template),
             )
         return Decision("spawned", pid, child_pid=popen.pid, verdict=verdict)
+
+    def _count_recovery(self, pid: int, gen: Optional[int]) -> None:
+        prev = self.recoveries_by_pid.pop(pid, None)
+        n = prev[1] + 1 if prev is not None and _same_lineage(prev[0], gen) else 1
+        if len(self.recoveries_by_pid) >= self._recoveries_cap:
+            del self.recoveries_by_pid[next(iter(self.recoveries_by_pid))]
+        self.recoveries_by_pid[pid] = (gen, n)
 
     def _finish(self, decision: Decision, now_ns: int) -> Decision:
         """Count and audit a decision that did not spawn."""
