@@ -322,10 +322,12 @@ impl PyObserver {
     }
 
     /// Exporter rows of every tracked pid (`varta.PidRows`): one copy
-    /// under the lock, sorted after it with the GIL released.
+    /// under the lock, sorted after it; the GIL is released throughout
+    /// (waiting for the lock included).
     fn pid_rows(&self, py: Python<'_>) -> PidRowsPy {
-        let rows = self.with_obs(|o| PidRows::copy_from(o.tracker()));
-        PidRowsPy::wrap(py.detach(move || PidRows::new(rows)))
+        PidRowsPy::wrap(
+            py.detach(|| PidRows::from_unique(self.with_obs(|o| PidRows::copy_from(o.tracker())))),
+        )
     }
 
     /// One tracked pid, or `None`.
