@@ -116,7 +116,7 @@ impl PyPidRows {
         let units = sum
             .by_unit
             .iter()
-            .map(|(u, c)| Ok((u.as_str(), by_status(c)?).into_pyobject(py)?))
+            .map(|(u, c)| (u.as_str(), by_status(c)?).into_pyobject(py))
             .collect::<PyResult<Vec<Bound<'py, PyTuple>>>>()?;
         let out = PyDict::new(py);
         out.set_item("status", by_status(&sum.by_status)?)?;
