@@ -12,7 +12,8 @@ rewritten for test speed.
 - host-2's agent hangs (SIGSTOP): exactly one alert, carrying host, pid and
   the agent's unit;
 - host-1's agent exits cleanly: no alert;
-- host-3's daemon is SIGKILLed: its own VartaWatchDown alert.
+- host-3's daemon is SIGKILLed: its own VartaWatchDown alert (host-3 has
+  no label in the targets file: the relabel rule names it by its address).
 
 Waits are deadlines on the webhook's deliveries, not sleeps.
 """
@@ -37,6 +38,8 @@ OPS = Path(__file__).resolve().parent.parent / "ops"
 FLEET = Path(__file__).resolve().parent / "fleet.py"
 
 Labels = tuple[tuple[str, str], ...]
+#: host-3's `host` label: its address without the port (ops/fleet relabeling).
+HOST_3 = "127.0.0.1"
 
 
 class Webhook:
@@ -194,13 +197,12 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
                 ],
             )
         )
-        # All three listen on 127.0.0.1, so the address cannot tell them apart:
-        # the targets file names each host (the relabel rule keeps that label).
+        # Hosts 1 and 2 are named in the targets file; host 3 is not, so the
+        # shipped relabel rule names it after its address without the port.
         (conf / "targets" / "fleet.yml").write_text(
-            "\n".join(
-                f'- targets: ["{a}"]\n  labels:\n    host: host-{i}' for i, a in enumerate(addrs, 1)
-            )
-            + "\n"
+            f'- targets: ["{addrs[0]}"]\n  labels:\n    host: host-1\n'
+            f'- targets: ["{addrs[1]}"]\n  labels:\n    host: host-2\n'
+            f'- targets: ["{addrs[2]}"]\n'
         )
         for rules in (OPS / "prometheus").glob("varta-*-rules.yml"):
             (conf / rules.name).write_text(short_durations(rules.read_text()))
@@ -225,7 +227,7 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
         def scraped() -> bool:
             res = api(base, "/api/v1/query", query='varta_status{job="varta-watch"}')
             hosts = {r["metric"].get("host") for r in res["data"]["result"]}
-            return hosts == {"host-1", "host-2", "host-3"}
+            return hosts == {"host-1", "host-2", HOST_3}
 
         wait_for("every host's agent in Prometheus", scraped, 60)
 
@@ -250,7 +252,7 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
         # host-3's observer dies.
         watches[2].proc.send_signal(signal.SIGKILL)
         down = hook.wait("VartaWatchDown for host-3", {"alertname": "VartaWatchDown"}, 60)
-        assert down["host"] == "host-3", down
+        assert down["host"] == HOST_3, down
 
         # Everything delivered: one agent alert (host-2's hang), one observer
         # alert (host-3), nothing for host-1's clean exit.

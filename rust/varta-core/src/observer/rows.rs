@@ -16,6 +16,9 @@ use super::verdict::Verdict;
 use std::collections::HashMap;
 use std::io::Write;
 
+/// Tracker slots copied per [`PidRows::copy_chunk`] (64 B each: 4 MiB).
+pub const COPY_CHUNK: usize = 65_536;
+
 /// `varta_status` value of a stall-latched pid.
 pub const STATUS_STALL: u8 = 3;
 
@@ -113,10 +116,28 @@ impl PidRows {
     }
 
     /// One row per tracked pid, in slot order: the cheap part, done while
-    /// the tracker is borrowed; sort with [`PidRows::new`] afterwards.
+    /// the tracker is borrowed; sort with [`PidRows::from_unique`] afterwards.
     pub fn copy_from(tracker: &Tracker) -> Vec<PidRow> {
         let mut rows = Vec::with_capacity(tracker.len());
-        rows.extend(tracker.iter().map(|a| PidRow {
+        let mut next = Some(0);
+        while let Some(start) = next {
+            next = PidRows::copy_chunk(tracker, start, &mut rows);
+        }
+        rows
+    }
+
+    /// Append the rows of the [`COPY_CHUNK`] slots from slot `start`;
+    /// the next chunk's start, or `None` after the last. Copying a chunk at
+    /// a time, the caller can let go of the tracker in between
+    /// (`docs/observer.md#agent-rows`): ingest then waits for one chunk, not
+    /// for the whole table. An agent that moves meanwhile may be missed or
+    /// copied twice (keep one: [`PidRows::from_unique`]).
+    pub fn copy_chunk(tracker: &Tracker, start: usize, out: &mut Vec<PidRow>) -> Option<usize> {
+        if start == 0 {
+            out.reserve(tracker.len());
+        }
+        let end = start.saturating_add(COPY_CHUNK);
+        out.extend(tracker.iter_slots(start..end).map(|a| PidRow {
             pid: a.pid,
             beats: a.beats,
             stalls: a.stalls,
@@ -127,7 +148,7 @@ impl PidRows {
             },
             verdict: if a.stalled { a.verdict } else { None },
         }));
-        rows
+        (end < tracker.capacity()).then_some(end)
     }
 
     pub fn rows(&self) -> &[PidRow] {
@@ -293,6 +314,33 @@ mod tests {
             ..row(9, 1, 1, STATUS_STALL)
         };
         assert_eq!(rows.rows(), &[row(4, 1, 0, 0), stalled]);
+    }
+
+    #[test]
+    fn a_copy_in_chunks_copies_every_slot() {
+        let n = COPY_CHUNK + 5;
+        let mut t = Tracker::new(TrackerConfig {
+            capacity: n,
+            ..TrackerConfig::new(1_000_000)
+        })
+        .unwrap();
+        for pid in 1..=n as u32 {
+            let f = Frame {
+                status: Status::Ok,
+                pid,
+                timestamp: 1,
+                nonce: 1,
+                payload: 0,
+            };
+            t.record(&f, BeatOrigin::KernelAttested, None, None, 100);
+        }
+        let mut rows = Vec::new();
+        assert_eq!(PidRows::copy_chunk(&t, 0, &mut rows), Some(COPY_CHUNK));
+        assert_eq!(rows.len(), COPY_CHUNK);
+        assert_eq!(PidRows::copy_chunk(&t, COPY_CHUNK, &mut rows), None);
+        let all = PidRows::from_unique(rows);
+        assert_eq!(pids(&all), (1..=n as u32).collect::<Vec<_>>());
+        assert_eq!(all, PidRows::new(PidRows::copy_from(&t)));
     }
 
     fn pids(rows: &PidRows) -> Vec<u32> {
