@@ -108,6 +108,7 @@ EXTRA_FAMILIES = [
     "varta_export_torn_tail_repaired_total",
     "varta_export_io_errors_total",
     "varta_reopen_total",
+    "varta_scrape_gzip_total",
 ]
 
 #: The per-agent aggregates (docs/observer.md#agent-rows), all gauges.
@@ -547,3 +548,4 @@ def test_server_gzips_for_a_client_that_accepts_it(server: MetricsServer) -> Non
     lines, body = fetch("")  # a plain client gets the plain body
     assert not any(ln.startswith(b"Content-Encoding") for ln in lines) and body == b"# body\n"
     assert len(server.renders) == 1  # type: ignore[attr-defined]
+    assert server.stats.gzip == 1

@@ -173,6 +173,7 @@ varta_export_rows_dropped_total | c | - | TSV rows never written (backlog full o
 varta_export_torn_tail_repaired_total | c | - | Torn last lines cut from the TSV file on open.
 varta_export_io_errors_total | c | - | TSV export write errors.
 varta_reopen_total | c | - | SIGHUP file reopens (logrotate postrotate).
+varta_scrape_gzip_total | c | - | Scrapes answered gzip-compressed (Accept-Encoding: gzip).
 varta_agents | g | status | Tracked agents by status (stall = silent past the threshold).
 varta_agents_by_verdict | g | verdict | Stalled tracked agents by verdict (docs/verdicts.md).
 varta_agents_by_unit | g | unit | Tracked agents by systemd unit and status.
@@ -290,6 +291,7 @@ class ServeStats:
     scrape_skipped: int = 0
     scrape_budget_exhausted: int = 0
     scrape_budget_exceeded: int = 0
+    gzip: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     serve_seconds: Histogram = field(default_factory=new_histogram)
 
@@ -299,6 +301,7 @@ class ServeStats:
             "scrape_skipped": self.scrape_skipped,
             "scrape_budget_exhausted": self.scrape_budget_exhausted,
             "observer_scrape_budget_exceeded": self.scrape_budget_exceeded,
+            "scrape_gzip": self.gzip,
             "prom_connections_dropped": dict(self.dropped),
         }
 

@@ -410,6 +410,8 @@ class MetricsServer:
         if gzip and packed is None:
             packed = gzip_body(body)
             self._cache = (stamp, body, packed)
+        if gzip:
+            self.stats.gzip += 1
         self._render_s += time.monotonic() - now
         return packed if gzip and packed is not None else body
 
