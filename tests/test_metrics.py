@@ -454,6 +454,9 @@ def test_pid_rows_refuse_bad_input() -> None:
         PidRows([(1, 0, 0, 4)])
     with pytest.raises(OverflowError):
         PidRows([(-1, 0, 0, 0)])
+    with pytest.raises(ValueError, match='unknown verdict "stuck"'):
+        PidRows([(1, 0, 0, 3, "stuck")])
+    assert list(PidRows([(1, 0, 1, 3, "hung")])) == [(1, 0, 1, 3)]
     with pytest.raises(ValueError, match="column"):
         PidRows([(1, 0, 0, 0)]).render("varta_beats_total", "nonce")  # type: ignore[arg-type]
 

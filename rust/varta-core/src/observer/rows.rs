@@ -178,7 +178,7 @@ impl PidRows {
             .rows
             .iter()
             .filter(|r| r.status != 0)
-            .copied()
+            .cloned() // not copied(): rows gain owned identity fields
             .collect();
         if picked.len() >= limit {
             let key = |r: &PidRow| (STATUS_STALL - r.status.min(STATUS_STALL), r.pid);
@@ -188,7 +188,13 @@ impl PidRows {
             picked.truncate(limit);
         } else {
             let room = limit - picked.len();
-            picked.extend(self.rows.iter().filter(|r| r.status == 0).take(room));
+            picked.extend(
+                self.rows
+                    .iter()
+                    .filter(|r| r.status == 0)
+                    .take(room)
+                    .cloned(),
+            );
         }
         picked.sort_unstable_by_key(|r| r.pid);
         PidRows { rows: picked }
