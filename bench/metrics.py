@@ -1,37 +1,164 @@
-"""``/metrics`` body for many tracked pids (printed, not a test); with
-``--sections agents``, the live view's ``/agents`` body (docs/live-view.md).
+"""``/metrics`` at scale (printed, not a test).
 
-Build first with ``maturin develop --release``, then ``python bench/metrics.py``.
+Build first with ``maturin develop --release`` (or the venv of bench/README.md),
+then ``python bench/metrics.py`` (``--sections body,copy,stall,baseline`` runs a
+subset).
 
-The three per-pid families (docs/observer.md#per-pid-families) dominate the body:
-~100 bytes per pid. The
-baseline is what the daemon did before ``varta.PidRows``: one Python row
-object per pid copied on the poll loop, then one prometheus_client sample per
-pid and family, formatted in Python on the metrics thread. The serve stage's
-self-watchdog limit is 2 s (docs/observer.md#systemd-and-watchdogs), so the render
-must stay well under it at
-the largest capacity (1,000,000).
+1. ``body``: the ``/metrics`` body at 10^3, 10^5 and 10^6 tracked agents with
+   the default per-agent row cap (``--prom-agent-rows 1000``,
+   docs/observer.md#agent-rows) and with every agent's rows (the old body):
+   plain and gzip bytes, render ms (what the HTTP thread does per fresh body:
+   pick the rows and count every agent in Rust, write the text) and gzip ms.
+   1 % of the agents are not OK (0.9 % degraded, 0.1 % hung), so at 10^6 the
+   not-OK agents alone exceed the cap. Targets at 10^6 with the default cap:
+   <= 1 MB and <= 100 ms.
+2. ``copy``: the snapshot the poll loop takes for a render
+   (``Observer.pid_rows()``): the copy of the tracker it makes under the
+   observer lock — the only part of a scrape that holds up the ingest thread —
+   timed in Rust on a tracker of 10^3 / 10^5 / 10^6 pids.
+3. ``stall``: hung-agent stall latency (bench/observer.py's method: paced
+   agents SIGSTOPped, threshold 200 ms; ms past the deadline) with no render,
+   then with a thread rendering (and gzipping) the 10^6-agent body in a loop,
+   with the default cap and with every row. The ingest thread is Rust and
+   never takes the GIL, so the target is: unchanged, p99 <= threshold + 5 ms.
+4. ``baseline``: the pre-``PidRows`` path for the full body (Python rows and
+   prometheus_client samples) against the native full render, at 10^4 / 10^5.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
+import threading
 import time
-import urllib.request
+from collections.abc import Callable
+from typing import Any, Optional
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
-import varta
-from varta import PidRows, _varta
-from varta.watch.agents import Query, render_agents
-from varta.watch.metrics import Snapshot, VartaCollector, build_registry, render
+from observer import stall_latency, summary
+from varta import PidRows
+from varta._varta import _testing
+from varta.watch.logsetup import RateLimiter
+from varta.watch.metrics import (
+    DEFAULT_AGENT_ROWS,
+    ServeStats,
+    Snapshot,
+    VartaCollector,
+    build_registry,
+    render,
+)
+from varta.watch.metrics_server import gzip_body
+
+SIZES = (1_000, 100_000, 1_000_000)
+ALL_ROWS = 1_000_000_000
+
+
+def fleet_rows(n: int) -> PidRows:
+    """n agents from pid 1000: every 1000th hung, every 111th degraded, else OK."""
+
+    def row(i: int) -> tuple[int, int, int, int, Optional[str]]:
+        if i % 1000 == 999:
+            return (1000 + i, 12_345 + i, 1, 3, "hung")
+        return (1000 + i, 12_345 + i, 0, 1 if i % 111 == 110 else 0, None)
+
+    return PidRows(row(i) for i in range(n))
+
+
+def body_for(rows: PidRows, cap: int) -> Callable[[], bytes]:
+    collector = VartaCollector(
+        lambda: Snapshot(agents=rows, uptime_seconds=1.0), ServeStats(), RateLimiter(), cap
+    )
+    return lambda: render(collector)
+
+
+def timed(fn: Callable[[], Any], rounds: int) -> tuple[list[float], Any]:
+    out: list[float] = []
+    value = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        value = fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out, value
+
+
+def ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs):8.1f} (max {max(xs):7.1f})"
+
+
+def bench_body(tables: dict[int, PidRows]) -> None:
+    print("\n## /metrics body (render = rows picked and counted in Rust + text; ms median of 5)")
+    print(
+        f"{'agents':>9}  {'rows':>8}  {'plain bytes':>12}  {'gzip bytes':>11}"
+        f"  {'render ms':>20}  {'gzip ms':>20}"
+    )
+    for n, rows in tables.items():
+        for label, cap in (("1000", DEFAULT_AGENT_ROWS), ("all", ALL_ROWS)):
+            render_ms, body = timed(body_for(rows, cap), 5 if n < 1_000_000 or cap < n else 2)
+            gzip_ms, packed = timed(lambda b=body: gzip_body(b), 3 if len(body) < 10**7 else 1)
+            print(
+                f"{n:>9}  {label:>8}  {len(body):>12,}  {len(packed):>11,}"
+                f"  {ms(render_ms):>20}  {ms(gzip_ms):>20}"
+            )
+    print("targets at 10^6 with the default cap: <= 1 MB, <= 100 ms")
+
+
+def bench_copy() -> None:
+    print(
+        "\n## Tracker copy for a snapshot (Observer.pid_rows(); ms, 10 copies): whole copy,"
+        " and its longest chunk = the longest the observer lock is held"
+    )
+    for n in SIZES:
+        runs = _testing.bench_rows_copy(n, 10)
+        whole = [t / 1e6 for t, _ in runs]
+        chunk = [c / 1e6 for _, c in runs]
+        print(f"{n:>9} pids: whole {ms(whole)}   lock held {ms(chunk)}")
+
+
+class RenderLoop:
+    """Renders (and gzips) a body over and over on its own thread, as the
+    HTTP thread would under back-to-back scrapes."""
+
+    def __init__(self, body: Callable[[], bytes]) -> None:
+        self.body = body
+        self.renders = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            gzip_body(self.body())
+            self.renders += 1
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.renders
+
+
+def bench_stall(path: str, rows: PidRows, agents: int, rounds: int) -> None:
+    thr = 200
+    print(
+        f"\n## Hung-agent stall latency while a {len(rows):,}-agent body renders"
+        f" (threshold {thr} ms, {agents} agents x {rounds} rounds; ms past the deadline)"
+    )
+    variants: list[tuple[str, Callable[[], bytes] | None]] = [
+        ("no render", None),
+        ("render loop, default cap", body_for(rows, DEFAULT_AGENT_ROWS)),
+        ("render loop, every row", body_for(rows, ALL_ROWS)),
+    ]
+    for label, body in variants:
+        loop = RenderLoop(body) if body is not None else None
+        t0 = time.monotonic()
+        try:
+            lat = stall_latency(path, agents, rounds, thr, ingest_thread=True)
+        finally:
+            renders = loop.close() if loop is not None else 0
+        rate = f", {renders / (time.monotonic() - t0):.1f} renders/s" if loop else ""
+        print(f"{label}{rate}:")
+        print(f"  Stall produced      : {summary(lat['after_deadline'])}  (target p99 <= 5 ms)")
+        print(f"  arrival in poll()   : {summary(lat['to_consumer'])}")
 
 
 def baseline(rows: list[tuple[int, int, int, int]]) -> tuple[float, int]:
@@ -52,150 +179,38 @@ def baseline(rows: list[tuple[int, int, int, int]]) -> tuple[float, int]:
     return time.perf_counter() - t0, len(body)
 
 
-def native(rows: list[tuple[int, int, int, int]]) -> tuple[float, float, int]:
-    """PidRows build (the loop's copy) and the full body render (seconds, seconds, bytes)."""
-    t0 = time.perf_counter()
-    table = PidRows(rows)
-    t1 = time.perf_counter()
-    body = render(build_registry(VartaCollector(lambda: Snapshot(agents=table))))
-    return t1 - t0, time.perf_counter() - t1, len(body)
-
-
-# --- /agents (docs/live-view.md#agents-json) ----------------------------------------------
-
-
-def synthetic_agents(n: int) -> list[varta.AgentInfo]:
-    """n AgentInfo rows (the class Observer.agents() returns): 1% hung, 2% degraded."""
-    out = []
-    for i in range(n):
-        hung = i % 100 == 0
-        out.append(
-            varta.AgentInfo(
-                1000 + i, "degraded" if i % 50 == 1 else "ok", varta.BeatOrigin.KERNEL_ATTESTED,
-                12_345 + i, i % 5, 3, 10**12, (5_000 + i) * 1_000_000 if hung else i * 1000,
-                hung, 4026531836, 1_000_000 + i, "hung" if hung else None,
-            )
-        )  # fmt: skip
-    return out
-
-
-def bench_agents_render(sizes: list[int], rounds: int) -> None:
-    print("\n## /agents: JSON render on the HTTP thread (synthetic AgentInfo rows)")
-    print("agents     query       render ms (median, min..max)   per agent   body")
-    for n in sizes:
-        rows = synthetic_agents(n)
-        # All of them (varta agents --json), and the worst 500 (the status page).
-        for label, query in (("all", Query()), ("limit=500", Query(limit=500))):
-            times = []
-            size = 0
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                body = render_agents(rows, {}, threshold_ms=2000, version="bench", query=query)
-                times.append((time.perf_counter() - t0) * 1000)
-                size = len(body)
-            med = statistics.median(times)
-            print(
-                f"{n:>9}  {label:<10} {med:9.1f} ({min(times):.1f}..{max(times):.1f}, n={rounds})"
-                f"   {med * 1000 / n:6.2f} us   {size / 1e6:6.2f} MB ({size / n:.0f} B/agent)"
-            )
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pid_max() -> int:
-    try:
-        with open("/proc/sys/kernel/pid_max") as f:
-            return int(f.read())
-    except OSError:
-        return 32768
-
-
-def bench_agents_daemon(sizes: list[int], rounds: int) -> None:
-    """A real varta-watch: n simulated pids beat once over plaintext UDP (pids
-    must stay under the kernel's pid_max), then GET /agents, timed by the client."""
-    cap = _pid_max() - 1001
-    print(
-        "\n## /agents from a real varta-watch (GET, whole body; client wall time"
-        " = snapshot + Observer.agents() + render + transfer)"
-    )
-    print("agents      GET ms (median, min..max)      body")
-    for want in sizes:
-        n = min(want, cap)
-        port = _free_udp_port()
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "varta", "watch", "--socket", os.path.join(tmp, "s"),
-                    "--threshold-ms", "600000", "--udp-port", str(port),
-                    "--udp-bind-addr", "127.0.0.1", "--i-accept-plaintext-udp",
-                    "--prom-addr", "127.0.0.1:0",
-                    "--prom-rate-limit-per-sec", "0", "--tracker-capacity", str(n + 16),
-                    "--max-beat-rate", "0", "--global-beat-rate", "0", "--global-beat-burst", "0",
-                ],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
-            try:
-                assert proc.stdout is not None
-                url = f"http://{proc.stdout.readline().strip()}/agents"
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    for i in range(n):
-                        s.sendto(_varta.encode("ok", 1000 + i, 1, 1), ("127.0.0.1", port))
-                        if i % 256 == 255:
-                            time.sleep(0.001)  # stay within the socket buffer
-                deadline = time.monotonic() + 60
-                while True:
-                    with urllib.request.urlopen(url + "?limit=0", timeout=30) as r:
-                        tracked = json.loads(r.read())["observer"]["agents_total"]
-                    if tracked >= n or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
-                times, size = [], 0
-                for _ in range(rounds):
-                    time.sleep(1.1)  # past the one-second body cache
-                    t0 = time.perf_counter()
-                    with urllib.request.urlopen(url, timeout=30) as r:
-                        size = len(r.read())
-                    times.append((time.perf_counter() - t0) * 1000)
-                note = "" if n == want else f" (pid_max {cap + 1001} caps it at {n})"
-                print(
-                    f"{tracked:>9}   {statistics.median(times):9.1f} ({min(times):.1f}.."
-                    f"{max(times):.1f}, n={rounds})   {size / 1e6:5.1f} MB{note}"
-                )
-            finally:
-                proc.terminate()
-                proc.wait(30)
-
-
-def bench_metrics(sizes: list[int]) -> None:
-    print("pids       baseline (s)   PidRows build (s)   render (s)   baseline/render   body")
-    for n in sizes:
+def bench_baseline() -> None:
+    print("\n## Every row: the pre-PidRows Python path against the native render (s)")
+    print("pids       baseline (s)   render (s)   baseline/render")
+    for n in (10_000, 100_000):
         rows = [(1000 + i, 12_345 + i, i % 5, i % 4) for i in range(n)]
         base_s, _ = baseline(rows)
-        build_s, render_s, size = native(rows)
-        print(
-            f"{n:>9}  {base_s:12.3f}   {build_s:17.3f}   {render_s:10.3f}"
-            f"   {base_s / render_s:15.1f}x   {size / 1e6:5.1f} MB"
-        )
-    print("(the PidRows build converts Python tuples; Observer.pid_rows() copies the tracker)")
+        snap = Snapshot(agents=PidRows(rows))
+        t0 = time.perf_counter()
+        render(build_registry(VartaCollector(lambda s=snap: s, None, None, n)))
+        render_s = time.perf_counter() - t0
+        print(f"{n:>9}  {base_s:12.3f}   {render_s:10.3f}   {base_s / render_s:15.1f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--sections", default="metrics,agents", help="comma-separated: metrics, agents")
-    ap.add_argument("--agents-sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--rounds", type=int, default=5, help="/agents rounds per size")
+    ap.add_argument("--sections", default="body,copy,stall,baseline")
+    ap.add_argument("--stall-agents", type=int, default=20)
+    ap.add_argument("--stall-rounds", type=int, default=5)
     args = ap.parse_args()
-    sections = args.sections.split(",")
-    if "metrics" in sections:
-        bench_metrics(args.sizes)
-    if "agents" in sections:
-        bench_agents_render(args.agents_sizes, args.rounds)
-        bench_agents_daemon(args.agents_sizes, args.rounds)
+    sections = set(args.sections.split(","))
+    tables = {n: fleet_rows(n) for n in SIZES} if sections & {"body", "stall"} else {}
+    if "body" in sections:
+        bench_body(tables)
+    if "copy" in sections:
+        bench_copy()
+    if "stall" in sections:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            bench_stall(f"{d}/obs.sock", tables[1_000_000], args.stall_agents, args.stall_rounds)
+    if "baseline" in sections:
+        bench_baseline()
 
 
 if __name__ == "__main__":

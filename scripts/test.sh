@@ -46,6 +46,15 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
+# Alertmanager for the fleet test (tests/test_fleet_alertmanager.py, ops/fleet).
+if ! command -v prometheus-alertmanager >/dev/null || ! command -v amtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing prometheus-alertmanager (Debian package)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; } >/dev/null 2>&1 \
+      || echo "warning: could not install prometheus-alertmanager; the fleet test will fail"
+  fi
+fi
+
 # logrotate for the proving ground's rotation-under-load test (ops/logrotate).
 if ! command -v logrotate >/dev/null && [ ! -x /usr/sbin/logrotate ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

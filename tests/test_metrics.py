@@ -108,6 +108,15 @@ EXTRA_FAMILIES = [
     "varta_export_torn_tail_repaired_total",
     "varta_export_io_errors_total",
     "varta_reopen_total",
+    "varta_scrape_gzip_total",
+]
+
+#: The per-agent aggregates (docs/observer.md#agent-rows), all gauges.
+AGENT_FAMILIES = [
+    "varta_agents",
+    "varta_agents_by_verdict",
+    "varta_agents_by_unit",
+    "varta_agent_rows_omitted",
 ]
 
 
@@ -116,7 +125,8 @@ def test_all_65_families_in_spec_order() -> None:
     spec += list(zip(VERDICT_FAMILIES[::2], VERDICT_FAMILIES[1::2]))
     types = {"c": "counter", "g": "gauge", "h": "histogram"}
     want = [(n, types[t]) for n, t in spec] + [(n, "counter") for n in EXTRA_FAMILIES]
-    assert len(want) == len(FAMILIES) == 65 + 6 + len(EXTRA_FAMILIES)
+    want += [(n, "gauge") for n in AGENT_FAMILIES]
+    assert len(want) == len(FAMILIES) == 65 + 6 + len(EXTRA_FAMILIES) + len(AGENT_FAMILIES)
     got = families_in(body_for(Snapshot()))
     assert sorted(got) == sorted(want)
     assert got[:3] == want[:3]
@@ -132,20 +142,20 @@ def test_core_families_exact_with_rows() -> None:
     assert body.startswith(
         "# HELP varta_beats_total Total accepted beats per agent pid.\n"
         "# TYPE varta_beats_total counter\n"
-        'varta_beats_total{pid="17"} 12345678901\n'
-        'varta_beats_total{pid="100"} 1\n'
-        'varta_beats_total{pid="4242"} 7\n'
+        'varta_beats_total{pid="17",unit="",comm=""} 12345678901\n'
+        'varta_beats_total{pid="100",unit="",comm=""} 1\n'
+        'varta_beats_total{pid="4242",unit="",comm=""} 7\n'
         "# HELP varta_stalls_total Total observer-detected stalls per agent pid.\n"
         "# TYPE varta_stalls_total counter\n"
-        'varta_stalls_total{pid="17"} 0\n'
-        'varta_stalls_total{pid="100"} 0\n'
-        'varta_stalls_total{pid="4242"} 1\n'
+        'varta_stalls_total{pid="17",unit="",comm=""} 0\n'
+        'varta_stalls_total{pid="100",unit="",comm=""} 0\n'
+        'varta_stalls_total{pid="4242",unit="",comm=""} 1\n'
         "# HELP varta_status Last reported status code per agent pid "
         "(0=ok,1=degraded,2=critical,3=stall).\n"
         "# TYPE varta_status gauge\n"
-        'varta_status{pid="17"} 1\n'
-        'varta_status{pid="100"} 0\n'
-        'varta_status{pid="4242"} 3\n'
+        'varta_status{pid="17",unit="",comm=""} 1\n'
+        'varta_status{pid="100",unit="",comm=""} 0\n'
+        'varta_status{pid="4242",unit="",comm=""} 3\n'
         "# HELP varta_tracker_evicted_total "
     )
 
@@ -231,7 +241,8 @@ def test_an_independent_parser_reads_the_samples_we_meant() -> None:
         if fam.rows is not None:
             column = {"varta_beats_total": 1, "varta_stalls_total": 2, "varta_status": 3}
             for row in fam.rows:
-                meant[(fam.name, (("pid", str(row[0])),))] = float(row[column[fam.name]])
+                labels = (("comm", ""), ("pid", str(row[0])), ("unit", ""))
+                meant[(fam.name, labels)] = float(row[column[fam.name]])
         for sample in fam.samples:
             meant[(sample.name, tuple(sorted(sample.labels)))] = float(sample.value)
     got = parsed(render(collector).decode())
@@ -433,7 +444,7 @@ def test_pid_rows_sort_by_pid_and_keep_the_last_row_of_a_repeated_pid() -> None:
     assert len(rows) == 2
     assert list(rows) == [(2, 5, 1, 3), (9, 4, 0, 2)]
     assert rows.render("varta_status", "status") == (
-        b'varta_status{pid="2"} 3\nvarta_status{pid="9"} 2\n'
+        b'varta_status{pid="2",unit="",comm=""} 3\nvarta_status{pid="9",unit="",comm=""} 2\n'
     )
     assert list(PidRows()) == [] and PidRows().render("x", "beats") == b""
 
@@ -443,6 +454,9 @@ def test_pid_rows_refuse_bad_input() -> None:
         PidRows([(1, 0, 0, 4)])
     with pytest.raises(OverflowError):
         PidRows([(-1, 0, 0, 0)])
+    with pytest.raises(ValueError, match='unknown verdict "stuck"'):
+        PidRows([(1, 0, 0, 3, "stuck")])
+    assert list(PidRows([(1, 0, 1, 3, "hung")])) == [(1, 0, 1, 3)]
     with pytest.raises(ValueError, match="column"):
         PidRows([(1, 0, 0, 0)]).render("varta_beats_total", "nonce")  # type: ignore[arg-type]
 
@@ -450,8 +464,91 @@ def test_pid_rows_refuse_bad_input() -> None:
 def test_a_large_row_table_renders_every_row_in_pid_order() -> None:
     n = 200_000
     rows = PidRows((n - i, i, i % 3, i % 4) for i in range(n))
-    body = render(build_registry(VartaCollector(lambda: Snapshot(agents=rows)))).decode()
+    collector = VartaCollector(lambda: Snapshot(agents=rows), agent_rows=n)
+    body = render(build_registry(collector)).decode()
     beats = [line for line in body.splitlines() if line.startswith("varta_beats_total{")]
     assert len(beats) == n
-    assert beats[0] == f'varta_beats_total{{pid="1"}} {n - 1}'
-    assert beats[-1] == f'varta_beats_total{{pid="{n}"}} 0'
+    assert beats[0] == f'varta_beats_total{{pid="1",unit="",comm=""}} {n - 1}'
+    assert beats[-1] == f'varta_beats_total{{pid="{n}",unit="",comm=""}} 0'
+
+
+# --- capped per-agent rows and gzip (docs/observer.md#agent-rows) ----------------------
+
+
+def test_per_agent_rows_are_capped_not_ok_first_then_lowest_pids() -> None:
+    # 10 agents: pid 7 hung, 9 critical, 4 degraded, the rest OK.
+    status = {7: 3, 9: 2, 4: 1}
+    rows = PidRows(
+        (pid, 10, 1 if pid == 7 else 0, status.get(pid, 0), "hung" if pid == 7 else None)
+        for pid in range(1, 11)
+    )
+    collector = VartaCollector(lambda: Snapshot(agents=rows), agent_rows=5)
+    lines = render(collector).decode().splitlines()
+    shown = [ln.split('"')[1] for ln in lines if ln.startswith("varta_status{")]
+    assert shown == ["1", "2", "4", "7", "9"]
+    for want in [
+        'varta_status{pid="7",unit="",comm=""} 3',
+        'varta_agents{status="ok"} 7',
+        'varta_agents{status="degraded"} 1',
+        'varta_agents{status="critical"} 1',
+        'varta_agents{status="stall"} 1',
+        'varta_agents_by_verdict{verdict="hung"} 1',
+        'varta_agents_by_verdict{verdict="unknown"} 0',
+        'varta_agents_by_unit{unit="",status="ok"} 7',
+        'varta_agents_by_unit{unit="",status="stall"} 1',
+        "varta_agent_rows_omitted 5",
+    ]:
+        assert want in lines, want
+    # Counts only: no per-agent sample at all, every agent still counted.
+    body = render(VartaCollector(lambda: Snapshot(agents=rows), agent_rows=0)).decode()
+    assert "{pid=" not in body and "\nvarta_agent_rows_omitted 10\n" in body
+    assert_promtool_accepts(body)
+
+
+def test_the_default_cap_bounds_a_large_body() -> None:
+    n = 200_000
+    rows = PidRows((1000 + i, i, 0, 3 if i % 1000 == 0 else 0) for i in range(n))
+    body = render(VartaCollector(lambda: Snapshot(agents=rows))).decode()
+    status = [ln for ln in body.splitlines() if ln.startswith("varta_status{")]
+    assert len(status) == 1000
+    # All 200 stalled agents made it, then the lowest OK pids.
+    assert sum(ln.endswith(" 3") for ln in status) == 200
+    assert status[1] == 'varta_status{pid="1001",unit="",comm=""} 0'
+    assert f"\nvarta_agent_rows_omitted {n - 1000}\n" in body
+    assert len(body) < 300_000
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip"),
+    [
+        ("Accept-Encoding: gzip\r\n", True),
+        ("accept-encoding: deflate, GZIP;q=0.5\r\n", True),
+        ("Accept-Encoding: *\r\n", True),
+        ("Accept-Encoding: gzip;q=0\r\n", False),
+        ("Accept-Encoding: *, gzip;q=0\r\n", False),
+        ("Accept-Encoding: identity\r\n", False),
+        ("", False),
+    ],
+)
+def test_accept_encoding(header: str, gzip: bool) -> None:
+    from varta.watch.metrics_server import accepts_gzip
+
+    assert accepts_gzip(f"GET / HTTP/1.1\r\nHost: x\r\n{header}\r\n".encode()) is gzip
+
+
+def test_server_gzips_for_a_client_that_accepts_it(server: MetricsServer) -> None:
+    import gzip
+
+    def fetch(extra: str) -> tuple[list[bytes], bytes]:
+        req = f"GET /metrics HTTP/1.1\r\nAuthorization: Bearer {TOKEN_HEX}\r\n{extra}\r\n"
+        head, _, body = request(server.address, req.encode()).partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert f"Content-Length: {len(body)}".encode() in lines
+        return lines, body
+
+    lines, body = fetch("Accept-Encoding: gzip\r\n")
+    assert b"Content-Encoding: gzip" in lines and gzip.decompress(body) == b"# body\n"
+    lines, body = fetch("")  # a plain client gets the plain body
+    assert not any(ln.startswith(b"Content-Encoding") for ln in lines) and body == b"# body\n"
+    assert len(server.renders) == 1  # type: ignore[attr-defined]
+    assert server.stats.gzip == 1

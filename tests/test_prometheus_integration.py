@@ -98,6 +98,18 @@ def test_prometheus_scrapes_beats_with_the_bearer_token(tmp_path: Path) -> None:
         # Prometheus authenticated on every scrape: the daemon counted no failure.
         body = http_get(watch.addr).decode()
         assert "\nvarta_prom_auth_failures_total 0\n" in body
+
+        # Prometheus asks for gzip (Accept-Encoding: gzip) and parsed what it
+        # got; a body counts the gzip answers made before it was rendered.
+        def gzipped() -> bool:
+            text = http_get(watch.addr or "").decode()  # empty when over the rate limit
+            line = next(
+                (ln for ln in text.splitlines() if ln.startswith("varta_scrape_gzip_total ")),
+                "- 0",
+            )
+            return int(line.split()[1]) >= 1
+
+        wait_for("a gzip answer to Prometheus counted", gzipped, 30)
     finally:
         if prom is not None:
             prom.terminate()

@@ -231,7 +231,7 @@ def test_metrics_auth_core_families_and_promtool(tmp_path: Path) -> None:
             resp = http_get(watch.addr, token=bad)
             assert resp.startswith(b"HTTP/1.0 401 Unauthorized\r\n"), resp[:80]
             assert b'WWW-Authenticate: Bearer realm="varta"' in resp
-        row = f'varta_beats_total{{pid="{agent.pid}"}} '
+        row = f'varta_beats_total{{pid="{agent.pid}",'
 
         def body_with_agent() -> str:
             resp = http_get(watch.addr or "", TOKEN_HEX.upper())
@@ -251,7 +251,7 @@ def test_metrics_auth_core_families_and_promtool(tmp_path: Path) -> None:
         ("varta_stalls_total", "0"),
         ("varta_status", "0"),
     ):
-        got = [ln for ln in lines if ln.startswith(f'{fam}{{pid="{agent.pid}"}} ')]
+        got = [ln for ln in lines if ln.startswith(f'{fam}{{pid="{agent.pid}",')]
         assert len(got) == 1, fam
         if value is not None:
             assert got[0].endswith(f" {value}")

@@ -450,8 +450,10 @@ def test_metrics_served_from_loop_snapshots(tmp_path: Path) -> None:
     daemon.shutdown()
     assert out.getvalue().startswith("127.0.0.1:")
     body = bodies[0].partition(b"\r\n\r\n")[2].decode()
-    assert 'varta_beats_total{pid="4242"} 1\n' in body
-    assert 'varta_status{pid="4242"} 2\n' in body
+    lines = body.splitlines()
+    # the pid's rows (their unit/comm labels: docs/observer.md#per-pid-families)
+    assert any(ln.startswith('varta_beats_total{pid="4242",') and ln.endswith(" 1") for ln in lines)
+    assert any(ln.startswith('varta_status{pid="4242",') and ln.endswith(" 2") for ln in lines)
     assert "varta_tracker_capacity 256\n" in body
 
 

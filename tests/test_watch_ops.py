@@ -73,6 +73,34 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_fleet_configs_check(tmp_path: Path) -> None:
+    """ops/fleet: promtool accepts the scrape config (with the rules beside it)
+    and amtool the Alertmanager routing; tests/test_fleet_alertmanager.py runs them."""
+    token = tmp_path / "token"
+    token.write_text("ab" * 32 + "\n")
+    config = (OPS / "fleet" / "prometheus.yml").read_text()
+    assert "credentials_file: /etc/prometheus/varta-prom-token" in config
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace("/etc/prometheus/varta-prom-token", str(token))
+    )
+    shutil.copytree(OPS / "fleet" / "targets", tmp_path / "targets")
+    for path in RULES:
+        shutil.copy(path, tmp_path / path.name)
+    res = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    amtool = shutil.which("amtool")
+    assert amtool is not None, (
+        "amtool missing: scripts/test.sh installs the Debian prometheus-alertmanager package"
+    )
+    res = subprocess.run(
+        [amtool, "check-config", str(OPS / "fleet" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 @pytest.mark.parametrize(
     "path", [*RULES, OPS / "grafana" / "varta-watch.json"], ids=lambda p: p.name
 )

@@ -6,7 +6,7 @@ Its test and benchmark entry points are in the submodule ``_testing`` (``_testin
 import os
 from collections.abc import Iterable, Iterator
 from os import PathLike
-from typing import Literal, NoReturn, Optional, Sequence, Union, final
+from typing import Literal, NoReturn, Optional, Sequence, TypedDict, Union, final
 
 from typing_extensions import TypeAlias
 
@@ -268,14 +268,26 @@ class AgentInfo:
     def verdict(self) -> Optional[Verdict]: ...
 
 _PidRow: TypeAlias = tuple[int, int, int, int]
+#: A constructor row may add the stall's verdict name (``"hung"`` ...) or None.
+_PidRowIn: TypeAlias = Union[_PidRow, tuple[int, int, int, int, Optional[str]]]
+
+class _RowSummary(TypedDict):
+    """``PidRows.summary()``: counts by status name, by verdict name, and
+    ``(unit, counts by status name)`` sorted by unit."""
+
+    status: dict[str, int]
+    verdict: dict[str, int]
+    unit: list[tuple[str, dict[str, int]]]
 
 @final
 class PidRows:
     """Exporter rows ``(pid, beats, stalls, status)`` by pid; status 3 = stalled."""
 
-    def __new__(cls, rows: Optional[Iterable[_PidRow]] = None) -> PidRows: ...
+    def __new__(cls, rows: Optional[Iterable[_PidRowIn]] = None) -> PidRows: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[_PidRow]: ...
+    def capped(self, limit: int) -> PidRows: ...
+    def summary(self, max_units: int = 1000) -> _RowSummary: ...
     def render(self, name: str, column: Literal["beats", "stalls", "status"]) -> bytes: ...
 
 def udp_default_bind(secure: bool) -> str: ...

@@ -27,6 +27,7 @@ from typing import Optional, Union
 from .._varta import udp_default_bind
 from ..keys import MAX_SHARED_KEYS
 from . import recovery
+from .metrics import DEFAULT_AGENT_ROWS
 
 PROG = "varta-watch"
 
@@ -120,6 +121,7 @@ class WatchConfig:
     prom_token_file: Optional[str] = None
     prom_rate_limit_per_sec: int = 5
     prom_rate_limit_burst: int = 10
+    prom_agent_rows: int = DEFAULT_AGENT_ROWS
     # 1.5 tracker, loop, lifecycle
     tracker_capacity: int = 256
     eviction_scan_window: int = 256
@@ -408,6 +410,9 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--prom-rate-limit-per-sec", "0..u32", "N", "",
              "per-IP scrape refill (0 = no limit)"),
         Flag("--prom-rate-limit-burst", "0..u32", "N", "", "per-IP scrape burst (0 = no limit)"),
+        Flag("--prom-agent-rows", "0..1000000", "N", "",
+             "per-agent series for at most N agents: not OK first, then lowest pid; "
+             "the rest only counted (0 = counts only; docs/observer.md#agent-rows)"),
     ]),
     ("Tracker, loop, lifecycle", [
         Flag("--tracker-capacity", "1..1000000", "N", "", "max tracked pids, 1..=1000000",

@@ -338,7 +338,9 @@ class Daemon:
             self.hw = HwWatchdog(cfg.hw_watchdog)
         if cfg.prom_addr is not None:
             token = read_token(cfg.prom_token_file) if cfg.prom_token_file else None
-            collector = VartaCollector(lambda: self.box.latest, self.serve_stats, self.logs)
+            collector = VartaCollector(
+                lambda: self.box.latest, self.serve_stats, self.logs, cfg.prom_agent_rows
+            )
             wait_s = cfg.read_timeout_ms / 1000.0 + 0.25
 
             def body() -> bytes:

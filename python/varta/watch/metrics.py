@@ -12,7 +12,11 @@ Text: :func:`render` writes the 0.0.4 text format the docs fix byte for byte:
 counts are plain decimal integers, histogram ``_sum`` has 9 decimals and float
 gauges 3, and ``varta_recovery_duration_ns_sum`` is a counter whose name does
 not end in ``_total``. The per-pid families stay native (Rust writes their
-sample lines). No Prometheus client library is involved: the body is checked
+sample lines) and are capped (docs/observer.md#agent-rows): per-agent rows
+for at most ``--prom-agent-rows`` agents, not OK first, the rest counted in
+``varta_agents*`` — the selection and the counts are made in Rust with the
+GIL released, never by walking Python objects per agent. No Prometheus client
+library is involved: the body is checked
 against ``promtool`` and the ``prometheus_client`` parser in the tests, and
 against a real Prometheus server in ``tests/test_prometheus_integration.py``.
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
 
 from varta import PidRows
 
@@ -34,6 +38,9 @@ from .logsetup import SUPPRESSED_KINDS, RateLimiter
 from .recovery import OUTCOMES, REFUSED_REASONS
 
 CounterValue = Union[int, float, Mapping[str, int]]
+
+if TYPE_CHECKING:
+    from varta._varta import _RowSummary as AgentSummary
 
 # --- label sets (docs/observer.md#metric-families) -------------------------------------
 
@@ -54,6 +61,13 @@ DROP_REASONS = ("drain", "rate_limit", "ip_table_full")
 SIGNAL_MODES = ("direct", "libc")
 VERDICTS = ("hung", "exited", "crashed", "vanished", "unknown")
 DROPPED_EVENT_KINDS = ("beat", "other")
+AGENT_STATUSES = ("ok", "degraded", "critical", "stall")
+
+#: ``--prom-agent-rows`` default: per-agent series for at most this many agents.
+DEFAULT_AGENT_ROWS = 1000
+#: At most this many units in ``varta_agents_by_unit`` (the largest; the rest
+#: are summed under ``unit="(other)"``).
+MAX_UNITS = 1000
 BUCKETS = FSYNC_BUCKETS  # 0.001 … 1 seconds; +Inf added by Histogram.cumulative()
 
 C, G, H = "counter", "gauge", "histogram"
@@ -74,6 +88,8 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "verdict": ("verdict", VERDICTS),
     "kind:events": ("kind", DROPPED_EVENT_KINDS),
     "reason:audit": ("reason", AUDIT_DROP_REASONS),
+    "status": ("status", AGENT_STATUSES),
+    "unit": ("unit", ()),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order
@@ -157,7 +173,26 @@ varta_export_rows_dropped_total | c | - | TSV rows never written (backlog full o
 varta_export_torn_tail_repaired_total | c | - | Torn last lines cut from the TSV file on open.
 varta_export_io_errors_total | c | - | TSV export write errors.
 varta_reopen_total | c | - | SIGHUP file reopens (logrotate postrotate).
+varta_scrape_gzip_total | c | - | Scrapes answered gzip-compressed (Accept-Encoding: gzip).
+varta_agents | g | status | Tracked agents by status (stall = silent past the threshold).
+varta_agents_by_verdict | g | verdict | Stalled tracked agents by verdict (docs/verdicts.md).
+varta_agents_by_unit | g | unit | Tracked agents by systemd unit and status.
+varta_agent_rows_omitted | g | - | Tracked agents without per-agent series (--prom-agent-rows).
 """
+
+#: Families computed from the per-pid rows, not from counters
+#: (docs/observer.md#agent-rows).
+ROW_FAMILIES = frozenset(
+    {
+        "varta_beats_total",
+        "varta_stalls_total",
+        "varta_status",
+        "varta_agents",
+        "varta_agents_by_verdict",
+        "varta_agents_by_unit",
+        "varta_agent_rows_omitted",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -259,6 +294,7 @@ class ServeStats:
     scrape_skipped: int = 0
     scrape_budget_exhausted: int = 0
     scrape_budget_exceeded: int = 0
+    gzip: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     serve_seconds: Histogram = field(default_factory=new_histogram)
 
@@ -268,6 +304,7 @@ class ServeStats:
             "scrape_skipped": self.scrape_skipped,
             "scrape_budget_exhausted": self.scrape_budget_exhausted,
             "observer_scrape_budget_exceeded": self.scrape_budget_exceeded,
+            "scrape_gzip": self.gzip,
             "prom_connections_dropped": dict(self.dropped),
         }
 
@@ -316,10 +353,12 @@ class VartaCollector:
         snapshot: Callable[[], Snapshot],
         serve: Optional[ServeStats] = None,
         logs: Optional[RateLimiter] = None,
+        agent_rows: int = DEFAULT_AGENT_ROWS,
     ) -> None:
         self._snapshot = snapshot
         self._serve = serve
         self._logs = logs
+        self._agent_rows = agent_rows
 
     def collect(self) -> Iterator[MetricFamily]:
         snap = self._snapshot()
@@ -334,13 +373,37 @@ class VartaCollector:
         if self._serve is not None:
             hists["varta_observer_serve_pending_seconds"] = self._serve.serve_seconds
             hists["varta_observer_stage_seconds:serve_pending"] = self._serve.serve_seconds
+        shown = snap.agents.capped(self._agent_rows)
+        agents = _agent_samples(snap.agents.summary(MAX_UNITS), len(snap.agents) - len(shown))
         for f in FAMILIES:
             if f.label == "pid":
-                yield MetricFamily(f, rows=snap.agents)
+                yield MetricFamily(f, rows=shown)
+            elif f.name in agents:
+                yield MetricFamily(f, agents[f.name])
             elif f.type == H:
                 yield MetricFamily(f, _histogram_samples(f, hists))
             else:
                 yield MetricFamily(f, _scalar_samples(f, values))
+
+
+def _agent_samples(summary: AgentSummary, omitted: int) -> dict[str, tuple[Sample, ...]]:
+    """The aggregate families of docs/observer.md#agent-rows from ``PidRows.summary()``."""
+    status, verdict = summary["status"], summary["verdict"]
+    by_unit = tuple(
+        Sample("varta_agents_by_unit", (("unit", unit), ("status", st)), counts[st])
+        for unit, counts in summary["unit"]
+        for st in AGENT_STATUSES
+    )
+    return {
+        "varta_agents": tuple(
+            Sample("varta_agents", (("status", st),), status[st]) for st in AGENT_STATUSES
+        ),
+        "varta_agents_by_verdict": tuple(
+            Sample("varta_agents_by_verdict", (("verdict", v),), verdict[v]) for v in VERDICTS
+        ),
+        "varta_agents_by_unit": by_unit,
+        "varta_agent_rows_omitted": (Sample("varta_agent_rows_omitted", (), omitted),),
+    }
 
 
 def _scalar_samples(f: Family, values: Mapping[str, CounterValue]) -> tuple[Sample, ...]:

@@ -251,11 +251,20 @@ impl PyObserver {
             .collect()
     }
 
-    /// Exporter rows of every tracked pid (`varta.PidRows`): one copy
-    /// under the lock, sorted after it with the GIL released.
+    /// Exporter rows of every tracked pid (`varta.PidRows`), copied a
+    /// chunk of slots per turn of the lock, which ingest may take in
+    /// between (`docs/observer.md#agent-rows`), then sorted; the GIL is
+    /// released throughout (waiting for the lock included).
     fn pid_rows(&self, py: Python<'_>) -> PidRowsPy {
-        let rows = self.with_obs(|o| PidRows::copy_from(o.tracker()));
-        PidRowsPy::wrap(py.detach(move || PidRows::new(rows)))
+        PidRowsPy::wrap(py.detach(|| {
+            let mut rows = Vec::new();
+            let mut next = Some(0);
+            while let Some(start) = next {
+                next = self.with_obs(|o| PidRows::copy_chunk(o.tracker(), start, &mut rows));
+                std::thread::yield_now();
+            }
+            PidRows::from_unique(rows)
+        }))
     }
 
     /// One tracked pid, or `None`.
@@ -440,6 +449,14 @@ fn bench_tracker_scaling(
     }))
 }
 
+/// Per each of `rounds` copies of an `agents`-pid tracker into exporter
+/// rows: (wall ns of the whole copy, of its longest chunk — the longest
+/// `Observer.pid_rows()` holds the observer lock).
+#[pyfunction]
+fn bench_rows_copy(py: Python<'_>, agents: u32, rounds: usize) -> Vec<(u64, u64)> {
+    py.detach(move || varta_core::observer::bench::bench_rows_copy(agents, rounds))
+}
+
 /// Benchmark floor: a bare blocking `recvmsg` loop with credentials on a
 /// fresh socket at `path` (with `pidfd`, also `SO_PASSPIDFD`, each pidfd
 /// closed); returns (thread CPU ns, datagrams counted).
@@ -497,6 +514,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// The benchmark entry points, in `varta._varta._testing`.
 pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bench_tracker_scaling, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_rows_copy, m)?)?;
     m.add_function(wrap_pyfunction!(bench_recv_floor, m)?)?;
     m.add_function(wrap_pyfunction!(thread_cpu_ns, m)?)?;
     Ok(())

@@ -3,12 +3,14 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::sync::Arc;
-use varta_core::observer::rows::{PidRow, PidRows, RowColumn};
+use varta_core::observer::rows::{PidRow, PidRows, RowColumn, STATUS_NAMES};
+use varta_core::observer::verdict::Verdict;
 
 /// Immutable rows `(pid, beats, stalls, status)` sorted by pid; `status` 3
-/// means stalled. From `Observer.pid_rows()`, or built from tuples (fakes).
+/// means stalled. From `Observer.pid_rows()`, or built from tuples (fakes),
+/// which may carry a fifth item: the stall's verdict name (or `None`).
 #[pyclass(name = "PidRows", module = "varta", frozen)]
 pub struct PyPidRows {
     rows: Arc<PidRows>,
@@ -30,17 +32,36 @@ impl PyPidRows {
         let mut out = Vec::new();
         if let Some(rows) = rows {
             for item in rows.try_iter()? {
-                let (pid, beats, stalls, status): (u32, u64, u64, u8) = item?.extract()?;
+                let item = item?;
+                let (pid, beats, stalls, status, verdict): (u32, u64, u64, u8, Option<String>) =
+                    if item.len().ok() == Some(5) {
+                        item.extract()?
+                    } else {
+                        let (p, b, s, st): (u32, u64, u64, u8) = item.extract()?;
+                        (p, b, s, st, None)
+                    };
                 if status > 3 {
                     return Err(PyValueError::new_err(format!(
                         "status {status} out of range 0..=3"
                     )));
                 }
+                let verdict = match verdict {
+                    None => None,
+                    Some(name) => Some(
+                        Verdict::ALL
+                            .into_iter()
+                            .find(|v| v.as_str() == name)
+                            .ok_or_else(|| {
+                                PyValueError::new_err(format!("unknown verdict {name:?}"))
+                            })?,
+                    ),
+                };
                 out.push(PidRow {
                     pid,
                     beats,
                     stalls,
                     status,
+                    verdict,
                 });
             }
         }
@@ -65,7 +86,46 @@ impl PyPidRows {
             .map(Bound::into_any)
     }
 
-    /// `name{pid="<pid>"} <value>\n` per row; `column` is `"beats"`,
+    /// The rows that get series of their own, at most `limit`: agents not
+    /// OK first (stalled, critical, degraded), then the lowest pids
+    /// (`docs/observer.md#agent-rows`). Chosen with the GIL released.
+    fn capped(&self, py: Python<'_>, limit: usize) -> PyPidRows {
+        let rows = Arc::clone(&self.rows);
+        PyPidRows::wrap(py.detach(move || rows.capped(limit)))
+    }
+
+    /// Counts of every row, computed with the GIL released:
+    /// `{"status": {name: n}, "verdict": {name: n}, "unit": [(unit,
+    /// {status: n}), ...]}`; at most `max_units` units (the largest), the
+    /// rest summed under `"(other)"`.
+    #[pyo3(signature = (max_units=1000))]
+    fn summary<'py>(&self, py: Python<'py>, max_units: usize) -> PyResult<Bound<'py, PyDict>> {
+        let rows = Arc::clone(&self.rows);
+        let sum = py.detach(move || rows.summary(max_units));
+        let by_status = |counts: &[u64; 4]| -> PyResult<Bound<'py, PyDict>> {
+            let d = PyDict::new(py);
+            for (name, n) in STATUS_NAMES.iter().zip(counts) {
+                d.set_item(name, n)?;
+            }
+            Ok(d)
+        };
+        let verdicts = PyDict::new(py);
+        for v in Verdict::ALL {
+            verdicts.set_item(v.as_str(), sum.by_verdict[v as usize])?;
+        }
+        let units = sum
+            .by_unit
+            .iter()
+            .map(|(u, c)| (u.as_str(), by_status(c)?).into_pyobject(py))
+            .collect::<PyResult<Vec<Bound<'py, PyTuple>>>>()?;
+        let out = PyDict::new(py);
+        out.set_item("status", by_status(&sum.by_status)?)?;
+        out.set_item("verdict", verdicts)?;
+        out.set_item("unit", PyList::new(py, units)?)?;
+        Ok(out)
+    }
+
+    /// `name{pid="<pid>",unit="<unit>",comm="<comm>"} <value>\n` per row; `column` is `"beats"`,
     /// `"stalls"` or `"status"`. Written with the GIL released.
     fn render<'py>(
         &self,

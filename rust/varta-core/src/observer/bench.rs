@@ -241,6 +241,32 @@ pub fn bench_tracker_scaling_layout(
     rows
 }
 
+/// Per each of `rounds` copies of a tracker of `agents` pids into exporter
+/// rows, a chunk at a time ([`PidRows::copy_chunk`](super::rows::PidRows::copy_chunk)):
+/// (wall ns of the whole copy, of its longest chunk). A chunk is what
+/// `Observer.pid_rows()` does per turn of the observer lock, the only part
+/// of a `/metrics` render that holds up ingest (`docs/observer.md#agent-rows`).
+pub fn bench_rows_copy(agents: u32, rounds: usize) -> Vec<(u64, u64)> {
+    use super::rows::PidRows;
+    let b = TrackerBench::new(agents, BENCH_BATCH);
+    let ns = |t: std::time::Instant| u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    (0..rounds)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            let mut longest = 0;
+            let mut rows = Vec::new();
+            let mut next = Some(0);
+            while let Some(start) = next {
+                let t = std::time::Instant::now();
+                next = PidRows::copy_chunk(&b.tracker, start, &mut rows);
+                longest = longest.max(ns(t));
+            }
+            std::hint::black_box(rows);
+            (ns(t0), longest)
+        })
+        .collect()
+}
+
 /// CPU time of the calling thread (ns).
 pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {

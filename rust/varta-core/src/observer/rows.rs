@@ -2,14 +2,22 @@
 //! tracker's per-pid counts and the Prometheus sample lines for them.
 //!
 //! The daemon renders `varta_beats_total`, `varta_stalls_total` and
-//! `varta_status` for every tracked pid — up to 1,000,000 rows, ~30 MB of
-//! text. Built as Python objects that took ~14 s (and ~1.5 s at 100,000),
-//! past the self-watchdog's 2 s serve limit, so the copy (on the poll loop)
-//! is one pass over the slots and the text (on the metrics thread) is
-//! written here.
+//! `varta_status` per agent. For every tracked pid that was up to
+//! 1,000,000 rows, ~100 MB of text: no Prometheus should ingest that, so the
+//! rows are capped (`docs/observer.md#agent-rows`): [`PidRows::capped`]
+//! picks the agents that get rows of their own (not OK first, then the
+//! lowest pids) and [`PidRows::summary`] counts every agent by status,
+//! verdict and unit. Both are one pass here, never a walk over Python
+//! objects; the copy (on the poll loop) is one pass over the slots and the
+//! text (on the metrics thread) is written here.
 
 use super::tracker::Tracker;
+use super::verdict::Verdict;
+use std::collections::HashMap;
 use std::io::Write;
+
+/// Tracker slots copied per [`PidRows::copy_chunk`] (64 B each: 4 MiB).
+pub const COPY_CHUNK: usize = 65_536;
 
 /// `varta_status` value of a stall-latched pid.
 pub const STATUS_STALL: u8 = 3;
@@ -22,6 +30,38 @@ pub struct PidRow {
     pub stalls: u64,
     /// 0/1/2 = status of the last accepted beat, 3 = stalled.
     pub status: u8,
+    /// The verdict of the current stall, while stalled.
+    pub verdict: Option<Verdict>,
+}
+
+impl PidRow {
+    /// The `unit` and `comm` labels of this row's series and of the
+    /// by-unit counts (`docs/observer.md#agent-rows`): the one place the
+    /// exporter reads an agent's identity, empty while the tracker does
+    /// not know it.
+    pub fn identity(&self) -> (&str, &str) {
+        ("", "")
+    }
+}
+
+/// Status names in `varta_status` value order (`varta_agents{status}`).
+pub const STATUS_NAMES: [&str; 4] = ["ok", "degraded", "critical", "stall"];
+
+/// The by-unit count of the units that did not make the cut
+/// ([`PidRows::summary`]); systemd unit names cannot contain parentheses.
+pub const OTHER_UNITS: &str = "(other)";
+
+/// Counts over every row (`docs/observer.md#agent-rows`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowSummary {
+    /// Rows by status (index = [`PidRow::status`]).
+    pub by_status: [u64; 4],
+    /// Stalled rows by verdict (index = `Verdict as u8`).
+    pub by_verdict: [u64; 5],
+    /// Rows by unit, then by status; sorted by unit. At most `max_units`
+    /// units, the largest (ties: by name); the rest are summed under
+    /// [`OTHER_UNITS`].
+    pub by_unit: Vec<(String, [u64; 4])>,
 }
 
 /// Which number of a row a family exports.
@@ -67,11 +107,37 @@ impl PidRows {
         PidRows { rows }
     }
 
+    /// From rows whose pids are distinct (a tracker copy): sorted by pid
+    /// without keeping the given order of equal pids, which is faster.
+    pub fn from_unique(mut rows: Vec<PidRow>) -> PidRows {
+        rows.sort_unstable_by_key(|r| r.pid);
+        rows.dedup_by_key(|r| r.pid);
+        PidRows { rows }
+    }
+
     /// One row per tracked pid, in slot order: the cheap part, done while
-    /// the tracker is borrowed; sort with [`PidRows::new`] afterwards.
+    /// the tracker is borrowed; sort with [`PidRows::from_unique`] afterwards.
     pub fn copy_from(tracker: &Tracker) -> Vec<PidRow> {
         let mut rows = Vec::with_capacity(tracker.len());
-        rows.extend(tracker.iter().map(|a| PidRow {
+        let mut next = Some(0);
+        while let Some(start) = next {
+            next = PidRows::copy_chunk(tracker, start, &mut rows);
+        }
+        rows
+    }
+
+    /// Append the rows of the [`COPY_CHUNK`] slots from slot `start`;
+    /// the next chunk's start, or `None` after the last. Copying a chunk at
+    /// a time, the caller can let go of the tracker in between
+    /// (`docs/observer.md#agent-rows`): ingest then waits for one chunk, not
+    /// for the whole table. An agent that moves meanwhile may be missed or
+    /// copied twice (keep one: [`PidRows::from_unique`]).
+    pub fn copy_chunk(tracker: &Tracker, start: usize, out: &mut Vec<PidRow>) -> Option<usize> {
+        if start == 0 {
+            out.reserve(tracker.len());
+        }
+        let end = start.saturating_add(COPY_CHUNK);
+        out.extend(tracker.iter_slots(start..end).map(|a| PidRow {
             pid: a.pid,
             beats: a.beats,
             stalls: a.stalls,
@@ -80,8 +146,9 @@ impl PidRows {
             } else {
                 a.status as u8
             },
+            verdict: if a.stalled { a.verdict } else { None },
         }));
-        rows
+        (end < tracker.capacity()).then_some(end)
     }
 
     pub fn rows(&self) -> &[PidRow] {
@@ -96,12 +163,100 @@ impl PidRows {
         self.rows.is_empty()
     }
 
-    /// Append `name{pid="<pid>"} <value>\n` for every row to `out`.
-    pub fn render_samples(&self, name: &str, column: RowColumn, out: &mut Vec<u8>) {
-        out.reserve(self.rows.len() * (name.len() + 24));
+    /// The rows that get series of their own (`docs/observer.md#agent-rows`):
+    /// at most `limit`, agents not OK first (stalled, then critical, then
+    /// degraded), then OK agents; lowest pid first within each. By pid.
+    ///
+    /// Lowest pid, because the kernel hands out pids in rising order (until
+    /// they wrap): the lowest are mostly the longest tracked, so the chosen
+    /// set — and the series Prometheus stores — stays put across scrapes.
+    pub fn capped(&self, limit: usize) -> PidRows {
+        if self.rows.len() <= limit {
+            return self.clone();
+        }
+        let mut picked: Vec<PidRow> = self
+            .rows
+            .iter()
+            .filter(|r| r.status != 0)
+            .cloned() // not copied(): rows gain owned identity fields
+            .collect();
+        if picked.len() >= limit {
+            let key = |r: &PidRow| (STATUS_STALL - r.status.min(STATUS_STALL), r.pid);
+            if limit > 0 {
+                picked.select_nth_unstable_by_key(limit - 1, key);
+            }
+            picked.truncate(limit);
+        } else {
+            let room = limit - picked.len();
+            picked.extend(
+                self.rows
+                    .iter()
+                    .filter(|r| r.status == 0)
+                    .take(room)
+                    .cloned(),
+            );
+        }
+        picked.sort_unstable_by_key(|r| r.pid);
+        PidRows { rows: picked }
+    }
+
+    /// Counts of every row by status, verdict and unit, at most
+    /// `max_units` units (see [`RowSummary::by_unit`]).
+    pub fn summary(&self, max_units: usize) -> RowSummary {
+        let mut sum = RowSummary::default();
+        let mut units: HashMap<&str, [u64; 4]> = HashMap::new();
         for r in &self.rows {
+            let status = usize::from(r.status.min(STATUS_STALL));
+            sum.by_status[status] += 1;
+            if let Some(v) = r.verdict {
+                sum.by_verdict[v as usize] += 1;
+            }
+            units.entry(r.identity().0).or_default()[status] += 1;
+        }
+        let mut units: Vec<(&str, [u64; 4])> = units.into_iter().collect();
+        units.sort_unstable_by(|a, b| {
+            let total = |c: &[u64; 4]| c.iter().sum::<u64>();
+            total(&b.1).cmp(&total(&a.1)).then(a.0.cmp(b.0))
+        });
+        let mut other = [0u64; 4];
+        for (_, counts) in units.iter().skip(max_units) {
+            for (o, c) in other.iter_mut().zip(counts) {
+                *o += c;
+            }
+        }
+        units.truncate(max_units);
+        sum.by_unit = units.into_iter().map(|(u, c)| (u.to_owned(), c)).collect();
+        if other.iter().any(|&c| c > 0) {
+            sum.by_unit.push((OTHER_UNITS.to_owned(), other));
+        }
+        sum.by_unit.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sum
+    }
+
+    /// Append `name{pid="<pid>",unit="<unit>",comm="<comm>"} <value>\n` for
+    /// every row to `out`.
+    pub fn render_samples(&self, name: &str, column: RowColumn, out: &mut Vec<u8>) {
+        out.reserve(self.rows.len() * (name.len() + 40));
+        for r in &self.rows {
+            let (unit, comm) = r.identity();
             // Writing to a Vec cannot fail.
-            let _ = writeln!(out, "{name}{{pid=\"{}\"}} {}", r.pid, column.value(r));
+            let _ = write!(out, "{name}{{pid=\"{}\",unit=\"", r.pid);
+            push_label_value(out, unit);
+            out.extend_from_slice(b"\",comm=\"");
+            push_label_value(out, comm);
+            let _ = writeln!(out, "\"}} {}", column.value(r));
+        }
+    }
+}
+
+/// A label value in the text format: `\`, `"` and newline escaped.
+pub fn push_label_value(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
         }
     }
 }
@@ -118,6 +273,7 @@ mod tests {
             beats,
             stalls,
             status,
+            verdict: None,
         }
     }
 
@@ -129,8 +285,10 @@ mod tests {
         rows.render_samples("varta_status", RowColumn::Status, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "varta_beats_total{pid=\"17\"} 12345678901\nvarta_beats_total{pid=\"42\"} 7\n\
-             varta_status{pid=\"17\"} 1\nvarta_status{pid=\"42\"} 3\n"
+            "varta_beats_total{pid=\"17\",unit=\"\",comm=\"\"} 12345678901\n\
+             varta_beats_total{pid=\"42\",unit=\"\",comm=\"\"} 7\n\
+             varta_status{pid=\"17\",unit=\"\",comm=\"\"} 1\n\
+             varta_status{pid=\"42\",unit=\"\",comm=\"\"} 3\n"
         );
     }
 
@@ -155,6 +313,91 @@ mod tests {
         t.record(&f(4, Status::Ok), ka, None, None, 105);
         t.expire(112, &mut |_| {}); // pid 9 due at 110, pid 4 at 115
         let rows = PidRows::new(PidRows::copy_from(&t));
-        assert_eq!(rows.rows(), &[row(4, 1, 0, 0), row(9, 1, 1, STATUS_STALL)]);
+        let verdict = t.get(9).and_then(|a| a.verdict);
+        assert!(verdict.is_some());
+        let stalled = PidRow {
+            verdict,
+            ..row(9, 1, 1, STATUS_STALL)
+        };
+        assert_eq!(rows.rows(), &[row(4, 1, 0, 0), stalled]);
+    }
+
+    #[test]
+    fn a_copy_in_chunks_copies_every_slot() {
+        let n = COPY_CHUNK + 5;
+        let mut t = Tracker::new(TrackerConfig {
+            capacity: n,
+            ..TrackerConfig::new(1_000_000)
+        })
+        .unwrap();
+        for pid in 1..=n as u32 {
+            let f = Frame {
+                status: Status::Ok,
+                pid,
+                timestamp: 1,
+                nonce: 1,
+                payload: 0,
+            };
+            t.record(&f, BeatOrigin::KernelAttested, None, None, 100);
+        }
+        let mut rows = Vec::new();
+        assert_eq!(PidRows::copy_chunk(&t, 0, &mut rows), Some(COPY_CHUNK));
+        assert_eq!(rows.len(), COPY_CHUNK);
+        assert_eq!(PidRows::copy_chunk(&t, COPY_CHUNK, &mut rows), None);
+        let all = PidRows::from_unique(rows);
+        assert_eq!(pids(&all), (1..=n as u32).collect::<Vec<_>>());
+        assert_eq!(all, PidRows::new(PidRows::copy_from(&t)));
+    }
+
+    fn pids(rows: &PidRows) -> Vec<u32> {
+        rows.rows().iter().map(|r| r.pid).collect()
+    }
+
+    #[test]
+    fn capped_rows_put_agents_not_ok_first_then_the_lowest_pids() {
+        // pids 1..=10 OK except 7 (stalled), 9 (critical), 4 (degraded).
+        let status = |pid: u32| match pid {
+            7 => 3,
+            9 => 2,
+            4 => 1,
+            _ => 0,
+        };
+        let rows = PidRows::new((1..=10).map(|p| row(p, 1, 0, status(p))).collect());
+        assert_eq!(pids(&rows.capped(100)), (1..=10).collect::<Vec<_>>());
+        assert_eq!(pids(&rows.capped(5)), vec![1, 2, 4, 7, 9]);
+        assert_eq!(pids(&rows.capped(3)), vec![4, 7, 9]);
+        // Not OK beyond the cap: stalled first, then critical.
+        assert_eq!(pids(&rows.capped(2)), vec![7, 9]);
+        assert_eq!(pids(&rows.capped(1)), vec![7]);
+        assert!(rows.capped(0).is_empty());
+        // The same rows every time (no churn between scrapes).
+        assert_eq!(rows.capped(5), rows.capped(5));
+    }
+
+    #[test]
+    fn many_stalled_agents_beyond_the_cap_keep_the_lowest_pids() {
+        let rows = PidRows::new((1..=1000).rev().map(|p| row(p, 1, 1, 3)).collect());
+        assert_eq!(pids(&rows.capped(3)), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_summary_counts_every_row_by_status_verdict_and_unit() {
+        let mut rows: Vec<PidRow> = (1..=6).map(|p| row(p, 1, 0, (p % 4) as u8)).collect();
+        rows[2].verdict = Some(Verdict::Hung); // pid 3, status 3
+        let s = PidRows::new(rows).summary(10);
+        assert_eq!(s.by_status, [1, 2, 2, 1]);
+        assert_eq!(s.by_verdict, [1, 0, 0, 0, 0]);
+        assert_eq!(s.by_unit, vec![(String::new(), [1, 2, 2, 1])]);
+        // Units beyond the limit are summed under "(other)".
+        let s = PidRows::new(vec![row(1, 1, 0, 0)]).summary(0);
+        assert_eq!(s.by_unit, vec![(OTHER_UNITS.to_owned(), [1, 0, 0, 0])]);
+        assert_eq!(PidRows::default().summary(10), RowSummary::default());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Vec::new();
+        push_label_value(&mut out, "a\\b\"c\nd");
+        assert_eq!(out, b"a\\\\b\\\"c\\nd");
     }
 }

@@ -546,6 +546,20 @@ impl Tracker {
         self.slots.iter().filter(|s| s.has(F_USED)).map(Slot::view)
     }
 
+    /// [`Tracker::iter`] over the slots with indices in `range` (clamped to
+    /// the capacity), for copies made a chunk at a time.
+    pub fn iter_slots(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = AgentView> + '_ {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end]
+            .iter()
+            .filter(|s| s.has(F_USED))
+            .map(Slot::view)
+    }
+
     /// Remove `pid` (docs/observer.md#release KernelAttested generation mismatch): no stall,
     /// `pid_recycle++`, pid goes to the removed list. False if not tracked.
     pub fn retire(&mut self, pid: u32) -> bool {
