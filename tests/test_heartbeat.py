@@ -162,7 +162,7 @@ def test_set_status_reports_on_the_next_beats(sock_path: str) -> None:
         with varta.Heartbeat.connect(sock_path, interval_ms=20) as hb:
             hb.set_status(varta.Status.DEGRADED, 4242)
             hb.progress()
-            events = poll_until(obs, is_beat(me))
+            events = poll_until(obs, is_beat(me), within=10.0)
             beat = next(e for e in events if is_beat(me)(e))
             assert (beat.status, beat.payload) == (varta.Status.DEGRADED, 4242)
             hb.set_status("critical")  # no payload: the progress count
@@ -176,7 +176,7 @@ def test_set_status_reports_on_the_next_beats(sock_path: str) -> None:
                     critical.append(e.payload)
                 return sum(critical) >= 3
 
-            poll_until(obs, three_reported)
+            poll_until(obs, three_reported, within=10.0)
             assert sum(critical) == 3, critical
             hb.set_status()
             hb.progress()
