@@ -396,7 +396,10 @@ mod tests {
         }
         wait_for("a beat", || !beats(&rec).is_empty());
         let first = beats(&rec)[0];
-        assert_eq!((first.status, first.payload, first.nonce), (Status::Ok, 5, 1));
+        assert_eq!(
+            (first.status, first.payload, first.nonce),
+            (Status::Ok, 5, 1)
+        );
         // Stalled: ticks pass, nothing more is sent.
         let idle = hb.stats().idle;
         wait_for("idle ticks", || hb.stats().idle >= idle + 10);

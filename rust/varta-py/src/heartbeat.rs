@@ -23,9 +23,9 @@ use varta_core::secure::{Key, SessionMode};
 use varta_core::transport::{DgramTransport, Endpoint};
 use varta_core::transport_secure::SecureUdpTransport;
 
-/// Default beat interval: a threshold of a few seconds is typical
-/// (`docs/agent.md#quick-start`).
-const DEFAULT_INTERVAL_MS: u64 = 500;
+// The default `interval_ms` is 500 (a literal in each signature, so that
+// the runtime signature shows it): a threshold of a few seconds is typical
+// (`docs/agent.md#quick-start`).
 /// Upper bound of `interval_ms` (one hour).
 const MAX_INTERVAL_MS: u64 = 3_600_000;
 /// How long `close()` waits for the beater before it checks for signals.
@@ -96,7 +96,7 @@ impl PyHeartbeat {
     /// Connect to the observer's Unix datagram socket at `path` and start
     /// beating every `interval_ms` while progress is made.
     #[classmethod]
-    #[pyo3(signature = (path, *, interval_ms = DEFAULT_INTERVAL_MS as i64))]
+    #[pyo3(signature = (path, *, interval_ms = 500))]
     fn connect(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
@@ -111,7 +111,7 @@ impl PyHeartbeat {
 
     /// As `connect`, over plaintext UDP; `addr` is `(host, port)`.
     #[classmethod]
-    #[pyo3(signature = (addr, *, interval_ms = DEFAULT_INTERVAL_MS as i64))]
+    #[pyo3(signature = (addr, *, interval_ms = 500))]
     fn connect_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
@@ -127,7 +127,7 @@ impl PyHeartbeat {
 
     /// As `connect`, over secure UDP with a shared key.
     #[classmethod]
-    #[pyo3(signature = (addr, key, *, interval_ms = DEFAULT_INTERVAL_MS as i64))]
+    #[pyo3(signature = (addr, key, *, interval_ms = 500))]
     fn connect_secure_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
@@ -141,7 +141,7 @@ impl PyHeartbeat {
 
     /// As `connect`, over secure UDP with a master key.
     #[classmethod]
-    #[pyo3(signature = (addr, master_key, *, interval_ms = DEFAULT_INTERVAL_MS as i64))]
+    #[pyo3(signature = (addr, master_key, *, interval_ms = 500))]
     fn connect_secure_udp_with_master(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
@@ -164,7 +164,11 @@ impl PyHeartbeat {
     /// `OK` with the progress count. Raises `ValueError` for `STALL` or an
     /// unknown status.
     #[pyo3(signature = (status = None, payload = None), text_signature = "($self, status=..., payload=None)")]
-    fn set_status(&self, status: Option<&Bound<'_, PyAny>>, payload: Option<Payload>) -> PyResult<()> {
+    fn set_status(
+        &self,
+        status: Option<&Bound<'_, PyAny>>,
+        payload: Option<Payload>,
+    ) -> PyResult<()> {
         let status = match status {
             Some(s) => extract_status(s)?,
             None => varta_core::frame::Status::Ok,
@@ -244,7 +248,11 @@ impl PyHeartbeat {
                 "<varta.Heartbeat {t} interval_ms={} progress={} nonce={nonce}{}>",
                 self.interval_ms,
                 self.hb.progress_count(),
-                if self.hb.is_beating() { "" } else { " not beating" }
+                if self.hb.is_beating() {
+                    ""
+                } else {
+                    " not beating"
+                }
             ),
         }
     }
