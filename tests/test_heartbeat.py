@@ -115,10 +115,9 @@ def test_stalled_progress_is_hung_while_the_beater_runs_and_resumes(sock_path: s
             after = w.send("stats")
             assert not [e for e in window if is_beat(w.pid)(e)], window
             assert after["beating"], "the beater thread still runs"
-            assert after["sent"] == before["sent"] == at_stall["sent"] or (
-                # A beat may have been in flight when "stall" arrived.
-                after["sent"] == before["sent"] <= at_stall["sent"] + 1
-            )
+            # (Counted once the kernel took the beat: compare counts taken
+            # after the stall, when nothing has been sent for a threshold.)
+            assert after["sent"] == before["sent"] >= 1
             assert after["idle"] >= before["idle"] + 5
             assert after["progress"] == before["progress"]
 
