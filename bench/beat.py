@@ -10,6 +10,12 @@ Median ns per call, in one run, for:
 * ``master``   — ``Varta.connect_secure_udp_with_master(...).beat`` (64-byte frames)
 * ``udp_floor``— Python ``socket.send`` of a prebuilt 32-byte frame on a connected UDP socket
 * ``pure``     — a pure-Python agent: ``struct`` + table CRC-32C encode, then ``send``
+* ``progress`` — ``varta.Heartbeat.progress()``, the hot-loop call of a progress-gated
+                 heartbeat (one atomic add; its own thread does the sends). Timed as
+                 plain loops of ``--loop`` calls (no send to check), minus the empty
+                 loop; also checked for allocations over 10⁶ calls with ``tracemalloc``
+                 (its peak catches an object made and freed within a call) and
+                 ``sys.getallocatedblocks``, against the same loop calling nothing
 * ``upstream`` — upstream ``varta`` 0.2.0's ``Varta.beat``, run in a side venv
                  (``.venv-upstream`` at the repo root, as ``scripts/test.sh`` keeps it;
                  created with ``pip install varta==0.2.0`` if missing)
@@ -28,7 +34,7 @@ Also checked (not timed): frames from upstream 0.2.0's client decode with our
 ``varta.decode`` and re-encode byte for byte, and upstream's decoder accepts
 ours.
 
-    python bench/beat.py [--rounds N] [--burst B] [--passes P] [--no-upstream]
+    python bench/beat.py [--rounds N] [--burst B] [--passes P] [--loop L] [--no-upstream]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -46,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from typing import Any, Callable
 
 HERE = os.path.abspath(__file__)
@@ -131,6 +139,46 @@ def timed_bursts(
     finally:
         gc.enable()
     return out
+
+
+def timed_loops(call: Callable[[], Any] | None, rounds: int, n: int) -> list[int]:
+    """Per-round ns for `n` calls of `call` (None = the empty loop); no send to check."""
+    pc = time.perf_counter_ns
+    out = []
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            if call is None:
+                t0 = pc()
+                for _ in itertools.repeat(None, n):
+                    pass
+                t1 = pc()
+            else:
+                t0 = pc()
+                for _ in itertools.repeat(None, n):
+                    call()
+                t1 = pc()
+            out.append(t1 - t0)
+    finally:
+        gc.enable()
+    return out
+
+
+def allocations(call: Callable[[], Any], n: int) -> tuple[int, int, int]:
+    """(net bytes, peak bytes, net blocks) over `n` calls, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        for _ in itertools.repeat(None, 1000):
+            call()
+        blocks = sys.getallocatedblocks()
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in itertools.repeat(None, n):
+            call()
+        after, peak = tracemalloc.get_traced_memory()
+        return after - before, peak - before, sys.getallocatedblocks() - blocks
+    finally:
+        tracemalloc.stop()
 
 
 def upstream_worker_main(rounds: int, burst: int) -> None:
@@ -305,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1500, help="bursts per variant per pass")
     ap.add_argument("--burst", type=int, default=8, help="sends per timed burst (< 10)")
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--loop", type=int, default=1000, help="progress() calls per timed loop")
     ap.add_argument("--no-upstream", action="store_true")
     args = ap.parse_args(argv)
 
@@ -323,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         assert pure_crc32c(b"123456789") == varta.crc32c(b"123456789") == 0xE3069283
         pure.beat(0)
         assert varta.decode(rx.sock.recv(64)).nonce == 1, "pure-Python encoder is wrong"
+
+        # The heartbeat beats to a receiver of its own (never drained: its
+        # beats do not disturb the burst checks; once full they are dropped).
+        hb_rx = Receiver(os.path.join(tmp, "hb.sock"))
+        hb = varta.Heartbeat.connect(os.path.join(tmp, "hb.sock"), interval_ms=1000)
 
         udp_rx, sec_rx, mas_rx = UdpReceiver(32), UdpReceiver(60), UdpReceiver(64)
         udp_agent = varta.Varta.connect_udp(udp_rx.addr)
@@ -352,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
 
         samples: dict[str, list[int]] = {k: [] for k in [*variants, "upstream"]}
         empties: dict[str, list[int]] = {k: [] for k in samples}
+        prog_samples: list[int] = []
+        prog_empty: list[int] = []
         for _ in range(args.passes):
+            prog_empty += timed_loops(None, args.rounds, args.loop)
+            prog_samples += timed_loops(hb.progress, args.rounds, args.loop)
             for name, call in variants.items():
                 vrx = receivers.get(name, rx)
                 empties[name] += timed_bursts(None, args.rounds, args.burst, vrx)
@@ -374,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                 data = json.loads(res.stdout)
                 samples["upstream"] += data["samples"]
                 empties["upstream"] += data["empty"]
+        alloc_n = 1_000_000
+        alloc_base = allocations(int, alloc_n)  # int() returns the cached 0
+        alloc_prog = allocations(hb.progress, alloc_n)
+        hb_calls = hb.progress_count
+        hb.close()
+        hb_rx.sock.close()
         agent.close()
         for a in (udp_agent, sec_agent, mas_agent):
             a.close()
@@ -381,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ns = {k: per_call(samples[k], empties[k], args.burst) for k in samples if samples[k]}
+    ns["progress"] = per_call(prog_samples, prog_empty, args.loop)
     n = len(samples["ours"]) * args.burst
     print(
         f"varta {varta.__version__} | Python {sys.version.split()[0]} | "
@@ -396,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "secure": "Varta.beat over secure UDP (shared)",
         "master": "Varta.beat over secure UDP (master)",
         "udp_floor": "socket.send on a connected UDP socket",
+        "progress": "Heartbeat.progress()",
     }
     for k, v in ns.items():
         print(f"  {labels[k]:<34} {v:8.0f} ns/call")
@@ -406,6 +472,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio master/udp      {ns['master'] / ns['udp']:6.2f}")
     if "upstream" in ns:
         print(f"  ratio upstream/ours   {ns['upstream'] / ns['ours']:6.2f}  (target >= 4)")
+    print(
+        f"  ratio progress/floor  {ns['progress'] / ns['floor']:6.3f}  (target <= 0.05); "
+        f"{len(prog_samples) * args.loop} progress() calls in loops of {args.loop}"
+    )
+    net, peak, blocks = (p - b for p, b in zip(alloc_prog, alloc_base))
+    verdict = "none" if (net, peak, blocks) == (0, 0, 0) else "SOME"
+    print(
+        f"  progress() allocations over {alloc_n:,} calls: {verdict} "
+        f"(vs the empty call: net {net} B, peak {peak} B, {blocks} blocks; "
+        f"{hb_calls:,} calls counted)"
+    )
     print(f"  {interop}")
     return 0
 

@@ -34,7 +34,7 @@ export VARTA_REQUIRE_UPSTREAM=1
 . "$venv/bin/activate"
 step "installing test tools"
 python -m pip install -q --disable-pip-version-check \
-  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client mypy ruff 'mkdocs>=1.6,<2' \
+  'maturin>=1.5,<2' pytest pytest-timeout cryptography prometheus_client uvloop mypy ruff 'mkdocs>=1.6,<2' \
   'selenium>=4.10,<5'
 
 # Prometheus (server + promtool) for the metrics integration tests.

@@ -1,6 +1,8 @@
 """varta — process-liveness heartbeats (VLP v0.2) with a Rust core.
 
-Agent side: :class:`Varta` sends a 32-byte frame per :meth:`Varta.beat`.
+Agent side: :class:`Varta` sends a 32-byte frame per :meth:`Varta.beat`;
+:class:`Heartbeat` beats from a thread of its own while a loop calls
+:meth:`Heartbeat.progress` (and :mod:`varta.aio` watches an asyncio loop).
 Observer side: :class:`Observer` tracks every pid and reports stalls; the
 ``varta-watch`` daemon (``python -m varta watch``) builds on it.
 
@@ -29,6 +31,7 @@ from ._types import (
 from ._varta import (
     FRAME_LEN,
     Frame,
+    Heartbeat,
     Varta,
     classify_send_error,
     crc32c,
@@ -79,6 +82,7 @@ __all__ = [
     "DecodeError",
     "DropReason",
     "Frame",
+    "Heartbeat",
     "Key",
     "Status",
     "StatusLike",

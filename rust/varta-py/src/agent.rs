@@ -35,14 +35,15 @@ use varta_core::transport_secure::{SecurePending, SecureUdpTransport};
 // ---------------------------------------------------------------------------
 
 /// Every transport a `Varta` can sit on. (The secure stream adds its
-/// transport as one more variant.)
-enum Tx {
+/// transport as one more variant.) `varta.Heartbeat` drives the socket
+/// variants from its beater thread, which never takes the GIL.
+pub(crate) enum Tx {
     Dgram(DgramTransport),
     Secure(SecureUdpTransport),
     Py(PyTransport),
 }
 
-enum TxPending {
+pub(crate) enum TxPending {
     Dgram(OwnedFd),
     Secure(SecurePending),
     Py,
@@ -99,7 +100,7 @@ impl Transport for Tx {
 }
 
 impl Tx {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Tx::Dgram(t) => match t.endpoint() {
                 Endpoint::Unix(u) => format!("uds={:?}", u.path().to_string_lossy()),
@@ -169,7 +170,7 @@ fn classify_send_error(py: Python<'_>, exc: Bound<'_, PyOSError>) -> PyResult<Py
 /// A user object with upstream's `BeatTransport` shape: `send(buf) -> int`,
 /// `reconnect()`, optional `close()` and `expected_send_len`. Forgoes the
 /// zero-allocation guarantee (each send builds a `bytes`).
-struct PyTransport {
+pub(crate) struct PyTransport {
     obj: Py<PyAny>,
     expected: usize,
     /// The exception from the last `send`/`reconnect` that had no errno to
@@ -263,7 +264,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for StatusArg {
 
 /// `payload`: an int in `0..=0xFFFF_FFFF`; `TypeError` / `ValueError`
 /// otherwise, raised before anything is sent (`docs/agent.md#beating` step 1).
-struct Payload(u32);
+pub(crate) struct Payload(pub(crate) u32);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for Payload {
     type Error = PyErr;

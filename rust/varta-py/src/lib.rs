@@ -10,6 +10,7 @@ mod codec;
 mod errors;
 #[cfg(target_os = "linux")]
 mod events;
+mod heartbeat;
 // The observer side needs the core's Linux-only observer module.
 #[cfg(target_os = "linux")]
 mod observer;
@@ -27,6 +28,7 @@ fn _varta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     codec::register(m)?;
     agent::register(m)?;
+    heartbeat::register(m)?;
     #[cfg(target_os = "linux")]
     observer::register(m)?;
     #[cfg(target_os = "linux")]
