@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use varta_core::observer::clock::{ClockSource, MonotonicClock};
+use varta_core::observer::forensics::ForensicsConfig;
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
@@ -162,7 +163,8 @@ impl PyObserver {
         global_beat_rate=None, global_beat_burst=None, allow_cross_namespace=None,
         clock=None, emit_beats=None, udp_port=None, udp_bind_addr=None, keys=None,
         master_key=None, plaintext_udp=false, udp_trust=None, udp_rcvbuf_bytes=None,
-        exit_watch=None, ingest_thread=true
+        exit_watch=None, ingest_thread=true, forensics_dir=None, forensics_keep=None,
+        forensics_max_age_s=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -189,7 +191,23 @@ impl PyObserver {
         udp_rcvbuf_bytes: Option<u32>,
         exit_watch: Option<bool>,
         ingest_thread: bool,
+        forensics_dir: Option<PathBuf>,
+        forensics_keep: Option<usize>,
+        forensics_max_age_s: Option<u64>,
     ) -> PyResult<Self> {
+        if forensics_dir.is_none() && (forensics_keep.is_some() || forensics_max_age_s.is_some()) {
+            return Err(PyValueError::new_err(
+                "forensics_keep and forensics_max_age_s need forensics_dir",
+            ));
+        }
+        let forensics = forensics_dir.map(|dir| {
+            let mut f = ForensicsConfig::new(dir);
+            given(&mut f.keep, forensics_keep);
+            f.max_age = forensics_max_age_s
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs);
+            f
+        });
         if threshold_ms == 0 {
             return Err(PyValueError::new_err("threshold_ms must be >= 1"));
         }
@@ -251,7 +269,11 @@ impl PyObserver {
             .map_err(Error::from)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread).map_err(Error::from)?;
+        let pump = py
+            .detach(move || {
+                Pump::start_with_forensics(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread, forensics)
+            })
+            .map_err(Error::from)?;
         Ok(PyObserver {
             pump,
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
@@ -349,6 +371,17 @@ impl PyObserver {
                 ("other", queue.dropped_other),
             ]),
         ));
+        // Zero-filled when forensics is off (one family table either way).
+        let f = self.pump.forensics_counters().unwrap_or_default();
+        entries.push((
+            "forensics_captures",
+            CounterValue::Labels(vec![("sdk", f.captures_sdk), ("proc", f.captures_proc)]),
+        ));
+        entries.push((
+            "forensics_capture_failures",
+            CounterValue::Labels(f.failure_entries()),
+        ));
+        entries.push(("forensics_truncated", CounterValue::Int(f.truncated)));
         let d = PyDict::new(py);
         for (k, v) in entries {
             match v {
