@@ -17,6 +17,7 @@ commands:
   demo [--socket P]  varta-watch plus a demo agent beating into it (the main job)
   audit verify FILE  verify a recovery audit log's hash chain
   keygen FILE        write a new 32-byte key file (mode 0600)
+  forensics show FILE  print a hang capture (--forensics-dir)
 
   -h, --help         print this help and exit
   --version          print the version and exit
@@ -28,6 +29,7 @@ COMMANDS = {
     "demo": "varta.watch.demo:main",
     "audit": "varta.watch.audit:cli_main",
     "keygen": "varta.keys:keygen_main",
+    "forensics": "varta.forensics:cli_main",
 }
 
 

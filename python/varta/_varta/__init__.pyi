@@ -119,6 +119,8 @@ class Stall:
         verdict: Union[Verdict, str, None] = None,
         comm: Optional[str] = None,
         cause: Optional[str] = None,
+        forensics: Optional[str] = None,
+        forensics_sha256: Optional[str] = None,
     ) -> Stall: ...
     @property
     def pid(self) -> int: ...
@@ -140,6 +142,10 @@ class Stall:
     def comm(self) -> Optional[str]: ...
     @property
     def cause(self) -> Optional[str]: ...
+    @property
+    def forensics(self) -> Optional[str]: ...
+    @property
+    def forensics_sha256(self) -> Optional[str]: ...
 
 @final
 class Decode:
@@ -306,6 +312,9 @@ class Observer:
         udp_rcvbuf_bytes: Optional[int] = None,
         exit_watch: Optional[bool] = None,
         ingest_thread: bool = True,
+        forensics_dir: Optional[Union[str, os.PathLike[str]]] = None,
+        forensics_keep: Optional[int] = None,
+        forensics_max_age_s: Optional[int] = None,
     ) -> Observer: ...
     def poll(self, timeout: Optional[float] = None) -> Iterator[_Event]: ...
     def agents(self) -> list[AgentInfo]: ...

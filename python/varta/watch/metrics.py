@@ -54,6 +54,8 @@ DROP_REASONS = ("drain", "rate_limit", "ip_table_full")
 SIGNAL_MODES = ("direct", "libc")
 VERDICTS = ("hung", "exited", "crashed", "vanished", "unknown")
 DROPPED_EVENT_KINDS = ("beat", "other")
+FORENSICS_METHODS = ("sdk", "proc")
+FORENSICS_FAILURES = ("write", "gone", "pid_mismatch", "signal", "no_dump")
 BUCKETS = FSYNC_BUCKETS  # 0.001 … 1 seconds; +Inf added by Histogram.cumulative()
 
 C, G, H = "counter", "gauge", "histogram"
@@ -74,6 +76,8 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "verdict": ("verdict", VERDICTS),
     "kind:events": ("kind", DROPPED_EVENT_KINDS),
     "reason:audit": ("reason", AUDIT_DROP_REASONS),
+    "method:forensics": ("method", FORENSICS_METHODS),
+    "reason:forensics": ("reason", FORENSICS_FAILURES),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order
@@ -150,6 +154,9 @@ varta_tracker_retired_total | c | - | Tracker slots retired because their agent 
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
 varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
 varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
+varta_forensics_captures_total | c | method:forensics | Hang captures written (docs/finding-hangs.md).
+varta_forensics_capture_failures_total | c | reason:forensics | Hang captures failed or cut short, by reason.
+varta_forensics_truncated_total | c | - | Hang captures cut to the 256 KiB bound.
 varta_recovery_audit_dropped_by_reason_total | c | reason:audit | Audit records lost, by reason.
 varta_recovery_audit_gap_records_total | c | - | Audit gap records written (each names lost ones).
 varta_recovery_spawned_unaudited_total | c | - | Children run without a durable spawn record.

@@ -195,11 +195,8 @@ impl PyObserver {
         forensics_keep: Option<usize>,
         forensics_max_age_s: Option<u64>,
     ) -> PyResult<Self> {
-        if forensics_dir.is_none() && (forensics_keep.is_some() || forensics_max_age_s.is_some()) {
-            return Err(PyValueError::new_err(
-                "forensics_keep and forensics_max_age_s need forensics_dir",
-            ));
-        }
+        // forensics_keep / forensics_max_age_s mean nothing without a
+        // directory (the daemon passes its defaults either way).
         let forensics = forensics_dir.map(|dir| {
             let mut f = ForensicsConfig::new(dir);
             given(&mut f.keep, forensics_keep);
