@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -136,14 +135,14 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
 def _prepare_forensics_dir(path: str) -> None:
     """``--forensics-dir``: created (mode 0700) when missing; must be a
     writable directory (docs/finding-hangs.md#the-daemon)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StartupError(f"--forensics-dir {path}: not a directory")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        if not os.path.isdir(path):
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:
-        raise StartupError(f"--forensics-dir {path}: {_reason(exc)}") from None
+        raise StartupError(f"--forensics-dir {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"--forensics-dir {path}: not writable")
 
 
 # --- the daemon ------------------------------------------------------------------------

@@ -536,6 +536,12 @@ impl Inflight {
             f.found.sdk_note = Some("not pinned: no pidfd");
             return f;
         };
+        if matches!(procfs::stat_state(pid), Some((b'T' | b't', _))) {
+            // Stopped (SIGSTOP, a tracer): it could not answer before it
+            // is continued, so it is not signalled.
+            f.found.sdk_note = Some("stopped (SIGSTOP or a tracer): not signalled");
+            return f;
+        }
         match find_announcement(pid) {
             Announcement::None => {}
             Announcement::PidMismatch => {
