@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"hang capture time, threshold {THRESHOLD_MS} ms, {os.cpu_count()} CPUs")
     for variant, rounds in (("sdk", args.rounds), ("proc", args.rounds), ("sdk-gil", 10)):
-        cap, held, n = run(variant, rounds)
+        cap, held, _ = run(variant, rounds)
         print(f"[{variant}]")
         print("  " + line("capture", cap))
         print("  " + line("held", held))

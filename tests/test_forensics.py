@@ -10,9 +10,7 @@ process, ``SigPnd`` for a thread) for the test to see.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -519,4 +517,3 @@ def test_forensics_flags_are_checked(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2 and "--forensics-keep" in r.stderr
-

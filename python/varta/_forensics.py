@@ -36,7 +36,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: Written in front of the asyncio section and after it (the observer stops
 #: waiting at the end marker).
@@ -127,9 +130,7 @@ def _open(signum: int) -> _Channel:
     t = threading.Thread(target=serve, name="varta-forensics", daemon=True)
     t.start()
     started.wait()
-    header = (
-        f"varta-forensics v1 pid={os.getpid()} signal={signum} tid={tid[0]} request_fd={wfd}\n"
-    )
+    header = f"varta-forensics v1 pid={os.getpid()} signal={signum} tid={tid[0]} request_fd={wfd}\n"
     os.write(memfd, header.encode())
     faulthandler.register(signum, file=memfd, all_threads=True, chain=False)
     return _Channel(os.getpid(), signum, memfd, rfd, wfd, tid[0])
@@ -168,7 +169,7 @@ def _serve(rfd: int, memfd: int) -> None:
             return
         try:
             text = _tasks_report()
-        except Exception as exc:  # noqa: BLE001 - best effort; say why in the capture
+        except Exception as exc:
             text = f"asyncio tasks unavailable: {exc!r}\n"
         body = text.encode("utf-8", "replace")
         if len(body) > TASKS_MAX_BYTES:
@@ -206,8 +207,11 @@ def _tasks_report() -> str:
     return out.getvalue()
 
 
-def _watched_loops() -> list[object]:
+def _watched_loops() -> list[asyncio.AbstractEventLoop]:
+    """The loops varta.aio watches (only if something imported it: the
+    channel itself never imports asyncio)."""
     mod = sys.modules.get("varta._loops")
     if mod is None:
         return []
-    return list(getattr(mod, "WATCHED_LOOPS", ()))
+    loops: list[asyncio.AbstractEventLoop] = list(getattr(mod, "WATCHED_LOOPS", ()))
+    return loops

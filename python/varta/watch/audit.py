@@ -426,7 +426,13 @@ class AuditLog:
             raise ValueError(f"bad SHA-256 {sha256!r}")
         return self._enqueue(
             b"forensics",
-            [_num(observer_ns), b"forensics", _num(agent_pid), sha256.encode(), _text(path) or b"-"],
+            [
+                _num(observer_ns),
+                b"forensics",
+                _num(agent_pid),
+                sha256.encode(),
+                _text(path) or b"-",
+            ],
         )
 
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> bool:

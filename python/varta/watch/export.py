@@ -21,9 +21,9 @@ forensics    pid          ``-``       capture's SHA-256    capture file path
 
 Every ``stall`` row is followed by one ``verdict`` row for the same pid
 (``docs/verdicts.md``), and a ``hung`` one with a hang capture by one
-``forensics`` row (``docs/finding-hangs.md#the-daemon``): upstream's six columns and its ``stall`` rows stay
-byte for byte as they were, and a consumer that skips kinds it does not know
-reads the file as before.
+``forensics`` row (``docs/finding-hangs.md#the-daemon``): upstream's six
+columns and its ``stall`` rows stay byte for byte as they were, and a
+consumer that skips kinds it does not know reads the file as before.
 
 Rows are buffered and written on :meth:`TsvExporter.flush` (and whenever the
 buffer grows past 64 KiB); ``sync_every`` > 0 adds an ``fdatasync`` every N

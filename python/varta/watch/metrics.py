@@ -154,8 +154,8 @@ varta_tracker_retired_total | c | - | Tracker slots retired because their agent 
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
 varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
 varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
-varta_forensics_captures_total | c | method:forensics | Hang captures written (docs/finding-hangs.md).
-varta_forensics_capture_failures_total | c | reason:forensics | Hang captures failed or cut short, by reason.
+varta_forensics_captures_total | c | method:forensics | Hang captures written, by method.
+varta_forensics_capture_failures_total | c | reason:forensics | Hang capture failures, by reason.
 varta_forensics_truncated_total | c | - | Hang captures cut to the 256 KiB bound.
 varta_recovery_audit_dropped_by_reason_total | c | reason:audit | Audit records lost, by reason.
 varta_recovery_audit_gap_records_total | c | - | Audit gap records written (each names lost ones).
