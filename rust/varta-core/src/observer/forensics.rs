@@ -327,13 +327,18 @@ pub fn find_announcement(pid: u32) -> Announcement {
         if target.as_os_str().as_encoded_bytes() != MEMFD_LINK {
             continue;
         }
+        // Non-blocking, and only a regular file (a memfd is one): whatever
+        // the link says, a FIFO or a device is never read.
         let Ok(f) = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(e.path())
         else {
             continue;
         };
+        if !f.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            continue;
+        }
         let mut buf = [0u8; 256];
         let fd = OwnedFd::from(f);
         let n = pread(fd.as_raw_fd(), &mut buf, 0).unwrap_or(0);
