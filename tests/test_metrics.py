@@ -118,15 +118,25 @@ AGENT_FAMILIES = [
     "varta_agents_by_unit",
     "varta_agent_rows_omitted",
 ]
+#: Hang forensics (docs/finding-hangs.md#counters), all counters.
+FORENSICS_FAMILIES = [
+    "varta_forensics_captures_total",
+    "varta_forensics_capture_failures_total",
+    "varta_forensics_truncated_total",
+]
 
 
 def test_all_65_families_in_spec_order() -> None:
     spec = list(zip(SPEC_FAMILIES[::2], SPEC_FAMILIES[1::2]))
     spec += list(zip(VERDICT_FAMILIES[::2], VERDICT_FAMILIES[1::2]))
     types = {"c": "counter", "g": "gauge", "h": "histogram"}
-    want = [(n, types[t]) for n, t in spec] + [(n, "counter") for n in EXTRA_FAMILIES]
+    want = [(n, types[t]) for n, t in spec] + [
+        (n, "counter") for n in EXTRA_FAMILIES + FORENSICS_FAMILIES
+    ]
     want += [(n, "gauge") for n in AGENT_FAMILIES]
-    assert len(want) == len(FAMILIES) == 65 + 6 + len(EXTRA_FAMILIES) + len(AGENT_FAMILIES)
+    assert len(want) == len(FAMILIES) == (
+        65 + 6 + len(EXTRA_FAMILIES) + len(FORENSICS_FAMILIES) + len(AGENT_FAMILIES)
+    )
     got = families_in(body_for(Snapshot()))
     assert sorted(got) == sorted(want)
     assert got[:3] == want[:3]

@@ -87,6 +87,9 @@ def test_observer_gets_the_configured_arguments(tmp_path: Path) -> None:
         "allow_cross_namespace": True,
         "clock": "boottime",
         "emit_beats": False,
+        "forensics_dir": None,
+        "forensics_keep": 100,
+        "forensics_max_age_s": 0,
     }
     assert obs.closed
 

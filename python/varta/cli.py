@@ -19,6 +19,7 @@ commands:
   keygen FILE        write a new 32-byte key file (mode 0600)
   top --url U        live view of a running daemon's agents, worst first
   agents --url U     list a running daemon's agents (--json: the /agents document)
+  forensics show FILE  print a hang capture (--forensics-dir)
 
   -h, --help         print this help and exit
   --version          print the version and exit
@@ -32,6 +33,7 @@ COMMANDS = {
     "keygen": "varta.keys:keygen_main",
     "top": "varta.watch.top:top_main",
     "agents": "varta.watch.top:agents_main",
+    "forensics": "varta.forensics:cli_main",
 }
 
 

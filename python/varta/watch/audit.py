@@ -419,6 +419,22 @@ class AuditLog:
             b"verdict", [_num(observer_ns), b"verdict", _num(agent_pid), verdict.encode()]
         )
 
+    def forensics(self, observer_ns: int, agent_pid: int, path: str, sha256: str) -> bool:
+        """A hang capture of *agent_pid* (``docs/finding-hangs.md#the-daemon``):
+        its file and the file's SHA-256, written before recovery's decision."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"bad SHA-256 {sha256!r}")
+        return self._enqueue(
+            b"forensics",
+            [
+                _num(observer_ns),
+                b"forensics",
+                _num(agent_pid),
+                sha256.encode(),
+                _text(path) or b"-",
+            ],
+        )
+
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> bool:
         return self._enqueue(
             b"refused", [_num(observer_ns), b"refused", _num(agent_pid), _text(reason) or b"-"]

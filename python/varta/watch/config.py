@@ -122,6 +122,10 @@ class WatchConfig:
     prom_rate_limit_per_sec: int = 5
     prom_rate_limit_burst: int = 10
     prom_agent_rows: int = DEFAULT_AGENT_ROWS
+    # hang forensics (docs/finding-hangs.md)
+    forensics_dir: Optional[str] = None
+    forensics_keep: int = 100
+    forensics_max_age_secs: int = 0
     # 1.5 tracker, loop, lifecycle
     tracker_capacity: int = 256
     eviction_scan_window: int = 256
@@ -413,6 +417,17 @@ SECTIONS: list[tuple[str, list[Flag]]] = [
         Flag("--prom-agent-rows", "0..1000000", "N", "",
              "per-agent series for at most N agents: not OK first, then lowest pid; "
              "the rest only counted (0 = counts only; docs/observer.md#agent-rows)"),
+    ]),
+    ("Hang forensics", [
+        Flag("--forensics-dir", "path", "DIR", "",
+             "on a hung verdict, capture where the process is stuck into DIR (varta addition)",
+             observer="forensics_dir"),
+        Flag("--forensics-keep", "0..1000000", "N", "",
+             "captures kept in --forensics-dir, oldest removed first (0 = no count bound)",
+             observer="forensics_keep"),
+        Flag("--forensics-max-age-secs", "0..u64", "SECS", "",
+             "remove captures older than this (0 = no age bound)",
+             observer="forensics_max_age_s"),
     ]),
     ("Tracker, loop, lifecycle", [
         Flag("--tracker-capacity", "1..1000000", "N", "", "max tracked pids, 1..=1000000",

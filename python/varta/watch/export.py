@@ -16,12 +16,14 @@ mismatch     claimed pid  ``-``       ``-``                auth_failure / origin
 eviction     pid          ``-``       ``-``                ``-``
 verdict      pid          ``-``       hung/exited/…        cause (``clean_exit``, ``SIGTERM``,
                                                            ``crash``) or ``-``
+forensics    pid          ``-``       capture's SHA-256    capture file path
 ===========  ===========  ==========  ===================  ============================
 
 Every ``stall`` row is followed by one ``verdict`` row for the same pid
-(``docs/verdicts.md``): upstream's six columns and its ``stall`` rows stay
-byte for byte as they were, and a consumer that skips kinds it does not know
-reads the file as before.
+(``docs/verdicts.md``), and a ``hung`` one with a hang capture by one
+``forensics`` row (``docs/finding-hangs.md#the-daemon``): upstream's six
+columns and its ``stall`` rows stay byte for byte as they were, and a
+consumer that skips kinds it does not know reads the file as before.
 
 Rows are buffered and written on :meth:`TsvExporter.flush` (and whenever the
 buffer grows past 64 KiB); ``sync_every`` > 0 adds an ``fdatasync`` every N
@@ -205,6 +207,9 @@ class TsvExporter:
 
     def verdict(self, observer_ns: int, pid: int, verdict: str, cause: Optional[str]) -> None:
         self._row(observer_ns, "verdict", str(int(pid)), "-", _text(verdict), _text(cause or ""))
+
+    def forensics(self, observer_ns: int, pid: int, sha256: str, path: str) -> None:
+        self._row(observer_ns, "forensics", str(int(pid)), "-", _text(sha256), _text(path))
 
     def decode(self, observer_ns: int, error: object) -> None:
         self._row(observer_ns, "decode", "-", "-", "-", decode_payload(error))
@@ -425,6 +430,9 @@ def _beat(t: TsvExporter, ev: varta.Beat) -> None:
 def _stall(t: TsvExporter, ev: varta.Stall) -> None:
     t.stall(ev.observer_ns, ev.pid, ev.last_nonce)
     t.verdict(ev.observer_ns, ev.pid, str(ev.verdict), ev.cause)
+    capture = getattr(ev, "forensics", None)
+    if capture:
+        t.forensics(ev.observer_ns, ev.pid, getattr(ev, "forensics_sha256", None) or "-", capture)
 
 
 def _decode(t: TsvExporter, ev: varta.Decode) -> None:

@@ -121,7 +121,9 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
     cause = ev.cause
     verdict = ev.verdict
     if verdict is varta.Verdict.HUNG:
-        return f"{who} hung: alive but silent for {silent_ms} ms"
+        capture = getattr(ev, "forensics", None)
+        where = f"; where it is stuck: {capture}" if capture else ""
+        return f"{who} hung: alive but silent for {silent_ms} ms{where}"
     if verdict is varta.Verdict.EXITED:
         return (
             f"{who} exited cleanly" if cause in (None, "clean_exit") else f"{who} exited on {cause}"
@@ -131,6 +133,19 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
     if verdict is varta.Verdict.VANISHED:
         return f"{who} vanished: the process ended without a terminal frame (killed?)"
     return f"{who} stalled: silent for {silent_ms} ms (no kernel attestation, verdict unknown)"
+
+
+def _prepare_forensics_dir(path: str) -> None:
+    """``--forensics-dir``: created (mode 0700) when missing; must be a
+    writable directory (docs/finding-hangs.md#the-daemon)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StartupError(f"--forensics-dir {path}: not a directory")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--forensics-dir {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"--forensics-dir {path}: not writable")
 
 
 # --- the daemon ------------------------------------------------------------------------
@@ -275,6 +290,8 @@ class Daemon:
         net = network_kwargs(cfg)
         raise_fd_limit(cfg.tracker_capacity)
         factory = self._factory or native_observer_factory()
+        if cfg.forensics_dir is not None:
+            _prepare_forensics_dir(cfg.forensics_dir)
         kwargs = observer_kwargs(cfg)
         # Beat events cross into Python only when the TSV file records them.
         kwargs["emit_beats"] = cfg.export_file is not None
@@ -525,6 +542,11 @@ class Daemon:
             describe_stall(ev, self.cfg.threshold_ms),
             extra={"pid": ev.pid, "verdict": str(verdict)},
         )
+        capture = getattr(ev, "forensics", None)
+        if capture and self.audit is not None:
+            self.audit.forensics(
+                ev.observer_ns, ev.pid, capture, getattr(ev, "forensics_sha256", None) or ""
+            )
         recovery = self.recovery
         if recovery is None:
             return

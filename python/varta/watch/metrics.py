@@ -68,6 +68,8 @@ DEFAULT_AGENT_ROWS = 1000
 #: At most this many units in ``varta_agents_by_unit`` (the largest; the rest
 #: are summed under ``unit="(other)"``).
 MAX_UNITS = 1000
+FORENSICS_METHODS = ("sdk", "proc")
+FORENSICS_FAILURES = ("write", "gone", "pid_mismatch", "signal", "no_dump")
 BUCKETS = FSYNC_BUCKETS  # 0.001 … 1 seconds; +Inf added by Histogram.cumulative()
 
 C, G, H = "counter", "gauge", "histogram"
@@ -90,6 +92,8 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reason:audit": ("reason", AUDIT_DROP_REASONS),
     "status": ("status", AGENT_STATUSES),
     "unit": ("unit", ()),
+    "method:forensics": ("method", FORENSICS_METHODS),
+    "reason:forensics": ("reason", FORENSICS_FAILURES),
 }
 
 # family | type (c/g/h) | label key or - | HELP.  Order = exposition order
@@ -166,6 +170,9 @@ varta_tracker_retired_total | c | - | Tracker slots retired because their agent 
 varta_observer_blind_intervals_total | c | - | Times the observer could not look (stopped, stalled).
 varta_observer_blind_seconds_total | c | - | Time the observer could not look (deadlines moved).
 varta_observer_events_dropped_total | c | kind:events | Events dropped: the daemon's queue was full.
+varta_forensics_captures_total | c | method:forensics | Hang captures written, by method.
+varta_forensics_capture_failures_total | c | reason:forensics | Hang capture failures, by reason.
+varta_forensics_truncated_total | c | - | Hang captures cut to the 256 KiB bound.
 varta_recovery_audit_dropped_by_reason_total | c | reason:audit | Audit records lost, by reason.
 varta_recovery_audit_gap_records_total | c | - | Audit gap records written (each names lost ones).
 varta_recovery_spawned_unaudited_total | c | - | Children run without a durable spawn record.

@@ -155,6 +155,8 @@ fn stall_once_then_silence_gives_no_second_stall() {
             verdict: Verdict::Unknown,
             cause: None,
             comm: None,
+            forensics: None,
+            forensics_sha256: None,
         }]
     );
     assert_eq!(t.next_deadline_ns(), None, "a latched slot has no deadline");

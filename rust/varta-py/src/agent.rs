@@ -291,6 +291,24 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Payload {
     }
 }
 
+/// Set up the process's hang-forensics channel (`varta._forensics`,
+/// `docs/finding-hangs.md#the-sdk-channel`) unless the caller opted out.
+/// Idempotent; a failure to set it up (no memfd, no free signal) leaves the
+/// agent as it is, without the channel.
+pub(crate) fn install_forensics(py: Python<'_>, wanted: bool) -> PyResult<()> {
+    if !wanted {
+        return Ok(());
+    }
+    match py
+        .import(intern!(py, "varta._forensics"))?
+        .call_method0(intern!(py, "install"))
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `EBADF`: the same number on every Unix.
 const EBADF: i32 = 9;
 
@@ -394,58 +412,82 @@ impl PyVarta {
     }
 
     /// Connect to the observer's Unix datagram socket at `path`.
+    /// `forensics=False` opts out of the hang-forensics channel
+    /// (`docs/agent.md#hang-forensics`).
     #[classmethod]
-    fn connect(_cls: &Bound<'_, PyType>, py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, forensics = true))]
+    fn connect(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        path: PathBuf,
+        forensics: bool,
+    ) -> PyResult<Self> {
         let target = path.to_string_lossy().into_owned();
-        py.detach(|| {
-            varta_core::fork::register()?;
-            DgramTransport::connect(Endpoint::unix(&path)?)
-                .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
-        })
-        .map_err(|e| Error::from(e).at(target).into())
+        let agent = py
+            .detach(|| {
+                varta_core::fork::register()?;
+                DgramTransport::connect(Endpoint::unix(&path)?)
+                    .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
+            })
+            .map_err(|e| PyErr::from(Error::from(e).at(target)))?;
+        install_forensics(py, forensics)?;
+        Ok(agent)
     }
 
     /// Connect to the observer over plaintext UDP; `addr` is `(host, port)`.
     #[classmethod]
+    #[pyo3(signature = (addr, *, forensics = true))]
     fn connect_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
+        forensics: bool,
     ) -> PyResult<Self> {
         let (host, port): (String, u16) = addr.extract()?;
         let target = format!("{host}:{port}");
-        py.detach(|| {
-            varta_core::fork::register()?;
-            DgramTransport::connect(Endpoint::udp(&host, port)?)
-                .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
-        })
-        .map_err(|e| Error::from(e).at(target).into())
+        let agent = py
+            .detach(|| {
+                varta_core::fork::register()?;
+                DgramTransport::connect(Endpoint::udp(&host, port)?)
+                    .and_then(|t| PyVarta::from_tx(Tx::Dgram(t)))
+            })
+            .map_err(|e| PyErr::from(Error::from(e).at(target)))?;
+        install_forensics(py, forensics)?;
+        Ok(agent)
     }
 
     /// Secure UDP with a shared key (`varta.Key` or 32 bytes): 60-byte
     /// ChaCha20-Poly1305 frames; fresh session salt from OS entropy.
     #[classmethod]
+    #[pyo3(signature = (addr, key, *, forensics = true))]
     fn connect_secure_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
         key: &Bound<'_, PyAny>,
+        forensics: bool,
     ) -> PyResult<Self> {
         let key = extract_key(key)?;
-        PyVarta::connect_secure(py, addr, key, SessionMode::Shared)
+        let agent = PyVarta::connect_secure(py, addr, key, SessionMode::Shared)?;
+        install_forensics(py, forensics)?;
+        Ok(agent)
     }
 
     /// Secure UDP with a master key: 64-byte frames sealed with
     /// `K_agent = HKDF(master, pid)`, re-derived on reconnect and fork.
     #[classmethod]
+    #[pyo3(signature = (addr, master_key, *, forensics = true))]
     fn connect_secure_udp_with_master(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
         master_key: &Bound<'_, PyAny>,
+        forensics: bool,
     ) -> PyResult<Self> {
         let key = extract_key(master_key)?;
-        PyVarta::connect_secure(py, addr, key, SessionMode::Master)
+        let agent = PyVarta::connect_secure(py, addr, key, SessionMode::Master)?;
+        install_forensics(py, forensics)?;
+        Ok(agent)
     }
 
     /// Emit one frame and return its `BeatOutcome`. Raises only for a bad

@@ -83,6 +83,12 @@ impl FromCore<Cow<'static, str>> for String {
     }
 }
 
+impl FromCore<Option<std::sync::Arc<str>>> for Option<String> {
+    fn from_core(_py: Python<'_>, core: Option<std::sync::Arc<str>>) -> PyResult<Option<String>> {
+        Ok(core.map(|s| s.to_string()))
+    }
+}
+
 impl FromCore<Option<TerminalCause>> for Option<String> {
     fn from_core(_py: Python<'_>, core: Option<TerminalCause>) -> PyResult<Option<String>> {
         Ok(core.map(TerminalCause::name))
@@ -340,9 +346,14 @@ events! {
         /// The cause announced by the agent's last (terminal) frame:
         /// `"clean_exit"`, `"crash"`, a signal name such as `"SIGTERM"`, or None.
         cause: Option<String> = None,
+        /// The hang capture's file (a `hung` stall with forensics on,
+        /// `docs/finding-hangs.md`), or None.
+        forensics: Option<String> = None,
+        /// The capture file's SHA-256 (lowercase hex), or None.
+        forensics_sha256: Option<String> = None,
     } from Event::Stall(StallInfo {
         pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns, verdict, comm,
-        cause,
+        cause, forensics, forensics_sha256,
     }),
 
     /// The observer itself could not look for `duration_ns` (its process was

@@ -7,7 +7,7 @@
 //! interpreter while it waits for that thread, in bounded slices, checking
 //! for signals between them.
 
-use crate::agent::{Payload, Tx};
+use crate::agent::{install_forensics, Payload, Tx};
 use crate::errors::Error;
 use crate::pytypes::extract_status;
 use crate::secure::extract_key;
@@ -56,6 +56,7 @@ impl PyHeartbeat {
     fn start(
         py: Python<'_>,
         interval_ms: i64,
+        forensics: bool,
         target: String,
         open: impl FnOnce() -> io::Result<Tx> + Send,
     ) -> PyResult<Self> {
@@ -67,6 +68,7 @@ impl PyHeartbeat {
                 Heartbeat::start(agent, Duration::from_millis(interval_ms))
             })
             .map_err(|e| PyErr::from(Error::from(e).at(target)))?;
+        install_forensics(py, forensics)?;
         Ok(PyHeartbeat { hb, interval_ms })
     }
 
@@ -76,10 +78,11 @@ impl PyHeartbeat {
         key: Key,
         mode: SessionMode,
         interval_ms: i64,
+        forensics: bool,
     ) -> PyResult<Self> {
         let (host, port): (String, u16) = addr.extract()?;
         let target = format!("{host}:{port}");
-        PyHeartbeat::start(py, interval_ms, target, move || {
+        PyHeartbeat::start(py, interval_ms, forensics, target, move || {
             let Endpoint::Udp(sa) = Endpoint::udp(&host, port)? else {
                 unreachable!("Endpoint::udp returns a UDP endpoint")
             };
@@ -96,61 +99,65 @@ impl PyHeartbeat {
     /// Connect to the observer's Unix datagram socket at `path` and start
     /// beating every `interval_ms` while progress is made.
     #[classmethod]
-    #[pyo3(signature = (path, *, interval_ms = 500))]
+    #[pyo3(signature = (path, *, interval_ms = 500, forensics = true))]
     fn connect(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         path: PathBuf,
         interval_ms: i64,
+        forensics: bool,
     ) -> PyResult<Self> {
         let target = path.to_string_lossy().into_owned();
-        PyHeartbeat::start(py, interval_ms, target, move || {
+        PyHeartbeat::start(py, interval_ms, forensics, target, move || {
             DgramTransport::connect(Endpoint::unix(&path)?).map(Tx::Dgram)
         })
     }
 
     /// As `connect`, over plaintext UDP; `addr` is `(host, port)`.
     #[classmethod]
-    #[pyo3(signature = (addr, *, interval_ms = 500))]
+    #[pyo3(signature = (addr, *, interval_ms = 500, forensics = true))]
     fn connect_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
         interval_ms: i64,
+        forensics: bool,
     ) -> PyResult<Self> {
         let (host, port): (String, u16) = addr.extract()?;
         let target = format!("{host}:{port}");
-        PyHeartbeat::start(py, interval_ms, target, move || {
+        PyHeartbeat::start(py, interval_ms, forensics, target, move || {
             DgramTransport::connect(Endpoint::udp(&host, port)?).map(Tx::Dgram)
         })
     }
 
     /// As `connect`, over secure UDP with a shared key.
     #[classmethod]
-    #[pyo3(signature = (addr, key, *, interval_ms = 500))]
+    #[pyo3(signature = (addr, key, *, interval_ms = 500, forensics = true))]
     fn connect_secure_udp(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
         key: &Bound<'_, PyAny>,
         interval_ms: i64,
+        forensics: bool,
     ) -> PyResult<Self> {
         let key = extract_key(key)?;
-        PyHeartbeat::connect_secure(py, addr, key, SessionMode::Shared, interval_ms)
+        PyHeartbeat::connect_secure(py, addr, key, SessionMode::Shared, interval_ms, forensics)
     }
 
     /// As `connect`, over secure UDP with a master key.
     #[classmethod]
-    #[pyo3(signature = (addr, master_key, *, interval_ms = 500))]
+    #[pyo3(signature = (addr, master_key, *, interval_ms = 500, forensics = true))]
     fn connect_secure_udp_with_master(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
         addr: &Bound<'_, PyTuple>,
         master_key: &Bound<'_, PyAny>,
         interval_ms: i64,
+        forensics: bool,
     ) -> PyResult<Self> {
         let key = extract_key(master_key)?;
-        PyHeartbeat::connect_secure(py, addr, key, SessionMode::Master, interval_ms)
+        PyHeartbeat::connect_secure(py, addr, key, SessionMode::Master, interval_ms, forensics)
     }
 
     /// Record one unit of progress: the next tick beats. The hot-loop call.

@@ -13,6 +13,7 @@ use crate::events::{event_to_py, AgentInfo};
 use crate::rows::PyPidRows as PidRowsPy;
 use crate::secure::extract_key;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
 use std::path::PathBuf;
@@ -147,8 +148,11 @@ impl PyObserver {
                 "ingest_thread" => ingest_thread = value.extract()?,
                 _ if value.is_none() => {}
                 other => {
+                    // A str, or a path (os.PathLike) as its str.
                     let text: Option<String> = if value.is_instance_of::<PyString>() {
                         Some(value.extract()?)
+                    } else if value.hasattr(intern!(py, "__fspath__"))? {
+                        Some(value.call_method0(intern!(py, "__fspath__"))?.extract()?)
                     } else {
                         None
                     };
@@ -164,6 +168,7 @@ impl PyObserver {
         let udp = cfg.udp.resolve(receiver.is_some()).map_err(Error::from)?;
         let udp_rcvbuf_bytes = cfg.udp.rcvbuf_bytes;
         let source = cfg.clock;
+        let forensics = cfg.forensics();
         let obs = py
             .detach(move || -> Result<Observer, ObserverError> {
                 let clock = MonotonicClock::new(source)?;
@@ -181,7 +186,11 @@ impl PyObserver {
             .map_err(Error::from)?;
         let udp_address = obs.udp_local_addr().map(|a| (a.ip().to_string(), a.port()));
         let udp_rcvbuf_bytes = obs.udp_rcvbuf_bytes();
-        let pump = Pump::start(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread).map_err(Error::from)?;
+        let pump = py
+            .detach(move || {
+                Pump::start_with_forensics(obs, DEFAULT_QUEUE_CAPACITY, ingest_thread, forensics)
+            })
+            .map_err(Error::from)?;
         Ok(PyObserver {
             pump,
             socket_path: socket_path.map(|p| p.to_string_lossy().into_owned()),
@@ -288,6 +297,17 @@ impl PyObserver {
                 ("other", queue.dropped_other),
             ]),
         ));
+        // Zero-filled when forensics is off (one family table either way).
+        let f = self.pump.forensics_counters().unwrap_or_default();
+        entries.push((
+            "forensics_captures",
+            CounterValue::Labels(vec![("sdk", f.captures_sdk), ("proc", f.captures_proc)]),
+        ));
+        entries.push((
+            "forensics_capture_failures",
+            CounterValue::Labels(f.failure_entries()),
+        ));
+        entries.push(("forensics_truncated", CounterValue::Int(f.truncated)));
         let d = PyDict::new(py);
         for (k, v) in entries {
             match v {

@@ -31,7 +31,16 @@ fn _clear_stop_signal() {
     signals::clear_stop_signal();
 }
 
+/// Whether `sig`'s disposition is the default action (no handler, not
+/// ignored): the forensics channel takes only such a signal
+/// (`docs/finding-hangs.md#the-sdk-channel`).
+#[pyfunction]
+fn _signal_is_default(sig: i32) -> PyResult<bool> {
+    varta_core::observer::forensics::signal_is_default(sig).map_err(|e| Error::from(e).into())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_signal_is_default, m)?)?;
     m.add_function(wrap_pyfunction!(_install_stop_handlers, m)?)?;
     m.add_function(wrap_pyfunction!(_stop_signal, m)?)?;
     m.add_function(wrap_pyfunction!(_clear_stop_signal, m)?)?;

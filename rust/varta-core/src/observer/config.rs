@@ -9,6 +9,7 @@
 //! [`ObserverConfig::set`]; the binding passes every keyword through.
 
 use super::clock::ClockSource;
+use super::forensics::ForensicsConfig;
 use super::tracker::{
     EvictionPolicy, TrackerConfig, TrackerConfigError, MAX_CAPACITY, MAX_SCAN_WINDOW,
 };
@@ -44,6 +45,12 @@ pub struct ObserverConfig {
     pub clock: ClockSource,
     /// The UDP listener, if any (bound by the caller, which holds the keys).
     pub udp: UdpOptions,
+    /// Where hang captures go (docs/finding-hangs.md); `None` = no captures.
+    pub forensics_dir: Option<PathBuf>,
+    /// Captures kept (oldest removed first); 0 = no count bound.
+    pub forensics_keep: usize,
+    /// Captures older than this many seconds are removed; 0 = no age bound.
+    pub forensics_max_age_s: u64,
 }
 
 /// The UDP listener's options, as given; [`UdpOptions::resolve`] applies
@@ -212,7 +219,22 @@ impl ObserverConfig {
                 trust: None,
                 rcvbuf_bytes: 1_048_576,
             },
+            forensics_dir: None,
+            forensics_keep: ForensicsConfig::DEFAULT_KEEP,
+            forensics_max_age_s: 0,
         }
+    }
+
+    /// The capture worker's configuration, when captures are on (the keep
+    /// and age bounds mean nothing without a directory).
+    pub fn forensics(&self) -> Option<ForensicsConfig> {
+        self.forensics_dir.as_ref().map(|dir| {
+            let mut f = ForensicsConfig::new(dir.clone());
+            f.keep = self.forensics_keep;
+            f.max_age = (self.forensics_max_age_s > 0)
+                .then(|| std::time::Duration::from_secs(self.forensics_max_age_s));
+            f
+        })
     }
 
     /// Set one option by its keyword name (`docs/configuration.md`); the
@@ -261,6 +283,9 @@ impl ObserverConfig {
                 )?)
             }
             "udp_rcvbuf_bytes" => self.udp.rcvbuf_bytes = v.int("udp_rcvbuf_bytes")?,
+            "forensics_dir" => self.forensics_dir = Some(v.text("forensics_dir")?.into()),
+            "forensics_keep" => self.forensics_keep = v.int("forensics_keep")?,
+            "forensics_max_age_s" => self.forensics_max_age_s = v.int("forensics_max_age_s")?,
             other => return Err(OptionError::Unknown(other.to_owned())),
         }
         Ok(())

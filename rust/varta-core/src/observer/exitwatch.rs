@@ -152,6 +152,15 @@ impl ExitWatch {
             .map(|w| procfs::pidfd_exited(w.fd.as_raw_fd()))
     }
 
+    /// A duplicate of the pidfd pinned on `pid` (at `generation`), if watched
+    /// (hang forensics signals through it, `docs/finding-hangs.md`).
+    pub fn dup_pidfd(&self, pid: u32, generation: u64) -> Option<OwnedFd> {
+        self.watched
+            .get(&pid)
+            .filter(|w| w.generation == generation)
+            .and_then(|w| dup_cloexec(w.fd.as_raw_fd()).ok())
+    }
+
     /// Watch `pid`, the process started at `generation`, replacing a watch on
     /// an older process with that pid. `sender_pidfd` is the pidfd that came
     /// with its datagram, if any. `keep` tells which existing watches are

@@ -573,7 +573,7 @@ impl Gates {
             out.push(Event::Stall(super::tracker::StallInfo {
                 verdict: v,
                 comm,
-                ..*s
+                ..s.clone()
             }));
             if v.process_gone() {
                 StallDecision::EmitAndRetire(v)

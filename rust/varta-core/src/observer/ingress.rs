@@ -341,6 +341,24 @@ impl Observer {
         Waiter { fds }
     }
 
+    /// A pidfd pinned on the process `pid` started at `generation`: the exit
+    /// watch's (duplicated), else one opened now and checked against the
+    /// start time (still that process, still running); `None` otherwise.
+    pub fn pinned_pidfd(&self, pid: u32, generation: u64) -> Option<OwnedFd> {
+        if let Some(fd) = self
+            .gates
+            .exits
+            .as_ref()
+            .and_then(|w| w.dup_pidfd(pid, generation))
+        {
+            return Some(fd);
+        }
+        let fd = super::procfs::pidfd_open(pid).ok()?;
+        (super::procfs::start_time(pid) == Some(generation)
+            && !super::procfs::pidfd_exited(fd.as_raw_fd()))
+        .then_some(fd)
+    }
+
     /// Counters of the pidfd exit watch; `None` when it is off.
     pub fn exit_watch_counters(&self) -> Option<ExitWatchCounters> {
         self.gates.exits.as_ref().map(ExitWatch::counters)

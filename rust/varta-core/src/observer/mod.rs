@@ -10,6 +10,7 @@
 //! | [`listener`] | the Unix datagram socket: bind rules, `SO_PASSCRED` (+ `SO_PASSPIDFD` where the kernel has it), `recvmmsg` batches |
 //! | [`cmsg`] | a received datagram's control messages: credentials, passed descriptors, the sender's pidfd |
 //! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
+//! | [`forensics`] | hang captures on a `hung` verdict: `/proc` threads, the SDK channel's tracebacks, capture files |
 //! | [`pump`] | the ingest thread: drains the sockets continuously, queues events for a consumer |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
 //! | [`config`] | [`ObserverConfig`] (defaults, validation) and [`ObserverError`] |
@@ -30,6 +31,7 @@ pub mod counters;
 pub mod deadline;
 pub mod event;
 pub mod exitwatch;
+pub mod forensics;
 pub mod gates;
 pub mod ingress;
 pub mod listener;

@@ -23,6 +23,14 @@
 //! [`Observer::drain_ready`] ([`Observer::watch_for_blindness`]), so the
 //! consumer's own drains judge the same gap as the ingest thread's.
 //!
+//! Hang forensics (`docs/finding-hangs.md`): with a [`ForensicsConfig`]
+//! ([`Pump::start_with_forensics`]) a `hung` stall of a pinned process is
+//! not queued at once: it goes to the capture thread ([`Worker`]), which
+//! queues it when its capture is written (≤ 250 ms waiting for the process,
+//! plus the write), with the file's path and SHA-256 set. Ingest, other
+//! events and other stalls go on meanwhile, so such a stall can come after
+//! events that were produced later.
+//!
 //! Lock order: the observer lock, then the queue lock. The consumer waits on
 //! the queue lock alone, so it never holds up ingest.
 //!
@@ -32,13 +40,14 @@
 //! datagram is read, and for embedders who want no extra thread.
 
 use super::event::Event;
+use super::forensics::{self, ForensicsConfig, ForensicsCounters, Job, Worker};
 pub use super::ingress::BLIND_TOLERANCE_NS;
 use super::ingress::{Observer, Waiter};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -90,6 +99,33 @@ struct Shared {
     stop: AtomicBool,
     /// Written to wake the thread out of its wait at close.
     wake: Arc<OwnedFd>,
+    /// The capture thread, when forensics is on.
+    forensics: Mutex<Option<Worker>>,
+}
+
+/// Send the `hung` stalls of pinned processes in `batch` to the capture
+/// thread (they come back through the queue once captured).
+fn route_hung(shared: &Shared, obs: &Observer, batch: &mut Vec<Event>) {
+    let worker = lock(&shared.forensics);
+    let Some(w) = worker.as_ref() else {
+        return;
+    };
+    let mut i = 0;
+    while i < batch.len() {
+        let wanted = matches!(&batch[i], Event::Stall(s) if forensics::wants_capture(s));
+        if !wanted {
+            i += 1;
+            continue;
+        }
+        let Event::Stall(info) = batch.remove(i) else {
+            unreachable!("matched a stall above")
+        };
+        let pidfd = info.generation.and_then(|g| obs.pinned_pidfd(info.pid, g));
+        if let Err(info) = w.submit(Job { info, pidfd }) {
+            batch.insert(i, Event::Stall(info));
+            i += 1;
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,7 +177,18 @@ fn eventfd() -> io::Result<OwnedFd> {
 impl Pump {
     /// Start the ingest thread for `obs` (unless `threaded` is false), with
     /// an event queue of `queue_capacity` (≥ 1) events.
-    pub fn start(mut obs: Observer, queue_capacity: usize, threaded: bool) -> io::Result<Pump> {
+    pub fn start(obs: Observer, queue_capacity: usize, threaded: bool) -> io::Result<Pump> {
+        Pump::start_with_forensics(obs, queue_capacity, threaded, None)
+    }
+
+    /// [`Pump::start`], with hang captures into `forensics.dir` (created
+    /// with mode 0700 if missing) when given.
+    pub fn start_with_forensics(
+        mut obs: Observer,
+        queue_capacity: usize,
+        threaded: bool,
+        forensics: Option<ForensicsConfig>,
+    ) -> io::Result<Pump> {
         // The thread looks at least once a slice; without it, the caller
         // looks only when it polls, which is its own business.
         obs.watch_for_blindness(threaded);
@@ -160,7 +207,19 @@ impl Pump {
             ready: Condvar::new(),
             stop: AtomicBool::new(false),
             wake,
+            forensics: Mutex::new(None),
         });
+        if let Some(cfg) = forensics {
+            let weak: Weak<Shared> = Arc::downgrade(&shared);
+            let worker = Worker::start(cfg, move |stalls| {
+                if let Some(shared) = weak.upgrade() {
+                    let mut batch: Vec<Event> = stalls.into_iter().map(Event::Stall).collect();
+                    lock(&shared.queue).push_all(&mut batch);
+                    shared.ready.notify_all();
+                }
+            })?;
+            *lock(&shared.forensics) = Some(worker);
+        }
         let thread = if threaded {
             let inner = Arc::clone(&shared);
             let waiter = waiter.clone();
@@ -186,6 +245,11 @@ impl Pump {
     /// briefly: ingest waits for it.
     pub fn observer(&self) -> MutexGuard<'_, Observer> {
         lock(&self.shared.obs)
+    }
+
+    /// Capture bookkeeping; `None` when forensics is off.
+    pub fn forensics_counters(&self) -> Option<ForensicsCounters> {
+        lock(&self.shared.forensics).as_ref().map(Worker::counters)
     }
 
     pub fn queue_stats(&self) -> QueueStats {
@@ -276,6 +340,7 @@ impl Pump {
         }
         let mut batch = Vec::new();
         obs.drain_ready(&mut batch);
+        route_hung(&self.shared, &obs, &mut batch);
         if !batch.is_empty() {
             lock(&self.shared.queue).push_all(&mut batch);
             self.shared.ready.notify_all();
@@ -299,6 +364,11 @@ impl Pump {
         let thread = lock(&self.thread).take();
         if let Some(t) = thread {
             let _ = t.join();
+        }
+        // Captures under way finish and queue their stalls first.
+        let worker = lock(&self.shared.forensics).take();
+        if let Some(mut w) = worker {
+            w.close();
         }
         lock(&self.shared.obs).close();
         lock(&self.shared.queue).done = true;
@@ -355,6 +425,7 @@ fn ingest(shared: &Shared, waiter: &Waiter) {
             continue;
         }
         obs.drain_ready(&mut batch);
+        route_hung(shared, &obs, &mut batch);
         if !batch.is_empty() {
             // Pushed under the observer lock, so a consumer's own drain can
             // never queue newer events ahead of these.

@@ -434,7 +434,7 @@ impl Tracker {
     /// returns how many. Verdicts are left [`Verdict::Unknown`] (no kernel is asked).
     pub fn expire(&mut self, now_ns: u64, sink: &mut impl FnMut(StallInfo)) -> usize {
         self.expire_with(now_ns, usize::MAX, &mut |s: &StallInfo| {
-            sink(*s);
+            sink(s.clone());
             StallDecision::Emit(Verdict::Unknown)
         })
     }

@@ -98,6 +98,8 @@ impl Slot {
             verdict: Verdict::Unknown,
             cause: self.terminal_cause(),
             comm: None,
+            forensics: None,
+            forensics_sha256: None,
         }
     }
 

@@ -6,6 +6,7 @@ use crate::frame::Status;
 use crate::observer::procfs::Comm;
 use crate::observer::verdict::{TerminalCause, Verdict};
 use core::fmt;
+use std::sync::Arc;
 
 /// Default `--tracker-capacity`.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -173,7 +174,7 @@ impl RecordOutcome {
 }
 
 /// One stall, handed to the [`Tracker::expire`] sink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StallInfo {
     pub pid: u32,
     /// Last observed nonce (may be `NONCE_TERMINAL`).
@@ -193,6 +194,10 @@ pub struct StallInfo {
     pub cause: Option<TerminalCause>,
     /// The process's command name, when the observer read it.
     pub comm: Option<Comm>,
+    /// The hang capture's file (`hung` stalls with forensics on,
+    /// [`super::super::forensics`]), and its SHA-256 (lowercase hex).
+    pub forensics: Option<Arc<str>>,
+    pub forensics_sha256: Option<Arc<str>>,
 }
 
 /// What [`Tracker::expire_with`]'s callback decides for a due slot.
@@ -209,7 +214,7 @@ pub enum StallDecision {
 }
 
 /// What [`Tracker::take_exit`] did with a process's exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitOutcome {
     /// No slot holds that process (already retired, evicted or replaced).
     NotTracked,
