@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 import varta
 import varta.aio
 from observer_helpers import poll_until
-from varta import _loops
+from varta import _loops, forensics
 
 # A coroutine that makes the classic mistake: a synchronous sleep on the loop.
 # argv: socket path, loop flavour, agent kind, block seconds, max_lag_ms.
@@ -53,6 +54,10 @@ BLOCKER = textwrap.dedent(
 LOOP_MODULE = {"asyncio": "asyncio.unix_events", "uvloop": "uvloop"}
 
 
+def line_of(code: str, marker: str) -> int:
+    return next(i for i, line in enumerate(code.splitlines(), 1) if marker in line)
+
+
 def is_beat(pid: int) -> Callable[[Any], bool]:
     return lambda e: isinstance(e, varta.Beat) and e.pid == pid
 
@@ -83,10 +88,10 @@ def readline(p: subprocess.Popen[str]) -> str:
     ("flavour", "kind"), [("asyncio", "path"), ("uvloop", "path"), ("asyncio", "heartbeat")]
 )
 def test_blocked_loop_is_hung_within_threshold_plus_interval(
-    sock_path: str, flavour: str, kind: str
+    sock_path: str, tmp_path: Path, flavour: str, kind: str
 ) -> None:
     threshold_ms, interval_ms = 1000, 100
-    with varta.Observer(sock_path, threshold_ms) as obs:
+    with varta.Observer(sock_path, threshold_ms, forensics_dir=str(tmp_path / "fx")) as obs:
         p = start_blocker(sock_path, flavour, kind, 5.0, 200)
         try:
             poll_until(obs, is_beat(p.pid), within=10.0)
@@ -99,6 +104,13 @@ def test_blocked_loop_is_hung_within_threshold_plus_interval(
             # The bound; the slack is this test's own polling and the
             # time the "blocking" line takes to reach it.
             assert stalled_after <= (threshold_ms + interval_ms) / 1000 + 0.5, stalled_after
+            # The hang capture (docs/finding-hangs.md) shows the blocking call
+            # in the coroutine that made it, on the loop's thread.
+            doc = forensics.load(stall.forensics)
+            assert doc["method"] == "sdk"
+            threads = forensics.parse_traceback(doc["python_traceback"])
+            blocking = ("<string>", line_of(BLOCKER, "time.sleep(block_s)"), "main")
+            assert any(t.frames and t.frames[0] == blocking for t in threads), doc
             # The loop turns again: beats resume, the first late one reporting
             # the lag (about the 5 s block) as DEGRADED.
             assert readline(p) == "unblocked"
