@@ -134,8 +134,10 @@ def test_all_65_families_in_spec_order() -> None:
         (n, "counter") for n in EXTRA_FAMILIES + FORENSICS_FAMILIES
     ]
     want += [(n, "gauge") for n in AGENT_FAMILIES]
-    assert len(want) == len(FAMILIES) == (
-        65 + 6 + len(EXTRA_FAMILIES) + len(FORENSICS_FAMILIES) + len(AGENT_FAMILIES)
+    assert (
+        len(want)
+        == len(FAMILIES)
+        == (65 + 6 + len(EXTRA_FAMILIES) + len(FORENSICS_FAMILIES) + len(AGENT_FAMILIES))
     )
     got = families_in(body_for(Snapshot()))
     assert sorted(got) == sorted(want)

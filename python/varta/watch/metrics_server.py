@@ -136,6 +136,8 @@ class Route:
     body: Callable[[str], bytes]
     public: bool = False
     headers: bytes = b""
+
+
 def accepts_gzip(request: bytes) -> bool:
     """Whether the request's ``Accept-Encoding`` headers allow gzip (``gzip``
     or ``*`` without ``q=0``); an explicit ``gzip`` entry wins over ``*``."""
