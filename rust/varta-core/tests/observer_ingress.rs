@@ -196,7 +196,7 @@ fn one_stall_per_silence_then_rearm() {
     assert!(out.is_empty());
     clock.advance(MS);
     expire_for_test(&mut obs, &mut out);
-    assert!(matches!(out[..], [Event::Stall(s)] if s.pid == me() && s.last_nonce == 1));
+    assert!(matches!(&out[..], [Event::Stall(s)] if s.pid == me() && s.last_nonce == 1));
     clock.advance(500 * MS);
     expire_for_test(&mut obs, &mut out);
     assert_eq!(out.len(), 1, "exactly one stall per silence run");
@@ -264,7 +264,7 @@ fn socket_lengths_credentials_and_stall_wakeup() {
     assert_eq!(counter(&obs, "truncated_datagrams"), 3);
     // The wait ends at the stall deadline by itself (no new datagrams).
     let events = poll_until(&mut obs, |e| matches!(e, Event::Stall(_)));
-    let Event::Stall(s) = events[0] else {
+    let Event::Stall(s) = &events[0] else {
         panic!("{events:?}")
     };
     assert!(s.observer_ns - s.last_ns >= 50 * MS);

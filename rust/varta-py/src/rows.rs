@@ -4,11 +4,27 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use std::net::IpAddr;
 use std::sync::Arc;
+use varta_core::observer::procfs::Comm;
 use varta_core::observer::rows::{PidRow, PidRows, RowColumn};
 
-/// Immutable rows `(pid, beats, stalls, status)` sorted by pid; `status` 3
-/// means stalled. From `Observer.pid_rows()`, or built from tuples (fakes).
+/// A row as Python gives it: `(pid, beats, stalls, status)`, or with
+/// `(…, peer, unit, comm)` after it.
+type RowTuple = (
+    u32,
+    u64,
+    u64,
+    u8,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Immutable rows `(pid, beats, stalls, status)` sorted by pid, then
+/// sender; `status` 3 means stalled. Each row also carries its agent's
+/// sender address, systemd unit and command name (`identities()`), for
+/// labels. From `Observer.pid_rows()`, or built from tuples (fakes).
 #[pyclass(name = "PidRows", module = "varta", frozen)]
 pub struct PyPidRows {
     rows: Arc<PidRows>,
@@ -30,17 +46,29 @@ impl PyPidRows {
         let mut out = Vec::new();
         if let Some(rows) = rows {
             for item in rows.try_iter()? {
-                let (pid, beats, stalls, status): (u32, u64, u64, u8) = item?.extract()?;
+                let item = item?;
+                let (pid, beats, stalls, status, peer, unit, comm): RowTuple = if item.len()? == 4 {
+                    let (pid, beats, stalls, status): (u32, u64, u64, u8) = item.extract()?;
+                    (pid, beats, stalls, status, None, None, None)
+                } else {
+                    item.extract()?
+                };
                 if status > 3 {
                     return Err(PyValueError::new_err(format!(
                         "status {status} out of range 0..=3"
                     )));
                 }
+                let peer = match peer {
+                    None => None,
+                    Some(p) => Some(p.parse::<IpAddr>().map_err(|_| {
+                        PyValueError::new_err(format!("peer {p:?} is not an IP address"))
+                    })?),
+                };
                 out.push(PidRow {
-                    pid,
-                    beats,
-                    stalls,
-                    status,
+                    peer,
+                    unit: unit.map(Arc::from),
+                    comm: comm.map(|c| Comm::new(c.as_bytes())),
+                    ..PidRow::bare(pid, beats, stalls, status)
                 });
             }
         }
@@ -63,6 +91,27 @@ impl PyPidRows {
             .into_any()
             .try_iter()
             .map(Bound::into_any)
+    }
+
+    /// `(pid, peer, unit, comm)` per row, in row order: the agent's network
+    /// sender (None for the Unix socket), systemd unit and command name,
+    /// each None when unknown (docs/observer.md#agent-identity).
+    fn identities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .rows
+            .rows()
+            .iter()
+            .map(|r| {
+                (
+                    r.pid,
+                    r.peer.map(|p| p.to_string()),
+                    r.unit.as_deref().map(str::to_owned),
+                    r.comm.map(|c| c.to_string_lossy()),
+                )
+                    .into_pyobject(py)
+            })
+            .collect::<PyResult<Vec<Bound<'py, PyTuple>>>>()?;
+        PyList::new(py, items)
     }
 
     /// `name{pid="<pid>"} <value>\n` per row; `column` is `"beats"`,

@@ -5,6 +5,7 @@
 //! tested over real-looking `/proc/<pid>/cgroup` contents.
 
 use super::procfs::{self, Comm};
+use std::sync::Arc;
 
 /// Longest shortened command line kept, in bytes (cut on a char boundary,
 /// ending in `…`).
@@ -18,11 +19,11 @@ pub struct ProcIdentity {
     /// `/proc/<pid>/comm`.
     pub comm: Option<Comm>,
     /// [`shorten_cmdline`] of `/proc/<pid>/cmdline`.
-    pub cmdline: Option<String>,
+    pub cmdline: Option<Arc<str>>,
     /// The systemd unit (`ingest.service`, `session-3.scope`).
-    pub unit: Option<String>,
+    pub unit: Option<Arc<str>>,
     /// The short container id, when the process runs in one.
-    pub container: Option<String>,
+    pub container: Option<Arc<str>>,
 }
 
 impl ProcIdentity {
@@ -31,15 +32,16 @@ impl ProcIdentity {
         let comm = procfs::comm(pid);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .ok()
-            .and_then(|raw| shorten_cmdline(&raw));
+            .and_then(|raw| shorten_cmdline(&raw))
+            .map(Arc::from);
         let (unit, container) = std::fs::read(format!("/proc/{pid}/cgroup"))
             .map(|raw| parse_cgroup(&String::from_utf8_lossy(&raw)))
             .unwrap_or((None, None));
         ProcIdentity {
             comm,
             cmdline,
-            unit,
-            container,
+            unit: unit.map(Arc::from),
+            container: container.map(Arc::from),
         }
     }
 
@@ -149,10 +151,16 @@ fn is_hex_id(s: &str) -> bool {
 /// `/kubepods/burstable/pod…/<id>`, cgroupfs driver).
 fn container_of(component: &str) -> Option<&str> {
     let body = component.strip_suffix(".scope").unwrap_or(component);
-    let id = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"]
-        .iter()
-        .find_map(|p| body.strip_prefix(p))
-        .unwrap_or(body);
+    let id = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ]
+    .iter()
+    .find_map(|p| body.strip_prefix(p))
+    .unwrap_or(body);
     is_hex_id(id).then_some(id)
 }
 
@@ -185,7 +193,11 @@ pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
     for path in unit_paths {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         if unit.is_none() {
-            unit = comps.iter().rev().find(|c| is_unit(c)).map(|c| c.to_string());
+            unit = comps
+                .iter()
+                .rev()
+                .find(|c| is_unit(c))
+                .map(|c| c.to_string());
         }
         if container.is_none() {
             container = comps
@@ -219,7 +231,14 @@ mod tests {
     #[test]
     fn command_lines_name_the_script_not_the_interpreter() {
         assert_eq!(
-            cmd(&["/usr/bin/python3", "-u", "/opt/app/worker.py", "--queue", "ingest"]).as_deref(),
+            cmd(&[
+                "/usr/bin/python3",
+                "-u",
+                "/opt/app/worker.py",
+                "--queue",
+                "ingest"
+            ])
+            .as_deref(),
             Some("worker.py --queue ingest")
         );
         assert_eq!(
@@ -231,7 +250,10 @@ mod tests {
             Some("nginx -g daemon off;")
         );
         assert_eq!(cmd(&["/usr/bin/python3"]).as_deref(), Some("python3"));
-        assert_eq!(cmd(&["bash", "-c", "sleep 9"]).as_deref(), Some("bash -c sleep 9"));
+        assert_eq!(
+            cmd(&["bash", "-c", "sleep 9"]).as_deref(),
+            Some("bash -c sleep 9")
+        );
         assert_eq!(cmd(&[]), None);
         assert_eq!(shorten_cmdline(b"\0\0"), None);
         // Tabs and newlines cannot break a TSV row or a log line.
@@ -263,8 +285,10 @@ mod tests {
     #[test]
     fn user_units_scopes_and_nothing() {
         assert_eq!(
-            parse_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n")
-                .0,
+            parse_cgroup(
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n"
+            )
+            .0,
             Some("sync.service".into())
         );
         assert_eq!(

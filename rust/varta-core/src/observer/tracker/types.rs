@@ -4,6 +4,9 @@
 
 use crate::frame::Status;
 use crate::observer::procfs::Comm;
+use std::sync::Arc;
+
+pub use super::peers::{NetPeer, PeerKey, MAX_PEERS};
 use crate::observer::verdict::{TerminalCause, Verdict};
 use core::fmt;
 
@@ -173,7 +176,7 @@ impl RecordOutcome {
 }
 
 /// One stall, handed to the [`Tracker::expire`] sink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StallInfo {
     pub pid: u32,
     /// Last observed nonce (may be `NONCE_TERMINAL`).
@@ -193,6 +196,22 @@ pub struct StallInfo {
     pub cause: Option<TerminalCause>,
     /// The process's command name, when the observer read it.
     pub comm: Option<Comm>,
+    /// The network sender, `None` for the Unix socket (docs/observer.md#agent-identity).
+    pub peer: Option<NetPeer>,
+    /// What the OS said about the process, read once (kernel-attested
+    /// agents, docs/observer.md#agent-identity): short command line, systemd
+    /// unit, container id.
+    pub cmdline: Option<Arc<str>>,
+    pub unit: Option<Arc<str>>,
+    pub container: Option<Arc<str>>,
+}
+
+/// An agent as the removed list names it: its pid and, for a network
+/// agent, its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentRef {
+    pub pid: u32,
+    pub peer: Option<NetPeer>,
 }
 
 /// What [`Tracker::expire_with`]'s callback decides for a due slot.
@@ -209,7 +228,7 @@ pub enum StallDecision {
 }
 
 /// What [`Tracker::take_exit`] did with a process's exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitOutcome {
     /// No slot holds that process (already retired, evicted or replaced).
     NotTracked,
@@ -227,6 +246,8 @@ pub struct AgentView {
     /// Status of the last accepted beat.
     pub status: Status,
     pub origin: BeatOrigin,
+    /// The network sender, `None` for the Unix socket (docs/observer.md#agent-identity).
+    pub peer: Option<NetPeer>,
     /// Accepted beats for this pid (kept across in-place recycle resets).
     pub beats: u64,
     /// Stalls emitted for this pid (kept across in-place recycle resets).
