@@ -338,9 +338,10 @@ impl PyObserver {
         PidRowsPy::wrap(py.detach(move || PidRows::new(rows)))
     }
 
-    /// One tracked agent, or `None`: the Unix socket's `pid`, or with
-    /// `peer` (an address as `AgentInfo.peer` shows it) that network
-    /// sender's (docs/observer.md#agent-identity).
+    /// One tracked agent, or `None`: with `peer` (an address as
+    /// `AgentInfo.peer` shows it) that network sender's agent `pid`;
+    /// without, the Unix socket's agent `pid`, else the first network agent
+    /// with that pid (docs/observer.md#agent-identity).
     #[pyo3(signature = (pid, peer=None))]
     fn agent(&self, py: Python<'_>, pid: i64, peer: Option<&str>) -> PyResult<Option<AgentInfo>> {
         let Ok(pid) = u32::try_from(pid) else {
@@ -355,7 +356,9 @@ impl PyObserver {
         };
         let (found, now) = self.with_obs(|o| {
             let found = match addr {
-                None => o.agent(pid).map(|a| (a, o.identity(None, pid))),
+                None => o
+                    .agent_any(pid)
+                    .map(|a| (a, o.identity(a.peer.as_ref(), pid))),
                 Some(addr) => peer_candidates(addr).find_map(|p| {
                     o.agent_at(Some(&p), pid)
                         .map(|a| (a, o.identity(Some(&p), pid)))

@@ -329,6 +329,11 @@ impl Observer {
         self.gates.tracker.get_at(peer, pid)
     }
 
+    /// The Unix socket's agent `pid`, else the first network agent with it.
+    pub fn agent_any(&self, pid: u32) -> Option<AgentView> {
+        self.gates.tracker.get_any(pid)
+    }
+
     /// What the OS said about agent (`peer`, `pid`)'s process, if read.
     pub fn identity(&self, peer: Option<&NetPeer>, pid: u32) -> Option<Arc<ProcIdentity>> {
         self.gates.tracker.identity(peer, pid)

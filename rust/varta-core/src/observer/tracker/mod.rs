@@ -10,7 +10,7 @@
 //! t.extend_deadlines(by_ns)         // the observer was blind: push every armed deadline back
 //! t.next_deadline_ns() -> Option<u64>                                  // when the next stall is due
 //! t.record_net(&frame, origin, peer, now_ns) -> RecordOutcome          // a network agent: (peer, pid) (docs/observer.md#agent-identity)
-//! t.get(pid) -> Option<AgentView>;  t.get_at(peer, pid);  t.iter() -> impl Iterator<Item = AgentView>
+//! t.get(pid) -> Option<AgentView>;  t.get_at(peer, pid);  t.get_any(pid)  t.iter() -> impl Iterator<Item = AgentView>
 //! t.set_identity(pid, generation, Arc<ProcIdentity>); t.identity(peer, pid)   // read once per process
 //! t.retire(pid) -> bool             // docs/observer.md#release KernelAttested generation-mismatch release
 //! t.take_removed(&mut Vec<AgentRef>) // agents evicted / retired since the last call
@@ -653,6 +653,21 @@ impl Tracker {
     pub fn get_at(&self, peer: Option<&NetPeer>, pid: u32) -> Option<AgentView> {
         self.find(peer, pid)
             .map(|i| self.view(&self.slots[i as usize]))
+    }
+
+    /// The Unix socket's agent `pid`, else the first network agent with
+    /// that pid (lowest sender id): for callers that know only a pid.
+    /// O(senders) when no local agent has it.
+    pub fn get_any(&self, pid: u32) -> Option<AgentView> {
+        self.get(pid).or_else(|| {
+            self.peers.ids().find_map(|oid| {
+                let key = key_of(oid, pid);
+                match self.index.probe(key, &self.slots) {
+                    Probe::Found { slot, .. } => Some(self.view(&self.slots[slot as usize])),
+                    Probe::Absent => None,
+                }
+            })
+        })
     }
 
     /// What the OS said about agent (`peer`, `pid`)'s process, if read.

@@ -123,6 +123,15 @@ impl PeerTable {
             .and_then(|e| e.map(|(p, _)| p))
     }
 
+    /// Live ids, lowest first.
+    pub(super) fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_some())
+            .map(|(i, _)| i as u16 + 1)
+    }
+
     /// Reference counts as held (tests).
     pub(super) fn refs(&self, id: u16) -> u32 {
         self.entries
