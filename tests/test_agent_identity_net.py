@@ -49,11 +49,18 @@ def poll_for(obs: varta.Observer, pred: Callable[[], bool], within: float = 5.0)
 
 Seal = Callable[[int, int, bytes], bytes]
 
-PLAIN: Seal = lambda counter, nonce, iv: plain(PID, nonce)  # noqa: E731
-SHARED: Seal = lambda counter, nonce, iv: seal_shared(KEY_A, iv, counter, plain(PID, nonce))  # noqa: E731
-MASTER_SEAL: Seal = lambda counter, nonce, iv: seal_master(
-    MASTER, PID, iv, counter, plain(PID, nonce)
-)  # noqa: E731
+
+def PLAIN(counter: int, nonce: int, iv: bytes) -> bytes:
+    return plain(PID, nonce)
+
+
+def SHARED(counter: int, nonce: int, iv: bytes) -> bytes:
+    return seal_shared(KEY_A, iv, counter, plain(PID, nonce))
+
+
+def MASTER_SEAL(counter: int, nonce: int, iv: bytes) -> bytes:
+    return seal_master(MASTER, PID, iv, counter, plain(PID, nonce))
+
 
 TRANSPORTS = {
     "plaintext": (dict(plaintext_udp=True), PLAIN),

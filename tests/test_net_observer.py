@@ -515,8 +515,10 @@ def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
     beats = [r for r in tsv_rows(tsv) if r[1] == "beat" and r[2] == str(PID)]
     assert len(beats) == 1
     rows = audit_rows(audit)
-    assert [r[3] for r in rows][:4] == ["boot", "verdict", "spawn", "complete"]
-    assert rows[1][5] == "unknown"
+    assert [r[3] for r in rows][:5] == ["boot", "identity", "verdict", "spawn", "complete"]
+    # A network agent is named by its sender (docs/observer.md#agent-identity).
+    assert rows[1][4:10] == [str(PID), "127.0.0.1", "-", "-", "-", "-"]
+    assert rows[2][5] == "unknown"
 
 
 def test_watch_refuses_recovery_for_a_network_unverified_stall(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ LEGACY_HEADER = b"# varta-watch recovery audit v1"
 CHAIN_DOMAIN = b"VARTA-AUDIT-v2\0"
 ZERO_CHAIN = bytes(32)
 
-KINDS = (b"boot", b"spawn", b"complete", b"refused", b"gap", b"verdict")
+KINDS = (b"boot", b"spawn", b"complete", b"refused", b"gap", b"verdict", b"identity")
 #: Number of TAB-separated fields of each record kind, seq and chain included.
 FIELD_COUNTS = {
     b"boot": 8,
@@ -46,6 +46,7 @@ FIELD_COUNTS = {
     b"refused": 7,
     b"gap": 9,
     b"verdict": 7,
+    b"identity": 11,
 }
 #: ``gap`` record reasons and the ``dropped_by_reason`` counter labels.
 GAP_REASONS = (b"ring_full", b"io_error", b"unclean_stop")
@@ -172,6 +173,9 @@ def parse_record(line: bytes) -> Optional[Record]:
         )
     elif kind == b"verdict":
         ok = _is_uint(fields[4]) and fields[5] in VERDICTS
+    elif kind == b"identity":
+        # agent pid, peer, comm, unit, container, cmdline ("-" = unknown)
+        ok = _is_uint(fields[4]) and all(fields[5:10])
     elif kind == b"gap":
         ok = (
             obs == b"0"

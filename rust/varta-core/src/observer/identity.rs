@@ -141,8 +141,10 @@ fn is_unit(component: &str) -> bool {
         && component.len() > ".scope".len()
 }
 
+/// A container id: 64 hex digits (docker, containerd, CRI-O, podman all
+/// use them; shorter hex names, e.g. a sandbox's 32-digit group, are not).
 fn is_hex_id(s: &str) -> bool {
-    s.len() >= 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The container id in one cgroup path component: `docker-<id>.scope`,
@@ -322,6 +324,11 @@ mod tests {
         assert_eq!(
             parse_cgroup(&format!("0::/system.slice/docker-{ID}.scope")).0,
             Some(format!("docker-{ID}.scope"))
+        );
+        // Neither is a 32-digit group of some other manager.
+        assert_eq!(
+            parse_cgroup("4:memory:/process_api/873a87c3b9f87954cc0885d540fd7d7d\n0::/\n").1,
+            None
         );
         // A pod uid is not a container id.
         assert_eq!(
