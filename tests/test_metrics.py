@@ -108,6 +108,8 @@ EXTRA_FAMILIES = [
     "varta_export_torn_tail_repaired_total",
     "varta_export_io_errors_total",
     "varta_reopen_total",
+    # docs/observer.md#agent-identity: network senders the tracker could not name
+    "varta_tracker_peer_table_full_total",
 ]
 
 

@@ -157,6 +157,7 @@ varta_export_rows_dropped_total | c | - | TSV rows never written (backlog full o
 varta_export_torn_tail_repaired_total | c | - | Torn last lines cut from the TSV file on open.
 varta_export_io_errors_total | c | - | TSV export write errors.
 varta_reopen_total | c | - | SIGHUP file reopens (logrotate postrotate).
+varta_tracker_peer_table_full_total | c | - | Network beats refused: the sender table was full.
 """
 
 
