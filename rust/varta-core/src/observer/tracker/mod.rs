@@ -46,8 +46,8 @@
 //!   [`peers`], packed into the slot's beat count so the slot stays one line.
 //!
 //! Memory per agent: slot 64 B (with its last terminal payload and verdict) + index ≈ 17 B (64 B per 3.75 slots)
-//! + deadline link 16 B + free stack 4 B + removed list 24 B + identity pointer 8 B
-//! + sender table ≈ 40 B ≈ 173 B.
+//! + deadline link 16 B + free stack 4 B + removed list 24 B + identity pointer 8 B ≈ 133 B,
+//! plus ≈ 50 B per network sender seen (the sender table grows only then).
 //!
 //! # Choices where the spec leaves room
 //! * Per-pid `beats` / `stalls` survive in-place resets (generation or
@@ -740,7 +740,7 @@ impl Tracker {
             + core::mem::size_of::<u32>() * self.free.capacity()
             + core::mem::size_of::<AgentRef>() * self.removed.capacity()
             + core::mem::size_of::<Option<Arc<ProcIdentity>>>() * self.idents.capacity()
-            + self.peers.limit() * (core::mem::size_of::<(NetPeer, u16)>() + 16);
+            + self.peers.allocated_bytes();
         total.div_ceil(cap)
     }
 
@@ -805,13 +805,13 @@ impl Tracker {
             }
         }
         // Every sender id is held exactly by its agents.
-        for oid in 1..=self.peers.limit() as u16 {
+        for oid in self.peers.ids().collect::<Vec<_>>() {
             let held = self
                 .slots
                 .iter()
                 .filter(|s| s.has(F_USED) && s.oid() == oid)
                 .count() as u32;
-            if self.peers.refs(oid) != held {
+            if held == 0 || self.peers.refs(oid) != held {
                 return Err(format!(
                     "sender id {oid}: {} references, {held} agents",
                     self.peers.refs(oid)

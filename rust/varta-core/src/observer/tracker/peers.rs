@@ -4,7 +4,9 @@
 //! secure UDP which key opened its frames) is interned into a small id while
 //! at least one of its agents is tracked. The table is bounded by the
 //! tracker capacity + 1 (every live id holds a slot), at most
-//! [`MAX_PEERS`]; a sender that finds it full is refused and counted.
+//! [`MAX_PEERS`]; a sender that finds it full is refused and counted. It
+//! grows only when a new sender appears (never per beat), so an observer
+//! without network listeners spends nothing on it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,18 +54,27 @@ pub(super) struct PeerTable {
     ids: HashMap<NetPeer, u16>,
     /// `entries[id - 1]`: the sender and its reference count.
     entries: Vec<Option<(NetPeer, u32)>>,
+    /// Ids given back, reused before new ones.
     free: Vec<u16>,
+    limit: usize,
 }
 
 impl PeerTable {
     /// Room for `limit` senders (clamped to `1..=MAX_PEERS`).
     pub(super) fn new(limit: usize) -> PeerTable {
-        let limit = limit.clamp(1, MAX_PEERS);
         PeerTable {
-            ids: HashMap::with_capacity(limit),
-            entries: vec![None; limit],
-            free: (1..=limit as u16).rev().collect(),
+            ids: HashMap::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            limit: limit.clamp(1, MAX_PEERS),
         }
+    }
+
+    /// Bytes held (an estimate for the map: entries plus a control byte).
+    pub(super) fn allocated_bytes(&self) -> usize {
+        self.ids.capacity() * (core::mem::size_of::<(NetPeer, u16)>() + 1)
+            + self.entries.capacity() * core::mem::size_of::<Option<(NetPeer, u32)>>()
+            + self.free.capacity() * 2
     }
 
     pub(super) fn len(&self) -> usize {
@@ -71,7 +82,7 @@ impl PeerTable {
     }
 
     pub(super) fn limit(&self) -> usize {
-        self.entries.len()
+        self.limit
     }
 
     pub(super) fn id(&self, peer: &NetPeer) -> Option<u16> {
@@ -84,7 +95,14 @@ impl PeerTable {
         let id = match self.ids.get(&peer) {
             Some(&id) => id,
             None => {
-                let id = self.free.pop()?;
+                let id = match self.free.pop() {
+                    Some(id) => id,
+                    None if self.entries.len() < self.limit => {
+                        self.entries.push(None);
+                        self.entries.len() as u16
+                    }
+                    None => return None,
+                };
                 self.ids.insert(peer, id);
                 self.entries[usize::from(id) - 1] = Some((peer, 0));
                 id
