@@ -45,9 +45,10 @@
 //!   keying, hashed exactly as before) and each network sender an id from
 //!   [`peers`], packed into the slot's beat count so the slot stays one line.
 //!
-//! Memory per agent: slot 64 B (with its last terminal payload and verdict) + index ≈ 17 B (64 B per 3.75 slots)
-//! + deadline link 16 B + free stack 4 B + removed list 24 B + identity pointer 8 B ≈ 133 B,
-//! plus ≈ 50 B per network sender seen (the sender table grows only then).
+//! Memory per agent: slot 64 B (with its last terminal payload and verdict), index ≈ 17 B
+//! (64 B per 3.75 slots), deadline link 16 B, free stack 4 B, removed list 24 B and
+//! identity pointer 8 B: ≈ 134 B, plus ≈ 50 B per network sender seen (the sender
+//! table grows only then).
 //!
 //! # Choices where the spec leaves room
 //! * Per-pid `beats` / `stalls` survive in-place resets (generation or
