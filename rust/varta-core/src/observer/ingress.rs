@@ -247,6 +247,9 @@ impl Observer {
 
     /// Add a listener (network listeners are bound by their own module).
     pub fn add_listener(&mut self, l: Listener) {
+        if matches!(l, Listener::Udp(_)) {
+            self.gates.tracker.reserve_senders();
+        }
         self.listeners.push(l);
     }
 

@@ -47,8 +47,8 @@
 //!
 //! Memory per agent: slot 64 B (with its last terminal payload and verdict), index ≈ 17 B
 //! (64 B per 3.75 slots), deadline link 16 B, free stack 4 B, removed list 24 B and
-//! identity pointer 8 B: ≈ 134 B, plus ≈ 50 B per network sender seen (the sender
-//! table grows only then).
+//! identity pointer 8 B: ≈ 134 B; with a network listener the sender table adds
+//! ≈ 50 B (allocated with the listener).
 //!
 //! # Choices where the spec leaves room
 //! * Per-pid `beats` / `stalls` survive in-place resets (generation or
@@ -706,6 +706,12 @@ impl Tracker {
             .zip(&self.idents)
             .filter(|(s, _)| s.has(F_USED))
             .map(|(s, id)| (self.view(s), id.as_ref()))
+    }
+
+    /// Allocate the sender table whole (the observer does when it gets a
+    /// network listener), so network ingress never allocates.
+    pub fn reserve_senders(&mut self) {
+        self.peers.reserve();
     }
 
     /// Network senders with at least one tracked agent, and the most there can be.

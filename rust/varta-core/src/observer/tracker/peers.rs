@@ -4,9 +4,10 @@
 //! secure UDP which key opened its frames) is interned into a small id while
 //! at least one of its agents is tracked. The table is bounded by the
 //! tracker capacity + 1 (every live id holds a slot), at most
-//! [`MAX_PEERS`]; a sender that finds it full is refused and counted. It
-//! grows only when a new sender appears (never per beat), so an observer
-//! without network listeners spends nothing on it.
+//! [`MAX_PEERS`]; a sender that finds it full is refused and counted. It is
+//! allocated whole when the observer gets a network listener
+//! ([`PeerTable::reserve`]), so ingress never allocates, and an observer
+//! without one spends nothing on it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -68,6 +69,15 @@ impl PeerTable {
             free: Vec::new(),
             limit: limit.clamp(1, MAX_PEERS),
         }
+    }
+
+    /// Allocate room for every sender up to the limit (no allocation after).
+    pub(super) fn reserve(&mut self) {
+        self.ids.reserve(self.limit.saturating_sub(self.ids.len()));
+        self.entries
+            .reserve_exact(self.limit.saturating_sub(self.entries.len()));
+        self.free
+            .reserve_exact(self.limit.saturating_sub(self.free.len()));
     }
 
     /// Bytes held (an estimate for the map: entries plus a control byte).
