@@ -522,3 +522,30 @@ def test_close_is_idempotent_and_records_after_close_are_ignored(tmp_path: pathl
     log.close()
     assert log.refused(1, 2, "debounced") is False
     assert len(rows(p)) == 2
+
+
+def test_identity_records_verify_and_keep_the_chain(tmp_path: pathlib.Path) -> None:
+    """docs/observer.md#agent-identity: an ``identity`` record (agent pid,
+    sender, comm, unit, container, command line; ``-`` when unknown) sits in
+    the chain like any other; a log with them and one without both verify,
+    and a changed unit is caught."""
+    p = tmp_path / "audit.log"
+    log = AuditLog(p)
+    sample(log, 1)  # an old-style stretch: no identity records
+    log.identity(5, 6172, None, "python3", "ingest.service", None, "worker.py --queue\tingest")
+    log.verdict(5, 6172, "hung")
+    log.identity(6, 4242, "127.0.0.2", None, None, None, None)
+    log.close()
+    got = rows(p)
+    ident = [r for r in got if r[3] == "identity"]
+    assert [r[4:10] for r in ident] == [
+        ["6172", "-", "python3", "ingest.service", "-", "worker.py --queue ingest"],
+        ["4242", "127.0.0.2", "-", "-", "-", "-"],
+    ]
+    verify = [sys.executable, "-m", "varta", "audit", "verify", str(p)]
+    ok = subprocess.run(verify, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"OK: {len(got)} records" in ok.stdout
+    p.write_text(p.read_text().replace("ingest.service", "other.service"))
+    bad = subprocess.run(verify, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "chain mismatch" in bad.stdout

@@ -109,6 +109,8 @@ EXTRA_FAMILIES = [
     "varta_export_io_errors_total",
     "varta_reopen_total",
     "varta_scrape_gzip_total",
+    # docs/observer.md#agent-identity: network senders the tracker could not name
+    "varta_tracker_peer_table_full_total",
 ]
 
 #: The per-agent aggregates (docs/observer.md#agent-rows), all gauges.

@@ -336,10 +336,12 @@ def test_udp_only_stall_is_network_unverified(tx: socket.socket) -> None:
         assert not stall.origin.allows_recovery
 
 
-def test_weaker_origin_conflicts_with_a_pinned_slot(tx: socket.socket, tmp_path: Any) -> None:
-    """UDS and UDP in one Observer: our pid, first seen kernel-attested over
-    the Unix socket, is pinned; a plaintext UDP frame claiming it is weaker
-    and becomes an OriginConflict without touching the slot."""
+def test_a_network_frame_never_touches_a_local_agent(tx: socket.socket, tmp_path: Any) -> None:
+    """UDS and UDP in one Observer (docs/observer.md#agent-identity): our pid,
+    tracked over the Unix socket, and a plaintext UDP frame claiming it are
+    two agents — the network one is (127.0.0.1, pid) — so the weaker
+    transport can neither refresh nor disturb the kernel-attested agent
+    (upstream refused it as an OriginConflict on the shared pid slot)."""
     path = str(tmp_path / "obs.sock")
     pid = os.getpid()
     with varta.Observer(
@@ -347,18 +349,25 @@ def test_weaker_origin_conflicts_with_a_pinned_slot(tx: socket.socket, tmp_path:
     ) as obs:
         u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            u.sendto(plain(pid, 1), path)
+            u.sendto(plain(pid, 5), path)
         finally:
             u.close()
         poll_until(obs, beat_for(pid))
         send(tx, obs, plain(pid, 2))
-        seen = poll_until(obs, lambda e: isinstance(e, varta.OriginConflict))
-        conflict = next(e for e in seen if isinstance(e, varta.OriginConflict))
-        assert conflict.observed_origin is BeatOrigin.NETWORK_UNVERIFIED
-        assert conflict.slot_origin is BeatOrigin.KERNEL_ATTESTED
-        info = obs.agent(pid)
-        assert info is not None and info.beats == 1
-        assert info.origin is BeatOrigin.KERNEL_ATTESTED
+        seen = poll_until(
+            obs, lambda e: isinstance(e, varta.Beat) and e.origin is BeatOrigin.NETWORK_UNVERIFIED
+        )
+        assert not any(isinstance(e, varta.OriginConflict) for e in seen)
+        local = obs.agent(pid)
+        assert local is not None and local.beats == 1 and local.last_nonce == 5
+        assert local.origin is BeatOrigin.KERNEL_ATTESTED and local.peer is None
+        remote = obs.agent(pid, peer="127.0.0.1")
+        assert remote is not None and remote.beats == 1 and remote.last_nonce == 2
+        assert remote.origin is BeatOrigin.NETWORK_UNVERIFIED and remote.peer == "127.0.0.1"
+        assert sorted((a.peer or "", a.pid) for a in obs.agents()) == [
+            ("", pid),
+            ("127.0.0.1", pid),
+        ]
 
 
 # ------------------------------------------------------------ IPv6
@@ -506,8 +515,10 @@ def test_watch_secure_udp_stall_runs_recovery_when_the_operator_accepts(
     beats = [r for r in tsv_rows(tsv) if r[1] == "beat" and r[2] == str(PID)]
     assert len(beats) == 1
     rows = audit_rows(audit)
-    assert [r[3] for r in rows][:4] == ["boot", "verdict", "spawn", "complete"]
-    assert rows[1][5] == "unknown"
+    assert [r[3] for r in rows][:5] == ["boot", "identity", "verdict", "spawn", "complete"]
+    # A network agent is named by its sender (docs/observer.md#agent-identity).
+    assert rows[1][4:10] == [str(PID), "127.0.0.1", "-", "-", "-", "-"]
+    assert rows[2][5] == "unknown"
 
 
 def test_watch_refuses_recovery_for_a_network_unverified_stall(tmp_path: Path) -> None:

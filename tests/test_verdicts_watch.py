@@ -112,10 +112,9 @@ def test_a_deploy_recovers_nothing_and_a_kill_recovers_with_its_verdict(tmp_path
         str(killed),
     )
     assert len(kinds) == 2
-    assert f"pid {clean} (python) exited cleanly" in watch.stderr or (
-        f"pid {clean} (" in watch.stderr and ") exited cleanly" in watch.stderr
-    )
-    assert f"pid {killed} (" in watch.stderr and "vanished" in watch.stderr
+    # Named as the OS knows them (docs/observer.md#agent-identity): name[pid].
+    assert re.search(rf"\S+\[{clean}\]( in \S+)? exited cleanly", watch.stderr)
+    assert re.search(rf"\S+\[{killed}\]( in \S+)? vanished", watch.stderr)
 
 
 def test_a_stopped_daemon_blames_no_healthy_agent_and_still_reports_a_real_hang(

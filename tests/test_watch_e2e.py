@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -92,14 +93,20 @@ def test_stall_runs_recovery_once_then_debounces_and_audits(tmp_path: Path) -> N
     beat = beat_rows(tsv, agent.pid)[0]
     assert beat[4] == "ok" and beat[5] == "7" and len(beat) == 6
     rows = audit_rows(audit)
-    assert [r[3] for r in rows][:5] == ["boot", "verdict", "spawn", "complete", "refused"]
+    kinds = ["boot", "identity", "verdict", "spawn", "complete", "refused"]
+    assert [r[3] for r in rows][:6] == kinds
     # The final SIGKILL can add a "vanished" stall, debounced like the second hang.
-    assert all(r[3] == "refused" and r[5] == "debounced" for r in rows[4:])
-    assert rows[1][4:6] == [str(agent.pid), "hung"]  # why the child ran, before it ran
-    spawn, complete = rows[2], rows[3]
+    assert all(r[3] == "refused" and r[5] == "debounced" for r in rows[5:])
+    # Who the agent is (docs/observer.md#agent-identity): no sender (Unix
+    # socket), its comm and short command line (the interpreter: `-c` code).
+    ident = rows[1]
+    assert ident[4:6] == [str(agent.pid), "-"] and ident[6] != "-"
+    assert ident[9].startswith(os.path.basename(sys.executable) + " -c ")
+    assert rows[2][4:6] == [str(agent.pid), "hung"]  # why the child ran, before it ran
+    spawn, complete = rows[3], rows[4]
     assert spawn[4] == str(agent.pid) and spawn[6] == "exec" and spawn[7] == sys.executable
     assert complete[4:9] == [str(agent.pid), spawn[5], "reaped", "0", "-"]
-    assert re.search(rf"pid {agent.pid} \(\S+\) hung: alive but silent for", watch.stderr)
+    assert re.search(rf"\S+\[{agent.pid}\]( in \S+)? hung: alive but silent for", watch.stderr)
 
     res = audit_verify(audit)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -170,10 +177,14 @@ def test_sigterm_exits_0_unlinks_socket_and_flushes(tmp_path: Path) -> None:
     assert not watch.sock.exists()
     rows = audit_rows(audit)
     # nothing lost: the child killed at shutdown has its complete row, on disk
-    assert [r[3] for r in rows] == ["boot", "verdict", "spawn", "complete"]
-    assert rows[3][5] == spawn[0][5] and rows[3][6] == "killed"
+    assert [r[3] for r in rows] == ["boot", "identity", "verdict", "spawn", "complete"]
+    assert rows[4][5] == spawn[0][5] and rows[4][6] == "killed"
     assert audit_verify(audit).returncode == 0
-    assert [r[1] for r in tsv_rows(tsv)][-2:] == ["stall", "verdict"]
+    last = tsv_rows(tsv)[-3:]
+    assert [r[1] for r in last] == ["stall", "verdict", "identity"]
+    # identity: no sender (Unix socket); comm=… and the short command line
+    assert last[2][2] == last[0][2] and last[2][4] == "-"
+    assert last[2][5].startswith("comm=") and " cmdline=" in last[2][5]
     assert "stopped" in watch.stderr.splitlines()[-1]
 
 

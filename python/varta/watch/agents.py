@@ -76,6 +76,16 @@ class AgentLike(Protocol):
     def generation(self) -> Optional[int]: ...
     @property
     def verdict(self) -> Optional[Verdict]: ...
+    @property
+    def peer(self) -> Optional[str]: ...
+    @property
+    def comm(self) -> Optional[str]: ...
+    @property
+    def cmdline(self) -> Optional[str]: ...
+    @property
+    def unit(self) -> Optional[str]: ...
+    @property
+    def container(self) -> Optional[str]: ...
 
 
 Identity = tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]
@@ -83,31 +93,14 @@ Identity = tuple[Optional[str], Optional[str], Optional[str], Optional[str], Opt
 
 _NO_IDENTITY: Identity = (None, None, None, None, None)
 _NO_IDENTITY_JSON = ",".join(f'"{f}":null' for f in _IDENTITY_FIELDS)
-_HAS_IDENTITY: dict[type, bool] = {}
 
 
 def identity(info: AgentLike) -> Identity:
-    """``(peer, comm, cmdline, unit, container)`` of one agent.
-
-    The agent-identity branch adds these five ``Optional[str]`` attributes to
-    ``varta.AgentInfo``; until it lands they read as ``None`` (JSON ``null``).
-    The one place to switch to plain attribute access. (Whether a type has
-    them is asked once per type: a missing attribute costs a raised
-    AttributeError per call.)
-    """
-    kind = type(info)
-    has = _HAS_IDENTITY.get(kind)
-    if has is None:
-        has = _HAS_IDENTITY[kind] = hasattr(info, "unit")
-    if not has:
-        return _NO_IDENTITY
-    return (
-        getattr(info, "peer", None),
-        getattr(info, "comm", None),
-        getattr(info, "cmdline", None),
-        getattr(info, "unit", None),
-        getattr(info, "container", None),
-    )
+    """``(peer, comm, cmdline, unit, container)`` of one agent
+    (docs/observer.md#agent-identity); the shared all-``None`` tuple when
+    nothing is known, so the JSON for it is written once."""
+    ident = (info.peer, info.comm, info.cmdline, info.unit, info.container)
+    return _NO_IDENTITY if ident == _NO_IDENTITY else ident
 
 
 def _identity_json(ident: Identity) -> str:

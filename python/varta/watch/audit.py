@@ -435,6 +435,21 @@ class AuditLog:
             ],
         )
 
+    def identity(
+        self,
+        observer_ns: int,
+        agent_pid: int,
+        peer: Optional[str],
+        comm: Optional[str],
+        unit: Optional[str],
+        container: Optional[str],
+        cmdline: Optional[str],
+    ) -> bool:
+        """Who *agent_pid* is (docs/observer.md#agent-identity), written with
+        its ``verdict`` record before the ``spawn`` record; ``-`` = unknown."""
+        cols = [_text(v or "") or b"-" for v in (peer, comm, unit, container, cmdline)]
+        return self._enqueue(b"identity", [_num(observer_ns), b"identity", _num(agent_pid), *cols])
+
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> bool:
         return self._enqueue(
             b"refused", [_num(observer_ns), b"refused", _num(agent_pid), _text(reason) or b"-"]

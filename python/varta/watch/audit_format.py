@@ -37,7 +37,16 @@ LEGACY_HEADER = b"# varta-watch recovery audit v1"
 CHAIN_DOMAIN = b"VARTA-AUDIT-v2\0"
 ZERO_CHAIN = bytes(32)
 
-KINDS = (b"boot", b"spawn", b"complete", b"refused", b"gap", b"verdict", b"forensics")
+KINDS = (
+    b"boot",
+    b"spawn",
+    b"complete",
+    b"refused",
+    b"gap",
+    b"verdict",
+    b"forensics",
+    b"identity",
+)
 #: Number of TAB-separated fields of each record kind, seq and chain included.
 FIELD_COUNTS = {
     b"boot": 8,
@@ -47,6 +56,7 @@ FIELD_COUNTS = {
     b"gap": 9,
     b"verdict": 7,
     b"forensics": 8,
+    b"identity": 11,
 }
 #: ``gap`` record reasons and the ``dropped_by_reason`` counter labels.
 GAP_REASONS = (b"ring_full", b"io_error", b"unclean_stop")
@@ -175,6 +185,9 @@ def parse_record(line: bytes) -> Optional[Record]:
         ok = _is_uint(fields[4]) and fields[5] in VERDICTS
     elif kind == b"forensics":
         ok = _is_uint(fields[4]) and _is_hex64(fields[5]) and bool(fields[6])
+    elif kind == b"identity":
+        # agent pid, peer, comm, unit, container, cmdline ("-" = unknown)
+        ok = _is_uint(fields[4]) and all(fields[5:10])
     elif kind == b"gap":
         ok = (
             obs == b"0"

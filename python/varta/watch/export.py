@@ -17,11 +17,16 @@ eviction     pid          ``-``       ``-``                ``-``
 verdict      pid          ``-``       hung/exited/…        cause (``clean_exit``, ``SIGTERM``,
                                                            ``crash``) or ``-``
 forensics    pid          ``-``       capture's SHA-256    capture file path
+identity     pid          ``-``       sender address or    ``comm=… unit=… container=…
+                                      ``-``                cmdline=…`` (known ones;
+                                                           ``cmdline`` last, to the end)
 ===========  ===========  ==========  ===================  ============================
 
 Every ``stall`` row is followed by one ``verdict`` row for the same pid
-(``docs/verdicts.md``), and a ``hung`` one with a hang capture by one
-``forensics`` row (``docs/finding-hangs.md#the-daemon``): upstream's six
+(``docs/verdicts.md``), a ``hung`` one with a hang capture by one
+``forensics`` row (``docs/finding-hangs.md#the-daemon``), then, when anything
+is known of who the agent is, an ``identity`` row
+(``docs/observer.md#agent-identity``): upstream's six
 columns and its ``stall`` rows stay byte for byte as they were, and a
 consumer that skips kinds it does not know reads the file as before.
 
@@ -51,10 +56,12 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import varta
 
+from .identity import identity_fields
 from .secretfile import PathLike, fsync_dir, open_output_file
 
 GENERATIONS = 5
@@ -224,6 +231,21 @@ class TsvExporter:
         if what not in MISMATCH_KINDS:
             raise ValueError(f"mismatch kind must be one of {MISMATCH_KINDS}, not {what!r}")
         self._row(observer_ns, "mismatch", str(int(claimed_pid)), "-", "-", what)
+
+    def identity(self, observer_ns: int, pid: int, fields: Mapping[str, str]) -> None:
+        """Who *pid* is: its sender (status column) and what the OS said
+        (payload: ``key=value`` words, ``cmdline`` last, taking the rest)."""
+        words = [
+            f"{k}={fields[k]}" for k in ("comm", "unit", "container", "cmdline") if k in fields
+        ]
+        self._row(
+            observer_ns,
+            "identity",
+            str(int(pid)),
+            "-",
+            _text(fields.get("peer", "")),
+            _text(" ".join(words)),
+        )
 
     def eviction(self, observer_ns: int, pid: int) -> None:
         self._row(observer_ns, "eviction", str(int(pid)), "-", "-", "-")
@@ -430,9 +452,11 @@ def _beat(t: TsvExporter, ev: varta.Beat) -> None:
 def _stall(t: TsvExporter, ev: varta.Stall) -> None:
     t.stall(ev.observer_ns, ev.pid, ev.last_nonce)
     t.verdict(ev.observer_ns, ev.pid, str(ev.verdict), ev.cause)
-    capture = getattr(ev, "forensics", None)
-    if capture:
-        t.forensics(ev.observer_ns, ev.pid, getattr(ev, "forensics_sha256", None) or "-", capture)
+    if ev.forensics:
+        t.forensics(ev.observer_ns, ev.pid, ev.forensics_sha256 or "-", ev.forensics)
+    who = identity_fields(ev)
+    if who:
+        t.identity(ev.observer_ns, ev.pid, who)
 
 
 def _decode(t: TsvExporter, ev: varta.Decode) -> None:

@@ -32,7 +32,7 @@ SUPPRESSED_KINDS: tuple[str, ...] = (
 )
 COOLDOWN_S = 1.0
 #: Record attributes copied into JSON lines (pass them with ``extra=``).
-FIELDS = ("pid", "child_pid", "error")
+FIELDS = ("pid", "child_pid", "error", "peer", "comm", "unit", "container", "cmdline")
 _LEVELS = {
     logging.DEBUG: "debug",
     logging.INFO: "info",

@@ -45,6 +45,7 @@ from .audit import AuditLog
 from .audit_format import Histogram
 from .config import WatchConfig, observer_kwargs, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
+from .identity import agent_label, identity_fields
 from .live import live_routes
 from .logsetup import RateLimiter, log
 from .metrics import (
@@ -100,7 +101,7 @@ class ObserverLike(Protocol):
     def poll(self, timeout: Optional[float] = None) -> Iterable[object]: ...
     def pid_rows(self) -> varta.PidRows: ...
     def agents(self) -> list[varta.AgentInfo]: ...
-    def agent(self, pid: int) -> Optional[varta.AgentInfo]: ...
+    def agent(self, pid: int, peer: Optional[str] = None) -> Optional[varta.AgentInfo]: ...
     def counters(self) -> Mapping[str, Union[int, Mapping[str, int]]]: ...
     def take_removed(self) -> list[int]: ...
     def now_ns(self) -> int: ...
@@ -115,8 +116,10 @@ def native_observer_factory() -> ObserverFactory:
 
 
 def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
-    """The log line for a stall, in words (``docs/verdicts.md``)."""
-    who = f"pid {ev.pid}" + (f" ({ev.comm})" if ev.comm else "")
+    """The log line for a stall, in words (``docs/verdicts.md``), naming the
+    agent as the OS knows it (``docs/observer.md#agent-identity``):
+    ``worker.py[6172] in ingest.service hung: …``."""
+    who = agent_label(ev)
     silent_ms = max(threshold_ms, (ev.observer_ns - ev.last_ns) // 1_000_000)
     cause = ev.cause
     verdict = ev.verdict
@@ -505,7 +508,9 @@ class Daemon:
         while self._deferred and recovery.has_budget():
             stall = self._deferred.popleft()
             now = obs.now_ns()
-            decision = recovery.fire_time_check(stall, obs.agent(stall.pid), now)
+            peer = getattr(stall, "peer", None)
+            agent = obs.agent(stall.pid) if peer is None else obs.agent(stall.pid, peer)
+            decision = recovery.fire_time_check(stall, agent, now)
             if decision is None:
                 decision = recovery.on_stall(stall, now)
             self._log_decision(decision)
@@ -540,7 +545,7 @@ class Daemon:
         log.log(
             level,
             describe_stall(ev, self.cfg.threshold_ms),
-            extra={"pid": ev.pid, "verdict": str(verdict)},
+            extra={"pid": ev.pid, "verdict": str(verdict), **identity_fields(ev)},
         )
         capture = getattr(ev, "forensics", None)
         if capture and self.audit is not None:

@@ -185,6 +185,7 @@ varta_agents | g | status | Tracked agents by status (stall = silent past the th
 varta_agents_by_verdict | g | verdict | Stalled tracked agents by verdict (docs/verdicts.md).
 varta_agents_by_unit | g | unit | Tracked agents by systemd unit and status.
 varta_agent_rows_omitted | g | - | Tracked agents without per-agent series (--prom-agent-rows).
+varta_tracker_peer_table_full_total | c | - | Network beats refused: the sender table was full.
 """
 
 #: Families computed from the per-pid rows, not from counters

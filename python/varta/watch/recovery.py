@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Literal, Optional, Union
 
 from .._varta import own_pid_ns_inode, process_start_time
+from .identity import identity_fields
 from .recovery_config import (
     _NETWORK_UNVERIFIED,
     _REFUSED_COUNTER,
@@ -392,7 +393,7 @@ class RecoveryRunner:
             del self._ledger[oldest_pid]
             self.last_fired_evictions += 1
         # 6. spawn
-        return self._spawn(pid, gen, now_ns, verdict)
+        return self._spawn(pid, gen, now_ns, verdict, stall)
 
     def _prune_ledger(self, now_ns: int) -> None:
         horizon = 10 * self._debounce_ns
@@ -421,7 +422,14 @@ class RecoveryRunner:
         self.outstanding_recycle_resets += 1
         return None
 
-    def _spawn(self, pid: int, gen: Optional[int], now_ns: int, verdict: str) -> Decision:
+    def _spawn(
+        self,
+        pid: int,
+        gen: Optional[int],
+        now_ns: int,
+        verdict: str,
+        stall: object = None,
+    ) -> Decision:
         argv = self.config.command.argv(pid, verdict)
         capture = self.config.capture_stdio
         write_ahead = getattr(self.audit, "write_ahead", None)
@@ -462,7 +470,16 @@ class RecoveryRunner:
         template = " ".join(argv).encode("utf-8", "surrogateescape")
         if self.audit is not None:
             # Why this child runs: queued ahead of its spawn record (the
-            # write-ahead flushes what is queued first).
+            # write-ahead flushes what is queued first), with who the agent
+            # is when anything is known (docs/observer.md#agent-identity).
+            who = identity_fields(stall)
+            write_identity = getattr(self.audit, "identity", None)
+            if who and write_identity is not None:
+                write_identity(
+                    now_ns,
+                    pid,
+                    *(who.get(k) for k in ("peer", "comm", "unit", "container", "cmdline")),
+                )
             self.audit.verdict(now_ns, pid, verdict)
         if write_ahead is not None:
             err = write_ahead(

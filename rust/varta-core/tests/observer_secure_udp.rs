@@ -140,7 +140,7 @@ fn stalls(events: &[Event]) -> Vec<u32> {
 fn removed(obs: &mut Observer) -> Vec<u32> {
     let mut v = Vec::new();
     obs.take_removed(&mut v);
-    v
+    v.into_iter().map(|a| a.pid).collect()
 }
 
 #[test]

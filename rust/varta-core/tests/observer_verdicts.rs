@@ -150,7 +150,10 @@ fn a_clean_exit_is_reported_at_once_as_exited_and_retired() {
     assert!(obs.agent(child.pid as u32).is_none());
     let mut removed = Vec::new();
     obs.take_removed(&mut removed);
-    assert_eq!(removed, [child.pid as u32]);
+    assert_eq!(
+        removed.iter().map(|a| a.pid).collect::<Vec<_>>(),
+        [child.pid as u32]
+    );
     child.reap();
 }
 

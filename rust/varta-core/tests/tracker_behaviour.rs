@@ -157,6 +157,10 @@ fn stall_once_then_silence_gives_no_second_stall() {
             comm: None,
             forensics: None,
             forensics_sha256: None,
+            peer: None,
+            cmdline: None,
+            unit: None,
+            container: None,
         }]
     );
     assert_eq!(t.next_deadline_ns(), None, "a latched slot has no deadline");
@@ -631,7 +635,7 @@ fn strict_evicts_only_latched_slots_silent_over_ten_thresholds() {
     );
     assert_eq!(t.counters().tracker_evicted, 1);
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed.len(), 1);
     let victim = removed[0];
     assert_ne!(victim, 3, "a beating agent is never evicted");
@@ -651,7 +655,7 @@ fn strict_evicts_only_latched_slots_silent_over_ten_thresholds() {
         RecordOutcome::CapacityExceeded
     );
     assert!(t.get(3).is_some());
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed.len(), 3);
     assert!(!removed.contains(&3));
     t.check_invariants().unwrap();
@@ -688,7 +692,7 @@ fn balanced_evicts_any_slot_silent_over_ten_thresholds() {
     assert_eq!(t.counters().tracker_evicted, 3);
     assert!(t.get(2).is_some());
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     removed.sort_unstable();
     assert_eq!(removed, vec![1, 3, 4]);
     // The evicted slots' deadlines went with them: only live pids stall.
@@ -712,7 +716,7 @@ fn balanced_prefers_a_latched_victim() {
         RecordOutcome::Inserted
     );
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed, vec![4]);
 }
 
@@ -755,9 +759,9 @@ fn retire_removes_without_a_stall() {
     assert_eq!(t.counters().pid_recycle, 1);
     assert_eq!(pids(&stalls(&mut t, T)), vec![22]);
     let mut removed = vec![7];
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed, vec![7, 21], "take_removed appends");
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed.len(), 2, "and drains");
     // The pid can come back as a new agent.
     assert_eq!(
@@ -801,7 +805,7 @@ fn expire_with_limit_and_retire_verdict() {
     assert_eq!(t.counters().stalls, 4);
     assert_eq!(t.counters().pid_recycle, 1);
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed, vec![3]);
     t.check_invariants().unwrap();
 }
@@ -819,7 +823,7 @@ fn removed_list_is_bounded_and_drops_are_counted() {
     }
     assert_eq!(t.counters().tracker_evicted, 69);
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed.len(), 64, "max(capacity, 64)");
     assert_eq!(removed, (0..64).collect::<Vec<_>>());
     assert_eq!(t.counters().removed_pid_drops, 5);
@@ -992,7 +996,7 @@ fn an_exit_is_reported_once_and_retires_the_slot() {
     assert_eq!(c.stall_verdicts[Verdict::Exited as usize], 1);
     assert_eq!(c.stall_verdicts[Verdict::Vanished as usize], 1);
     let mut removed = Vec::new();
-    t.take_removed(&mut removed);
+    removed.extend(removed_pids(&mut t));
     assert_eq!(removed, vec![7, 8]);
     t.check_invariants().unwrap();
 }
@@ -1038,4 +1042,12 @@ fn blind_time_extends_every_armed_deadline() {
     assert_eq!(stalls(&mut t, 4 * T + T / 2).len(), 1);
     assert_eq!(t.next_deadline_ns(), Some(5 * T));
     t.check_invariants().unwrap();
+}
+
+/// The pids `take_removed` hands over (all of the Unix socket here).
+fn removed_pids(t: &mut Tracker) -> Vec<u32> {
+    let mut v = Vec::new();
+    t.take_removed(&mut v);
+    assert!(v.iter().all(|a| a.peer.is_none()));
+    v.into_iter().map(|a| a.pid).collect()
 }

@@ -20,8 +20,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use varta_core::frame::{DecodeError, Status};
-use varta_core::observer::tracker::{AgentView, StallInfo};
+use varta_core::observer::identity::ProcIdentity;
+use varta_core::observer::tracker::{AgentView, NetPeer, StallInfo};
 use varta_core::observer::{BeatOrigin, Event, TerminalCause, Verdict};
 
 // ------------------------------------------------------------- field types
@@ -83,15 +85,21 @@ impl FromCore<Cow<'static, str>> for String {
     }
 }
 
-impl FromCore<Option<std::sync::Arc<str>>> for Option<String> {
-    fn from_core(_py: Python<'_>, core: Option<std::sync::Arc<str>>) -> PyResult<Option<String>> {
-        Ok(core.map(|s| s.to_string()))
-    }
-}
-
 impl FromCore<Option<TerminalCause>> for Option<String> {
     fn from_core(_py: Python<'_>, core: Option<TerminalCause>) -> PyResult<Option<String>> {
         Ok(core.map(TerminalCause::name))
+    }
+}
+
+impl FromCore<Option<NetPeer>> for Option<String> {
+    fn from_core(_py: Python<'_>, core: Option<NetPeer>) -> PyResult<Option<String>> {
+        Ok(core.map(|p| p.host()))
+    }
+}
+
+impl FromCore<Option<Arc<str>>> for Option<String> {
+    fn from_core(_py: Python<'_>, core: Option<Arc<str>>) -> PyResult<Option<String>> {
+        Ok(core.map(|s| s.to_string()))
     }
 }
 
@@ -351,9 +359,17 @@ events! {
         forensics: Option<String> = None,
         /// The capture file's SHA-256 (lowercase hex), or None.
         forensics_sha256: Option<String> = None,
+        /// The network sender's address (`"127.0.0.2"`); None for the Unix socket.
+        peer: Option<String> = None,
+        /// The shortened command line (`"worker.py --queue ingest"`), when read.
+        cmdline: Option<String> = None,
+        /// The systemd unit (`"ingest.service"`), when known.
+        unit: Option<String> = None,
+        /// The short container id, when the process runs in one.
+        container: Option<String> = None,
     } from Event::Stall(StallInfo {
         pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns, verdict, comm,
-        cause, forensics, forensics_sha256,
+        cause, forensics, forensics_sha256, peer, cmdline, unit, container,
     }),
 
     /// The observer itself could not look for `duration_ns` (its process was
@@ -428,12 +444,29 @@ record_class! {
         generation: Option<u64>,
         /// The verdict of the current stall while `stalled`, else None.
         verdict: Option<Member<Verdict>> = None,
+        /// The network sender's address (`"127.0.0.2"`); None for the Unix socket.
+        peer: Option<String> = None,
+        /// The process's command name, when the observer read it.
+        comm: Option<String> = None,
+        /// The shortened command line (`"worker.py --queue ingest"`), when read.
+        cmdline: Option<String> = None,
+        /// The systemd unit (`"ingest.service"`), when known.
+        unit: Option<String> = None,
+        /// The short container id, when the process runs in one.
+        container: Option<String> = None,
     }
 }
 
 impl AgentInfo {
-    /// The view of one tracked pid at observer time `now_ns`.
-    pub fn from_view(py: Python<'_>, a: &AgentView, now_ns: u64) -> PyResult<Self> {
+    /// The view of one tracked agent at observer time `now_ns`, with what
+    /// the OS said about its process (`id`, kernel-attested agents).
+    pub fn from_view(
+        py: Python<'_>,
+        a: &AgentView,
+        id: Option<&ProcIdentity>,
+        now_ns: u64,
+    ) -> PyResult<Self> {
+        let text = |s: &Option<Arc<str>>| s.as_deref().map(str::to_owned);
         Ok(AgentInfo {
             pid: a.pid,
             status: Member::from_core(py, a.status)?,
@@ -447,6 +480,11 @@ impl AgentInfo {
             pid_ns_inode: a.pid_ns_inode,
             generation: a.generation,
             verdict: FromCore::from_core(py, a.verdict)?,
+            peer: a.peer.map(|p| p.host()),
+            comm: id.and_then(|i| i.comm).map(|c| c.to_string_lossy()),
+            cmdline: id.and_then(|i| text(&i.cmdline)),
+            unit: id.and_then(|i| text(&i.unit)),
+            container: id.and_then(|i| text(&i.container)),
         })
     }
 }

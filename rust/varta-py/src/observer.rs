@@ -16,19 +16,22 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use varta_core::observer::clock::MonotonicClock;
 use varta_core::observer::config::{OptionValue, UdpOptions};
+use varta_core::observer::identity::ProcIdentity;
 use varta_core::observer::ingress::{CounterValue, Listener, WAIT_SLICE_NS};
 use varta_core::observer::procfs;
 use varta_core::observer::pump::{Pump, Taken, DEFAULT_QUEUE_CAPACITY};
 use varta_core::observer::rows::PidRows;
 use varta_core::observer::signals;
-use varta_core::observer::tracker::AgentView;
+use varta_core::observer::tracker::{AgentView, NetPeer, PeerKey};
 use varta_core::observer::udp::{UdpListener, UdpMode};
 use varta_core::observer::{Event, Observer, ObserverConfig, ObserverError};
-use varta_core::secure::{ReceiverConfig, SecureReceiver};
+use varta_core::secure::{ReceiverConfig, SecureReceiver, MAX_SHARED_KEYS};
 
 // -------------------------------------------------------------- observer
 
@@ -250,13 +253,20 @@ impl PyObserver {
         }
     }
 
-    /// Every tracked pid.
+    /// Every tracked agent.
     fn agents(&self, py: Python<'_>) -> PyResult<Vec<AgentInfo>> {
-        let (views, now): (Vec<AgentView>, u64) =
-            self.with_obs(|o| (o.agents().collect(), o.now_ns()));
+        type Identified = (AgentView, Option<Arc<ProcIdentity>>);
+        let (views, now): (Vec<Identified>, u64) = self.with_obs(|o| {
+            (
+                o.agents_identified()
+                    .map(|(a, id)| (a, id.cloned()))
+                    .collect(),
+                o.now_ns(),
+            )
+        });
         views
             .iter()
-            .map(|a| AgentInfo::from_view(py, a, now))
+            .map(|(a, id)| AgentInfo::from_view(py, a, id.as_deref(), now))
             .collect()
     }
 
@@ -276,13 +286,37 @@ impl PyObserver {
         }))
     }
 
-    /// One tracked pid, or `None`.
-    fn agent(&self, py: Python<'_>, pid: i64) -> PyResult<Option<AgentInfo>> {
+    /// One tracked agent, or `None`: with `peer` (an address as
+    /// `AgentInfo.peer` shows it) that network sender's agent `pid`;
+    /// without, the Unix socket's agent `pid`, else the first network agent
+    /// with that pid (docs/observer.md#agent-identity).
+    #[pyo3(signature = (pid, peer=None))]
+    fn agent(&self, py: Python<'_>, pid: i64, peer: Option<&str>) -> PyResult<Option<AgentInfo>> {
         let Ok(pid) = u32::try_from(pid) else {
             return Ok(None);
         };
-        let (view, now) = self.with_obs(|o| (o.agent(pid), o.now_ns()));
-        view.map(|a| AgentInfo::from_view(py, &a, now)).transpose()
+        let addr = match peer {
+            None => None,
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => return Ok(None),
+            },
+        };
+        let (found, now) = self.with_obs(|o| {
+            let found = match addr {
+                None => o
+                    .agent_any(pid)
+                    .map(|a| (a, o.identity(a.peer.as_ref(), pid))),
+                Some(addr) => peer_candidates(addr).find_map(|p| {
+                    o.agent_at(Some(&p), pid)
+                        .map(|a| (a, o.identity(Some(&p), pid)))
+                }),
+            };
+            (found, o.now_ns())
+        });
+        found
+            .map(|(a, id)| AgentInfo::from_view(py, &a, id.as_deref(), now))
+            .transpose()
     }
 
     /// Counters keyed by Prometheus family name (no `varta_` prefix, no
@@ -329,7 +363,7 @@ impl PyObserver {
     fn take_removed(&self) -> Vec<u32> {
         let mut out = Vec::new();
         self.with_obs(|o| o.take_removed(&mut out));
-        out
+        out.into_iter().map(|a| a.pid).collect()
     }
 
     /// Whether the Unix listener receives each sender's pidfd
@@ -538,4 +572,17 @@ pub fn register_testing(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bench_recv_floor, m)?)?;
     m.add_function(wrap_pyfunction!(thread_cpu_ns, m)?)?;
     Ok(())
+}
+
+/// Every sender an address can be (plaintext, each shared key, the master
+/// key): `Observer.agent(pid, peer)` names a sender by its address only.
+fn peer_candidates(addr: IpAddr) -> impl Iterator<Item = NetPeer> {
+    let keys = std::iter::once(PeerKey::Plain)
+        .chain((0..MAX_SHARED_KEYS as u8).map(PeerKey::Shared))
+        .chain(std::iter::once(PeerKey::Master));
+    let alt = match addr {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+    };
+    keys.flat_map(move |key| [NetPeer { addr, key }, NetPeer { addr: alt, key }])
 }

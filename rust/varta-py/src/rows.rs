@@ -4,13 +4,18 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::net::IpAddr;
 use std::sync::Arc;
+use varta_core::observer::procfs::Comm;
 use varta_core::observer::rows::{PidRow, PidRows, RowColumn, STATUS_NAMES};
 use varta_core::observer::verdict::Verdict;
 
-/// Immutable rows `(pid, beats, stalls, status)` sorted by pid; `status` 3
-/// means stalled. From `Observer.pid_rows()`, or built from tuples (fakes),
-/// which may carry a fifth item: the stall's verdict name (or `None`).
+/// Immutable rows `(pid, beats, stalls, status)` sorted by pid, then
+/// sender; `status` 3 means stalled. Each row also carries its agent's
+/// sender address, systemd unit and command name (`identities()`), for
+/// labels. From `Observer.pid_rows()`, or built from tuples (fakes):
+/// `(pid, beats, stalls, status)`, then optionally the stall's verdict
+/// name, or `(…, peer, unit, comm)` with an optional verdict after them.
 #[pyclass(name = "PidRows", module = "varta", frozen)]
 pub struct PyPidRows {
     rows: Arc<PidRows>,
@@ -33,13 +38,29 @@ impl PyPidRows {
         if let Some(rows) = rows {
             for item in rows.try_iter()? {
                 let item = item?;
-                let (pid, beats, stalls, status, verdict): (u32, u64, u64, u8, Option<String>) =
-                    if item.len().ok() == Some(5) {
-                        item.extract()?
-                    } else {
-                        let (p, b, s, st): (u32, u64, u64, u8) = item.extract()?;
-                        (p, b, s, st, None)
-                    };
+                let at = |i: usize| item.get_item(i);
+                let (pid, beats, stalls, status): (u32, u64, u64, u8) = (
+                    at(0)?.extract()?,
+                    at(1)?.extract()?,
+                    at(2)?.extract()?,
+                    at(3)?.extract()?,
+                );
+                let len = item.len()?;
+                let (peer, unit, comm): (Option<String>, Option<String>, Option<String>) = match len
+                {
+                    7 | 8 => (at(4)?.extract()?, at(5)?.extract()?, at(6)?.extract()?),
+                    4 | 5 => (None, None, None),
+                    n => {
+                        return Err(PyValueError::new_err(format!(
+                            "a row has 4, 5, 7 or 8 items, not {n}"
+                        )))
+                    }
+                };
+                let verdict: Option<String> = match len {
+                    5 => at(4)?.extract()?,
+                    8 => at(7)?.extract()?,
+                    _ => None,
+                };
                 if status > 3 {
                     return Err(PyValueError::new_err(format!(
                         "status {status} out of range 0..=3"
@@ -56,12 +77,18 @@ impl PyPidRows {
                             })?,
                     ),
                 };
+                let peer = match peer {
+                    None => None,
+                    Some(p) => Some(p.parse::<IpAddr>().map_err(|_| {
+                        PyValueError::new_err(format!("peer {p:?} is not an IP address"))
+                    })?),
+                };
                 out.push(PidRow {
-                    pid,
-                    beats,
-                    stalls,
-                    status,
+                    peer,
                     verdict,
+                    unit: unit.map(Arc::from),
+                    comm: comm.map(|c| Comm::new(c.as_bytes())),
+                    ..PidRow::bare(pid, beats, stalls, status)
                 });
             }
         }
@@ -123,6 +150,27 @@ impl PyPidRows {
         out.set_item("verdict", verdicts)?;
         out.set_item("unit", PyList::new(py, units)?)?;
         Ok(out)
+    }
+
+    /// `(pid, peer, unit, comm)` per row, in row order: the agent's network
+    /// sender (None for the Unix socket), systemd unit and command name,
+    /// each None when unknown (docs/observer.md#agent-identity).
+    fn identities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .rows
+            .rows()
+            .iter()
+            .map(|r| {
+                (
+                    r.pid,
+                    r.peer.map(|p| p.to_string()),
+                    r.unit.as_deref().map(str::to_owned),
+                    r.comm.map(|c| c.to_string_lossy()),
+                )
+                    .into_pyobject(py)
+            })
+            .collect::<PyResult<Vec<Bound<'py, PyTuple>>>>()?;
+        PyList::new(py, items)
     }
 
     /// `name{pid="<pid>",unit="<unit>",comm="<comm>"} <value>\n` per row; `column` is `"beats"`,

@@ -34,6 +34,9 @@ pub struct TrackerCounters {
     pub invariant_violations: u64,
     /// Slots retired because their agent ended (`docs/verdicts.md`).
     pub retired: u64,
+    /// Network beats refused because the sender table was full
+    /// (docs/observer.md#agent-identity; also counted in `capacity_exceeded`).
+    pub peer_table_full: u64,
     /// Stalls by verdict, indexed by `Verdict as usize` (labelled family
     /// `stall_verdicts`, not in [`TrackerCounters::entries`]).
     pub stall_verdicts: [u64; 5],
@@ -41,7 +44,7 @@ pub struct TrackerCounters {
 
 impl TrackerCounters {
     /// `(counters() key, value)` for every field.
-    pub fn entries(&self) -> [(&'static str, u64); 14] {
+    pub fn entries(&self) -> [(&'static str, u64); 15] {
         [
             ("beats", self.beats),
             ("stalls", self.stalls),
@@ -60,6 +63,7 @@ impl TrackerCounters {
             ("tracker_removed_pid_drops", self.removed_pid_drops),
             ("tracker_invariant_violations", self.invariant_violations),
             ("tracker_retired", self.retired),
+            ("tracker_peer_table_full", self.peer_table_full),
         ]
     }
 }
@@ -91,16 +95,17 @@ mod tests {
             removed_pid_drops: 12,
             invariant_violations: 13,
             retired: 14,
+            peer_table_full: 15,
             stall_verdicts: [0; 5],
         };
         let e = c.entries();
         let mut values: Vec<u64> = e.iter().map(|(_, v)| *v).collect();
         values.sort_unstable();
-        assert_eq!(values, (1..=14).collect::<Vec<_>>());
+        assert_eq!(values, (1..=15).collect::<Vec<_>>());
         let mut keys: Vec<&str> = e.iter().map(|(k, _)| *k).collect();
         keys.sort_unstable();
         keys.dedup();
-        assert_eq!(keys.len(), 14);
+        assert_eq!(keys.len(), 15);
     }
 
     #[test]

@@ -1020,10 +1020,10 @@ impl Worker {
 
     /// Queue a capture. A stall is never lost: if the thread is gone it
     /// comes back at once, uncaptured.
-    pub fn submit(&self, job: Job) -> Result<(), StallInfo> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<StallInfo>> {
         match &self.tx {
-            Some(tx) => tx.send(job).map_err(|e| e.0.info),
-            None => Err(job.info),
+            Some(tx) => tx.send(job).map_err(|e| Box::new(e.0.info)),
+            None => Err(Box::new(job.info)),
         }
     }
 
@@ -1137,6 +1137,10 @@ mod tests {
             comm: None,
             forensics: None,
             forensics_sha256: None,
+            peer: None,
+            cmdline: None,
+            unit: None,
+            container: None,
         };
         let mut f = Found {
             method: "sdk",

@@ -8,12 +8,16 @@
 use super::config::ObserverConfig;
 use super::event::Event;
 use super::exitwatch::ExitWatch;
+use super::identity::ProcIdentity;
 use super::listener::{Datagram, PeerCred, SenderPidfd, UdsListener};
 use super::procfs;
-use super::tracker::{AgentView, BeatOrigin, ExitOutcome, RecordOutcome, StallDecision, Tracker};
+use super::tracker::{
+    AgentView, BeatOrigin, ExitOutcome, NetPeer, RecordOutcome, StallDecision, Tracker,
+};
 use super::verdict::{self, Liveness};
 use crate::frame::{DecodeError, Frame, FRAME_LEN};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// `pid_max` is re-read at most this often (observer ns).
 pub const PID_MAX_REFRESH_NS: u64 = 60_000_000_000;
@@ -30,6 +34,9 @@ pub struct Peer {
     /// A Unix-socket peer: its `/proc` identity is read and a raw
     /// credential cannot "repair" a downgraded slot past the limiter.
     pub local: bool,
+    /// A network sender: its agents are (sender, pid), apart from equal
+    /// pids elsewhere (docs/observer.md#agent-identity). `None` = the Unix socket.
+    pub net: Option<NetPeer>,
 }
 
 /// One datagram after the listener's own checks, before decoding.
@@ -103,12 +110,14 @@ fn classify_uds(d: Datagram<'_>, own_uid: u32) -> Received<'_> {
             kernel_pid: None,
             origin: BeatOrigin::SocketModeOnly,
             local: true,
+            net: None,
         }
     } else {
         Peer {
             kernel_pid: Some(pid),
             origin: BeatOrigin::KernelAttested,
             local: true,
+            net: None,
         }
     };
     Received::Frame { bytes, peer }
@@ -421,7 +430,7 @@ impl Gates {
                 return;
             }
         };
-        let slot = self.tracker.get(frame.pid);
+        let slot = self.tracker.get_at(peer.net.as_ref(), frame.pid);
         // (1) The first terminal after regular beats must get through.
         let terminal_after_regular = frame.is_terminal()
             && slot
@@ -486,11 +495,14 @@ impl Gates {
                 return;
             }
         }
-        // (10) Tracker.
-        match self
-            .tracker
-            .record(&frame, origin, ns_inode, generation, now)
-        {
+        // (10) Tracker: a network sender's agent is (sender, pid).
+        let outcome = match peer.net {
+            Some(net) => self.tracker.record_net(&frame, origin, net, now),
+            None => self
+                .tracker
+                .record(&frame, origin, ns_inode, generation, now),
+        };
+        match outcome {
             RecordOutcome::Inserted | RecordOutcome::Refreshed => {
                 // A new attested process (first contact, a recycled pid, an
                 // upgraded origin): watch its pidfd once. Continuation beats
@@ -501,6 +513,7 @@ impl Gates {
                     });
                     if !known {
                         self.watch_exit(frame.pid, gen, pidfd);
+                        self.read_identity(frame.pid, gen, pidfd);
                     }
                 }
                 if self.emit_beats {
@@ -528,6 +541,22 @@ impl Gates {
                 observer_ns: now,
             }),
             RecordOutcome::OutOfOrder | RecordOutcome::CapacityExceeded => {}
+        }
+    }
+
+    /// Read what the OS says about a new attested process — once per
+    /// process, never per beat (docs/observer.md#agent-identity) — and pin
+    /// it on its slot. Like the namespace and start time, a read is kept
+    /// only if the sender's pidfd (when there is one) shows it still alive
+    /// afterwards, so a reused pid's identity is never pinned.
+    fn read_identity(&mut self, pid: u32, generation: u64, pidfd: SenderPidfd) {
+        let id = ProcIdentity::read(pid);
+        let vouched = match pidfd {
+            SenderPidfd::Fd(fd) => !procfs::pidfd_exited(fd),
+            _ => procfs::start_time(pid) == Some(generation),
+        };
+        if vouched {
+            self.tracker.set_identity(pid, generation, Arc::new(id));
         }
     }
 
@@ -566,10 +595,10 @@ impl Gates {
                 _ => Liveness::Unknown,
             };
             let v = verdict::judge(s.origin, s.cause, liveness);
-            let comm = match (exits, s.generation) {
+            let comm = s.comm.or_else(|| match (exits, s.generation) {
                 (Some(w), Some(g)) => w.comm(s.pid, g),
                 _ => None,
-            };
+            });
             out.push(Event::Stall(super::tracker::StallInfo {
                 verdict: v,
                 comm,
@@ -594,7 +623,7 @@ impl Gates {
         for i in 0..self.exited.len() {
             let (pid, generation, comm) = self.exited[i];
             if let ExitOutcome::Reported(mut info) = self.tracker.take_exit(pid, generation, now) {
-                info.comm = Some(comm);
+                info.comm = info.comm.or(Some(comm));
                 out.push(Event::Stall(info));
             }
         }
@@ -677,7 +706,8 @@ mod tests {
                 peer: Peer {
                     kernel_pid: Some(42),
                     origin: BeatOrigin::KernelAttested,
-                    local: true
+                    local: true,
+                    net: None,
                 },
                 ..
             }

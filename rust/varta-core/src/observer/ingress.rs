@@ -30,8 +30,9 @@ use super::event::Event;
 use super::exitwatch::{ExitWatch, ExitWatchCounters};
 use super::gates::{uds_received, Gates};
 pub use super::gates::{IngressCounters, Peer, Received, RecvCtx, PID_MAX_REFRESH_NS};
+use super::identity::ProcIdentity;
 use super::listener::{wait_readable, PidfdCounters, SenderPidfd, UdsListener, RECV_BATCH};
-use super::tracker::{AgentView, BeatOrigin, Tracker};
+use super::tracker::{AgentRef, AgentView, BeatOrigin, NetPeer, Tracker};
 use super::udp::UdpListener;
 use super::verdict::Verdict;
 use crate::frame::{DecodeError, FRAME_LEN};
@@ -246,6 +247,9 @@ impl Observer {
 
     /// Add a listener (network listeners are bound by their own module).
     pub fn add_listener(&mut self, l: Listener) {
+        if matches!(l, Listener::Udp(_)) {
+            self.gates.tracker.reserve_senders();
+        }
         self.listeners.push(l);
     }
 
@@ -318,17 +322,40 @@ impl Observer {
             .map(|d| d.saturating_sub(self.clock.now_ns()))
     }
 
+    /// The Unix socket's agent `pid`.
     pub fn agent(&self, pid: u32) -> Option<AgentView> {
         self.gates.tracker.get(pid)
+    }
+
+    /// Agent (`peer`, `pid`) (docs/observer.md#agent-identity); `None` = the Unix socket's.
+    pub fn agent_at(&self, peer: Option<&NetPeer>, pid: u32) -> Option<AgentView> {
+        self.gates.tracker.get_at(peer, pid)
+    }
+
+    /// The Unix socket's agent `pid`, else the first network agent with it.
+    pub fn agent_any(&self, pid: u32) -> Option<AgentView> {
+        self.gates.tracker.get_any(pid)
+    }
+
+    /// What the OS said about agent (`peer`, `pid`)'s process, if read.
+    pub fn identity(&self, peer: Option<&NetPeer>, pid: u32) -> Option<Arc<ProcIdentity>> {
+        self.gates.tracker.identity(peer, pid)
     }
 
     pub fn agents(&self) -> impl Iterator<Item = AgentView> + '_ {
         self.gates.tracker.iter()
     }
 
-    /// Pids removed from the tracker since the last call. Their secure
+    /// Every agent with its identity, if read.
+    pub fn agents_identified(
+        &self,
+    ) -> impl Iterator<Item = (AgentView, Option<&Arc<ProcIdentity>>)> + '_ {
+        self.gates.tracker.iter_identified()
+    }
+
+    /// Agents removed from the tracker since the last call. Their secure
     /// replay state is kept on purpose (`secure::replay`, "Lifetime").
-    pub fn take_removed(&mut self, out: &mut Vec<u32>) {
+    pub fn take_removed(&mut self, out: &mut Vec<AgentRef>) {
         self.gates.tracker.take_removed(out);
     }
 
@@ -620,6 +647,7 @@ pub fn inject_for_test(
             BeatOrigin::SocketModeOnly
         },
         local: true,
+        net: None,
     };
     obs.gates.handle(
         Received::Frame { bytes, peer },

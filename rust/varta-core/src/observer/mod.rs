@@ -12,6 +12,7 @@
 //! | [`verdict`], [`exitwatch`] | why an agent went silent: terminal causes, kernel liveness, pidfd exit watch |
 //! | [`forensics`] | hang captures on a `hung` verdict: `/proc` threads, the SDK channel's tracebacks, capture files |
 //! | [`pump`] | the ingest thread: drains the sockets continuously, queues events for a consumer |
+//! | [`identity`] | who a kernel-attested agent is: comm, short command line, systemd unit, container id (read once per process) |
 //! | [`procfs`] | `/proc` identity: pid-namespace inode, start time, `pid_max`; pidfd liveness |
 //! | [`config`] | [`ObserverConfig`] (defaults, validation) and [`ObserverError`] |
 //! | [`gates`] | the ingress gates in the spec's order, the global token bucket, [`gates::IngressCounters`]; what a listener hands over ([`gates::Received`], [`gates::Peer`]) |
@@ -33,6 +34,7 @@ pub mod event;
 pub mod exitwatch;
 pub mod forensics;
 pub mod gates;
+pub mod identity;
 pub mod ingress;
 pub mod listener;
 pub mod pid_index;

@@ -10,9 +10,30 @@
 
 use super::tracker::{MAX_CAPACITY, MAX_PROBE_LINES};
 
-/// What the index reads from a slot: the pid it holds.
+/// What the index reads from a slot: the agent key it holds
+/// (`docs/observer.md#agent-identity`: origin id in the high 32 bits, pid in
+/// the low; origin 0, the Unix socket, is plain pid keying).
 pub(super) trait SlotPid {
-    fn pid(&self) -> u32;
+    fn key(&self) -> u64;
+}
+
+/// The pid of an agent key.
+#[inline]
+pub(super) fn key_pid(key: u64) -> u32 {
+    key as u32
+}
+
+/// What an agent key's origin adds to its pid before hashing: 0 for the
+/// Unix socket, so local agents hash exactly as by pid alone.
+#[inline]
+fn salt(key: u64) -> u32 {
+    ((key >> 32) as u32).wrapping_mul(0x9E37_79B9)
+}
+
+/// The 32-bit hash of an agent key whose top bits tag index entries.
+#[inline]
+pub(super) fn key_hash(key: u64) -> u32 {
+    mix(key_pid(key) ^ salt(key))
 }
 
 /// Index entries are 4 bytes: the slot number in the low [`SLOT_BITS`] and
@@ -156,10 +177,12 @@ impl PidIndex {
         }
     }
 
-    /// Home line of `pid`: its block's hash scaled onto the table.
+    /// Home line of agent `key`: its pid block's hash (salted by its
+    /// origin) scaled onto the table.
     #[inline]
-    pub(super) fn home(&self, pid: u32) -> usize {
-        ((u64::from(mix(pid >> BLOCK_BITS)) * self.lines.len() as u64) >> 32) as usize
+    pub(super) fn home(&self, key: u64) -> usize {
+        let h = mix((key_pid(key) >> BLOCK_BITS) ^ salt(key));
+        ((u64::from(h) * self.lines.len() as u64) >> 32) as usize
     }
 
     #[inline]
@@ -176,18 +199,18 @@ impl PidIndex {
         MAX_PROBE_LINES.min(self.lines.len())
     }
 
-    /// Find `pid` (confirmed against `slots`).
+    /// Find agent `key` (confirmed against `slots`).
     #[inline]
-    pub(super) fn probe<S: SlotPid>(&self, pid: u32, slots: &[S]) -> Probe {
-        let hash = mix(pid);
-        let mut line = self.home(pid);
+    pub(super) fn probe<S: SlotPid>(&self, key: u64, slots: &[S]) -> Probe {
+        let hash = key_hash(key);
+        let mut line = self.home(key);
         // Fast path: the pid sits at its preferred entry of its home line.
-        let pos = preferred(pid);
+        let pos = preferred(key_pid(key));
         let e = self.lines[line].entries[pos];
         let slot = e.slot();
         if e.tag_matches(hash)
             && slot != IDX_EMPTY
-            && slots.get(slot as usize).is_some_and(|s| s.pid() == pid)
+            && slots.get(slot as usize).is_some_and(|s| s.key() == key)
         {
             return Probe::Found { line, pos, slot };
         }
@@ -198,7 +221,7 @@ impl PidIndex {
                 let pos = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
                 let slot = l.entries[pos].slot();
-                if slot != IDX_EMPTY && slots.get(slot as usize).is_some_and(|s| s.pid() == pid) {
+                if slot != IDX_EMPTY && slots.get(slot as usize).is_some_and(|s| s.key() == key) {
                     return Probe::Found { line, pos, slot };
                 }
             }
@@ -210,10 +233,11 @@ impl PidIndex {
         Probe::Absent
     }
 
-    /// Where an absent `pid` goes: the first free entry from its home
+    /// Where an absent agent `key` goes: the first free entry from its home
     /// line on, or `None` if the next [`MAX_PROBE_LINES`] lines are full.
-    pub(super) fn vacancy(&self, pid: u32) -> Option<Vacancy> {
-        let mut line = self.home(pid);
+    pub(super) fn vacancy(&self, key: u64) -> Option<Vacancy> {
+        let pid = key_pid(key);
+        let mut line = self.home(key);
         for passed in 0..self.max_chain() {
             let entries = &self.lines[line].entries;
             let free = |pos: &usize| entries[*pos].slot() == IDX_EMPTY;
@@ -230,21 +254,21 @@ impl PidIndex {
         None
     }
 
-    /// Index `pid` to `slot` at `v` (from [`PidIndex::vacancy`], no
+    /// Index agent `key` to `slot` at `v` (from [`PidIndex::vacancy`], no
     /// change to the index since).
-    pub(super) fn insert_at(&mut self, pid: u32, slot: u32, v: Vacancy) {
-        self.lines[v.line].entries[v.pos] = IndexEntry::new(mix(pid), slot);
-        let mut l = self.home(pid);
+    pub(super) fn insert_at(&mut self, key: u64, slot: u32, v: Vacancy) {
+        self.lines[v.line].entries[v.pos] = IndexEntry::new(key_hash(key), slot);
+        let mut l = self.home(key);
         for _ in 0..v.passed {
             self.lines[l].overflow += 1;
             l = self.next(l);
         }
     }
 
-    /// Unindex `pid`, found at `line`/`pos` by [`PidIndex::probe`].
-    pub(super) fn remove_at(&mut self, pid: u32, line: usize, pos: usize) {
+    /// Unindex agent `key`, found at `line`/`pos` by [`PidIndex::probe`].
+    pub(super) fn remove_at(&mut self, key: u64, line: usize, pos: usize) {
         self.lines[line].entries[pos] = IndexEntry::EMPTY;
-        let mut l = self.home(pid);
+        let mut l = self.home(key);
         while l != line {
             self.lines[l].overflow -= 1;
             l = self.next(l);
@@ -265,11 +289,12 @@ impl PidIndex {
         let mut want = vec![0u32; self.lines.len()];
         for (line, l) in self.lines.iter().enumerate() {
             for e in l.entries.iter().filter(|e| e.slot() != IDX_EMPTY) {
-                let pid = slots
+                let key = slots
                     .get(e.slot() as usize)
-                    .map(SlotPid::pid)
+                    .map(SlotPid::key)
                     .ok_or_else(|| format!("entry slot {} out of range", e.slot()))?;
-                let mut h = self.home(pid);
+                let pid = key_pid(key);
+                let mut h = self.home(key);
                 let mut steps = 0;
                 while h != line {
                     want[h] += 1;
@@ -284,10 +309,10 @@ impl PidIndex {
         Ok(want)
     }
 
-    /// Hint the CPU to load `pid`'s home line; no effect on state.
+    /// Hint the CPU to load agent `key`'s home line; no effect on state.
     #[inline]
-    pub(super) fn prefetch(&self, pid: u32) {
-        let i = self.home(pid);
+    pub(super) fn prefetch(&self, key: u64) {
+        let i = self.home(key);
         #[cfg(target_arch = "x86_64")]
         {
             let p = self.lines[i..].as_ptr().cast::<i8>();
@@ -368,9 +393,12 @@ mod tests {
     fn consecutive_pids_share_a_home_line() {
         let index = PidIndex::new(100_000);
         for block in [0u32, 12, 500_000, (u32::MAX >> 3)] {
-            let first = block << 3;
+            let first = u64::from(block << 3);
             let home = index.home(first);
             assert!((0..8).all(|i| index.home(first + i) == home));
+            // So do a network origin's (another line, in general).
+            let net = first | 7 << 32;
+            assert!((0..8).all(|i| index.home(net + i) == index.home(net)));
         }
     }
 }

@@ -151,7 +151,7 @@ pub fn comm(pid: u32) -> Option<Comm> {
 }
 
 /// A process's command name, inline (no allocation; at most 16 bytes).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Comm {
     bytes: [u8; 16],
     len: u8,

@@ -122,7 +122,7 @@ fn route_hung(shared: &Shared, obs: &Observer, batch: &mut Vec<Event>) {
         };
         let pidfd = info.generation.and_then(|g| obs.pinned_pidfd(info.pid, g));
         if let Err(info) = w.submit(Job { info, pidfd }) {
-            batch.insert(i, Event::Stall(info));
+            batch.insert(i, Event::Stall(*info));
             i += 1;
         }
     }

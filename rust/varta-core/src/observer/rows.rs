@@ -11,10 +11,13 @@
 //! objects; the copy (on the poll loop) is one pass over the slots and the
 //! text (on the metrics thread) is written here.
 
+use super::procfs::Comm;
 use super::tracker::Tracker;
 use super::verdict::Verdict;
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Tracker slots copied per [`PidRows::copy_chunk`] (64 B each: 4 MiB).
 pub const COPY_CHUNK: usize = 65_536;
@@ -22,25 +25,52 @@ pub const COPY_CHUNK: usize = 65_536;
 /// `varta_status` value of a stall-latched pid.
 pub const STATUS_STALL: u8 = 3;
 
-/// One pid's exporter row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// One agent's exporter row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PidRow {
     pub pid: u32,
+    /// The network sender's address; `None` for the Unix socket
+    /// (docs/observer.md#agent-identity). With the pid it names the agent.
+    pub peer: Option<IpAddr>,
     pub beats: u64,
     pub stalls: u64,
     /// 0/1/2 = status of the last accepted beat, 3 = stalled.
     pub status: u8,
     /// The verdict of the current stall, while stalled.
     pub verdict: Option<Verdict>,
+    /// The systemd unit and command name, when the observer read them
+    /// (kernel-attested agents), for labels.
+    pub unit: Option<Arc<str>>,
+    pub comm: Option<Comm>,
 }
 
 impl PidRow {
+    /// A row without identity (tests, fakes).
+    pub fn bare(pid: u32, beats: u64, stalls: u64, status: u8) -> PidRow {
+        PidRow {
+            pid,
+            peer: None,
+            beats,
+            stalls,
+            status,
+            verdict: None,
+            unit: None,
+            comm: None,
+        }
+    }
+
     /// The `unit` and `comm` labels of this row's series and of the
     /// by-unit counts (`docs/observer.md#agent-rows`): the one place the
     /// exporter reads an agent's identity, empty while the tracker does
-    /// not know it.
+    /// not know it (a command name that is not UTF-8 is left out).
     pub fn identity(&self) -> (&str, &str) {
-        ("", "")
+        let unit = self.unit.as_deref().unwrap_or("");
+        let comm = self
+            .comm
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c.as_bytes()).ok())
+            .unwrap_or("");
+        (unit, comm)
     }
 }
 
@@ -92,18 +122,19 @@ impl RowColumn {
     }
 }
 
-/// Rows sorted by pid (the docs/observer.md#per-pid-families order); pids are unique in a tracker.
+/// Rows sorted by pid, then sender (the docs/observer.md#per-pid-families
+/// order); (pid, sender) is unique in a tracker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PidRows {
     rows: Vec<PidRow>,
 }
 
 impl PidRows {
-    /// From any rows; sorted by pid, a repeated pid keeps its last row.
+    /// From any rows; sorted by (pid, sender), a repeated one keeps its last row.
     pub fn new(mut rows: Vec<PidRow>) -> PidRows {
         rows.reverse();
-        rows.sort_by_key(|r| r.pid); // stable: the last given row comes first
-        rows.dedup_by_key(|r| r.pid);
+        rows.sort_by_key(|r| (r.pid, r.peer)); // stable: the last given row comes first
+        rows.dedup_by_key(|r| (r.pid, r.peer));
         PidRows { rows }
     }
 
@@ -137,8 +168,9 @@ impl PidRows {
             out.reserve(tracker.len());
         }
         let end = start.saturating_add(COPY_CHUNK);
-        out.extend(tracker.iter_slots(start..end).map(|a| PidRow {
+        out.extend(tracker.iter_slots(start..end).map(|(a, id)| PidRow {
             pid: a.pid,
+            peer: a.peer.map(|p| p.addr),
             beats: a.beats,
             stalls: a.stalls,
             status: if a.stalled {
@@ -147,6 +179,8 @@ impl PidRows {
                 a.status as u8
             },
             verdict: if a.stalled { a.verdict } else { None },
+            unit: id.and_then(|i| i.unit.clone()),
+            comm: id.and_then(|i| i.comm),
         }));
         (end < tracker.capacity()).then_some(end)
     }
@@ -268,13 +302,7 @@ mod tests {
     use crate::observer::tracker::{BeatOrigin, TrackerConfig};
 
     fn row(pid: u32, beats: u64, stalls: u64, status: u8) -> PidRow {
-        PidRow {
-            pid,
-            beats,
-            stalls,
-            status,
-            verdict: None,
-        }
+        PidRow::bare(pid, beats, stalls, status)
     }
 
     #[test]
@@ -399,5 +427,44 @@ mod tests {
         let mut out = Vec::new();
         push_label_value(&mut out, "a\\b\"c\nd");
         assert_eq!(out, b"a\\\\b\\\"c\\nd");
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::frame::{Frame, Status};
+    use crate::observer::tracker::{BeatOrigin, NetPeer, PeerKey, TrackerConfig};
+
+    /// One row per agent: equal pids of two hosts are two rows, in
+    /// (pid, sender) order, each naming its sender.
+    #[test]
+    fn equal_pids_of_two_hosts_are_two_rows() {
+        let mut t = Tracker::new(TrackerConfig::new(10)).unwrap();
+        let f = Frame {
+            status: Status::Ok,
+            pid: 9,
+            timestamp: 1,
+            nonce: 1,
+            payload: 0,
+        };
+        let peer = |a: &str| NetPeer {
+            addr: a.parse().unwrap(),
+            key: PeerKey::Plain,
+        };
+        let nu = BeatOrigin::NetworkUnverified;
+        t.record_net(&f, nu, peer("127.0.0.2"), 1);
+        t.record_net(&f, nu, peer("127.0.0.1"), 2);
+        t.record(&f, BeatOrigin::KernelAttested, None, None, 3);
+        let rows = PidRows::new(PidRows::copy_from(&t));
+        let peers: Vec<Option<String>> = rows
+            .rows()
+            .iter()
+            .map(|r| r.peer.map(|p| p.to_string()))
+            .collect();
+        assert_eq!(
+            peers,
+            [None, Some("127.0.0.1".into()), Some("127.0.0.2".into())]
+        );
     }
 }

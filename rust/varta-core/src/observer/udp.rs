@@ -19,14 +19,14 @@
 
 use super::gates::{IngressCounters, Peer, Received};
 use super::listener::RECV_BATCH;
-use super::tracker::BeatOrigin;
+use super::tracker::{BeatOrigin, NetPeer, PeerKey};
 use crate::frame::FRAME_LEN;
-use crate::secure::{Opened, SecureReceiver, RECV_BUF_LEN};
+use crate::secure::{Opened, SecureReceiver, OPENED_WITH_MASTER, RECV_BUF_LEN};
 use crate::sys::{self, get_int_opt, set_int_opt};
 use std::fmt;
 use std::io;
 use std::mem::zeroed;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -87,6 +87,9 @@ pub struct UdpListener {
     origin: BeatOrigin,
     bufs: Box<[[u8; RECV_BUF_LEN]; RECV_BATCH]>,
     lens: [usize; RECV_BATCH],
+    /// Each datagram's sender (`msg_name`); its address names the agent's
+    /// host (docs/observer.md#agent-identity).
+    names: Box<[libc::sockaddr_storage; RECV_BATCH]>,
     /// Re-encoded plaintext of accepted secure frames.
     plain: Box<[[u8; FRAME_LEN]; RECV_BATCH]>,
     count: usize,
@@ -142,6 +145,8 @@ impl UdpListener {
             origin: trust.origin(),
             bufs: Box::new([[0u8; RECV_BUF_LEN]; RECV_BATCH]),
             lens: [0; RECV_BATCH],
+            // SAFETY: sockaddr_storage is plain old data; zero is valid.
+            names: Box::new(unsafe { zeroed() }),
             plain: Box::new([[0u8; FRAME_LEN]; RECV_BATCH]),
             count: 0,
             closed: false,
@@ -199,6 +204,8 @@ impl UdpListener {
             let h = &mut hdrs[i].msg_hdr;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         // SAFETY: every header points into buffers owned by `self` that
         // outlive the call; lengths match the allocations.
@@ -210,6 +217,9 @@ impl UdpListener {
             Err(e) => return Err(e),
         };
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
+            if hdr.msg_hdr.msg_namelen == 0 {
+                self.names[i].ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+            }
             let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             // A cut datagram keeps the full buffer length, which is never a
             // valid frame length: it is reported as truncated.
@@ -229,6 +239,13 @@ impl UdpListener {
         &self.bufs[i][..self.lens[i]]
     }
 
+    /// The sender address of the `i`-th datagram of the last batch (the
+    /// unspecified address if the kernel gave none).
+    pub fn sender(&self, i: usize) -> IpAddr {
+        assert!(i < self.count, "datagram index out of range");
+        sockaddr_ip(&self.names[i])
+    }
+
     /// The `i`-th datagram through this listener's checks.
     pub fn received(
         &mut self,
@@ -237,10 +254,15 @@ impl UdpListener {
         counters: &mut IngressCounters,
     ) -> Received<'_> {
         assert!(i < self.count, "datagram index out of range");
-        let peer = Peer {
+        let addr = sockaddr_ip(&self.names[i]);
+        let mut peer = Peer {
             kernel_pid: None,
             origin: self.origin,
             local: false,
+            net: Some(NetPeer {
+                addr,
+                key: PeerKey::Plain,
+            }),
         };
         let data = &self.bufs[i][..self.lens[i]];
         match &mut self.mode {
@@ -250,7 +272,18 @@ impl UdpListener {
             },
             UdpMode::Secure(rx) => {
                 let before = rx.counters();
-                let opened = rx.open(data, now_ns);
+                let mapped = match addr {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                let opened = rx.open_from(data, mapped.octets(), now_ns);
+                peer.net = Some(NetPeer {
+                    addr,
+                    key: match rx.opened_with() {
+                        OPENED_WITH_MASTER => PeerKey::Master,
+                        k => PeerKey::Shared(k),
+                    },
+                });
                 let after = rx.counters();
                 add_delta(
                     &mut counters.secure_aead_attempts,
@@ -332,6 +365,29 @@ impl UdpListener {
     }
 }
 
+/// The IP address of a `recvmmsg` sender (unspecified if none), IPv4
+/// whether it came as IPv4 or IPv4-mapped IPv6.
+fn sockaddr_ip(ss: &libc::sockaddr_storage) -> IpAddr {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET; the
+            // storage is large and aligned enough for it.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, a sockaddr_in6 for AF_INET6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            // A dual-stack socket's IPv4 senders are written as IPv4.
+            let v6 = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
 fn add_delta(c: &mut u64, before: u64, after: u64) {
     *c = c.saturating_add(after.saturating_sub(before));
 }
@@ -392,6 +448,13 @@ mod tests {
                     Received::Frame { bytes, peer } => {
                         assert_eq!(peer.kernel_pid, None);
                         assert_eq!(peer.origin, BeatOrigin::OperatorAttestedTransport);
+                        assert_eq!(
+                            peer.net,
+                            Some(NetPeer {
+                                addr: "127.0.0.1".parse().unwrap(),
+                                key: PeerKey::Plain
+                            })
+                        );
                         assert!(!peer.local);
                         assert_eq!(Frame::decode(bytes).unwrap().pid, 42);
                         "frame"

@@ -46,10 +46,10 @@ pub use kdf::{derive_agent_key, derive_epoch_key, derive_iv_prefix, derive_panic
 pub use keys::{Key, KeyError, KeyFileError, KEY_LEN, MAX_SHARED_KEYS};
 pub use receiver::{
     Opened, ReceiverConfig, ReceiverError, RejectReason, SecureCounters, SecureReceiver,
-    RECV_BUF_LEN,
+    OPENED_WITH_MASTER, RECV_BUF_LEN,
 };
 pub use replay::{
-    ReplayTable, ReplayVerdict, RetiredFilter, EVICTION_INTERVAL_NS, EVICTION_TTL_NS,
+    ReplayTable, ReplayVerdict, RetiredFilter, SenderOrigin, EVICTION_INTERVAL_NS, EVICTION_TTL_NS,
     MAX_SENDER_STATES, RETIRED_FILTER_BITS_PER_STATE, RETIRED_FILTER_HASHES,
 };
 pub use seal::{

@@ -11,7 +11,7 @@ use chacha20poly1305::ChaCha20Poly1305;
 
 use super::kdf::derive_agent_key;
 use super::keys::{Key, MAX_SHARED_KEYS};
-use super::replay::{ReplayTable, ReplayVerdict, MAX_SENDER_STATES};
+use super::replay::{ReplayTable, ReplayVerdict, SenderOrigin, MAX_SENDER_STATES};
 use super::seal::{
     cipher, master_body, master_wire_pid, open_master, open_shared_with, IV_RANDOM_LEN,
     MASTER_WIRE_LEN, MAX_WIRE_LEN, PID_LEN, SHARED_WIRE_LEN,
@@ -111,7 +111,12 @@ pub struct SecureReceiver {
     master: Option<Key>,
     replay: ReplayTable,
     counters: SecureCounters,
+    /// Which key opened the last accepted frame ([`SecureReceiver::opened_with`]).
+    opened_with: u8,
 }
+
+/// [`SecureReceiver::opened_with`] of a frame the master key's derived agent key opened.
+pub const OPENED_WITH_MASTER: u8 = u8::MAX;
 
 impl fmt::Debug for SecureReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,6 +143,7 @@ impl SecureReceiver {
             master: cfg.master_key,
             replay: ReplayTable::new(MAX_SENDER_STATES, cfg.session_restart_gap_ns),
             counters: SecureCounters::default(),
+            opened_with: 0,
         })
     }
 
@@ -172,11 +178,12 @@ impl SecureReceiver {
     fn trial_shared(&mut self, body: &[u8; SHARED_WIRE_LEN], pt: &mut [u8; FRAME_LEN]) -> bool {
         let mut found = false;
         let mut tmp = [0u8; FRAME_LEN];
-        for c in &self.shared {
+        for (i, c) in self.shared.iter().enumerate() {
             // Evaluate the open first: no short-circuit past a success.
             if open_shared_with(c, body, &mut tmp) && !found {
                 *pt = tmp;
                 found = true;
+                self.opened_with = i as u8;
             }
         }
         self.counters.secure_aead_attempts = self
@@ -198,8 +205,22 @@ impl SecureReceiver {
         Opened::Rejected(why)
     }
 
-    /// Process one datagram (`&buf[..n]` from `recv_from`) at observer time `now_ns`.
+    /// Which key opened the last accepted frame: the index of the shared
+    /// key, or [`OPENED_WITH_MASTER`].
+    pub fn opened_with(&self) -> u8 {
+        self.opened_with
+    }
+
+    /// Process one datagram (`&buf[..n]` from `recv_from`) at observer time
+    /// `now_ns`, its sender unknown (one sender per pid).
     pub fn open(&mut self, datagram: &[u8], now_ns: u64) -> Opened {
+        self.open_from(datagram, [0; 16], now_ns)
+    }
+
+    /// [`SecureReceiver::open`] for a datagram from address `from` (IPv6,
+    /// or IPv4 mapped into it): replay state is kept per (address, key,
+    /// pid), docs/observer.md#agent-identity.
+    pub fn open_from(&mut self, datagram: &[u8], from: [u8; 16], now_ns: u64) -> Opened {
         let mut pt = [0u8; FRAME_LEN];
         let (opened, nonce_at) = match datagram.len() {
             SHARED_WIRE_LEN => {
@@ -215,6 +236,7 @@ impl SecureReceiver {
                     if open_master(&agent_key, wire, &mut tmp) && !ok {
                         pt = tmp;
                         ok = true;
+                        self.opened_with = OPENED_WITH_MASTER;
                     }
                     self.counters.secure_aead_attempts =
                         self.counters.secure_aead_attempts.saturating_add(1);
@@ -240,7 +262,11 @@ impl SecureReceiver {
             datagram[c + 2],
             datagram[c + 3],
         ]);
-        match self.replay.check(iv, counter, &frame, now_ns) {
+        let origin = SenderOrigin {
+            addr: from,
+            key: self.opened_with,
+        };
+        match self.replay.check_from(origin, iv, counter, &frame, now_ns) {
             ReplayVerdict::Replay => self.reject(RejectReason::Replay),
             ReplayVerdict::Full => self.reject(RejectReason::SenderTableFull),
             ReplayVerdict::Accepted | ReplayVerdict::NewSender | ReplayVerdict::SessionRestart => {

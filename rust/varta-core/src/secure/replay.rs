@@ -1,8 +1,14 @@
 //! Secure replay protection (`docs/protocol.md#replay-protection`) in a bounded sender table
 //! (docs/protocol.md#sender-table).
 //!
-//! State is keyed by the **authenticated inner pid** and is only touched after
-//! an AEAD open and a successful base-frame decode. The table holds at most
+//! State is keyed by the **authenticated inner pid** and the sender's
+//! [`SenderOrigin`] (its address and the key that opened its frames, so
+//! equal pids on different hosts are different senders,
+//! `docs/observer.md#agent-identity`), and is only touched after an AEAD
+//! open and a successful base-frame decode. A session (its IV prefix)
+//! belongs to the first address that used it: the same live session from
+//! another address is refused as a replay, and a retired one is refused
+//! from every address. The table holds at most
 //! `capacity` (normally [`MAX_SENDER_STATES`] = 1024) states, all allocated
 //! at construction: a fixed array of states, a free list, and an
 //! open-addressing pid index (linear probing at ≤ 50 % load, backward-shift
@@ -123,10 +129,38 @@ impl RetiredFilter {
     }
 }
 
+/// Where a secure sender's frames come from besides its pid
+/// (`docs/observer.md#agent-identity`): its address (IPv6, or IPv4 mapped
+/// into it) and which key opened them. All zero = unknown (callers without
+/// addresses: one sender per pid, as upstream).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SenderOrigin {
+    pub addr: [u8; 16],
+    pub key: u8,
+}
+
+impl SenderOrigin {
+    fn fold(&self) -> u32 {
+        let w = |i: usize| {
+            u32::from_le_bytes([
+                self.addr[i],
+                self.addr[i + 1],
+                self.addr[i + 2],
+                self.addr[i + 3],
+            ])
+        };
+        w(0) ^ w(4).rotate_left(7)
+            ^ w(8).rotate_left(13)
+            ^ w(12).rotate_left(19)
+            ^ u32::from(self.key).wrapping_mul(0x85EB_CA6B)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct SenderState {
     in_use: bool,
     pid: u32,
+    origin: SenderOrigin,
     cur_iv: [u8; IV_RANDOM_LEN],
     cur_last: u32,
     /// One-deep history: the prefix before `cur_iv` and its last counter.
@@ -139,10 +173,18 @@ struct SenderState {
 }
 
 impl SenderState {
-    fn fresh(pid: u32, iv: &[u8; IV_RANDOM_LEN], counter: u32, f: &Frame, now: u64) -> Self {
+    fn fresh(
+        origin: SenderOrigin,
+        pid: u32,
+        iv: &[u8; IV_RANDOM_LEN],
+        counter: u32,
+        f: &Frame,
+        now: u64,
+    ) -> Self {
         let mut s = SenderState {
             in_use: true,
             pid,
+            origin,
             cur_iv: *iv,
             cur_last: counter,
             prev: None,
@@ -248,29 +290,31 @@ impl ReplayTable {
         self.states.len()
     }
 
+    /// A state for `pid` from an unknown origin.
     pub fn contains(&self, pid: u32) -> bool {
-        self.find(pid).is_ok()
+        self.find(SenderOrigin::default(), pid).is_ok()
     }
 
     fn mask(&self) -> usize {
         self.index.len() - 1
     }
 
-    fn home(&self, pid: u32) -> usize {
-        // Fibonacci hashing: top bits of pid × 2^32/φ.
-        (pid.wrapping_mul(0x9E37_79B9) >> self.shift) as usize & self.mask()
+    fn home(&self, origin: SenderOrigin, pid: u32) -> usize {
+        // Fibonacci hashing: top bits of (pid ^ origin) × 2^32/φ.
+        ((pid ^ origin.fold()).wrapping_mul(0x9E37_79B9) >> self.shift) as usize & self.mask()
     }
 
-    /// `Ok(slot)` holding `pid`, or `Err(slot)` = the empty slot ending its probe run.
-    fn find(&self, pid: u32) -> Result<usize, usize> {
+    /// `Ok(slot)` holding (`origin`, `pid`), or `Err(slot)` = the empty slot ending its probe run.
+    fn find(&self, origin: SenderOrigin, pid: u32) -> Result<usize, usize> {
         let mask = self.mask();
-        let mut i = self.home(pid);
+        let mut i = self.home(origin, pid);
         loop {
             let v = self.index[i];
             if v == EMPTY {
                 return Err(i);
             }
-            if self.states[usize::from(v)].pid == pid {
+            let st = &self.states[usize::from(v)];
+            if st.pid == pid && st.origin == origin {
                 return Ok(i);
             }
             i = (i + 1) & mask;
@@ -290,7 +334,8 @@ impl ReplayTable {
             if v == EMPTY {
                 break;
             }
-            let home = self.home(self.states[usize::from(v)].pid);
+            let st = &self.states[usize::from(v)];
+            let home = self.home(st.origin, st.pid);
             // Move the entry back iff the hole lies in [home, j) cyclically.
             if (hole.wrapping_sub(home) & mask) < (j.wrapping_sub(home) & mask) {
                 self.index[hole] = v;
@@ -303,7 +348,7 @@ impl ReplayTable {
     /// Forget `pid`'s state; returns whether there was any. The observer
     /// never calls this on tracker removal (see the module docs).
     pub fn remove(&mut self, pid: u32) -> bool {
-        match self.find(pid) {
+        match self.find(SenderOrigin::default(), pid) {
             Ok(slot) => {
                 self.remove_slot(slot);
                 true
@@ -320,7 +365,7 @@ impl ReplayTable {
         for i in 0..self.states.len() {
             let s = self.states[i];
             if s.in_use && now_ns.saturating_sub(s.last_seen_ns) >= EVICTION_TTL_NS {
-                if let Ok(slot) = self.find(s.pid) {
+                if let Ok(slot) = self.find(s.origin, s.pid) {
                     self.retire(&s);
                     self.remove_slot(slot);
                     evicted += 1;
@@ -357,12 +402,44 @@ impl ReplayTable {
         frame: &Frame,
         now_ns: u64,
     ) -> ReplayVerdict {
+        self.check_from(
+            SenderOrigin::default(),
+            iv_random,
+            iv_counter,
+            frame,
+            now_ns,
+        )
+    }
+
+    /// Whether a live state of another origin holds `pid`'s session `iv`.
+    fn session_elsewhere(&self, origin: SenderOrigin, pid: u32, iv: &[u8; IV_RANDOM_LEN]) -> bool {
+        self.states.iter().any(|s| {
+            s.in_use
+                && s.pid == pid
+                && s.origin != origin
+                && (s.cur_iv == *iv || s.prev.is_some_and(|(p, _)| p == *iv))
+        })
+    }
+
+    /// [`ReplayTable::check`] for a sender of known `origin`
+    /// (docs/observer.md#agent-identity). A new sender whose session is live
+    /// under another origin is a replay (O(capacity), only on a new sender).
+    pub fn check_from(
+        &mut self,
+        origin: SenderOrigin,
+        iv_random: &[u8; IV_RANDOM_LEN],
+        iv_counter: u32,
+        frame: &Frame,
+        now_ns: u64,
+    ) -> ReplayVerdict {
         self.maybe_sweep(now_ns);
         let pid = frame.pid;
-        let slot = match self.find(pid) {
+        let slot = match self.find(origin, pid) {
             Ok(slot) => slot,
             Err(mut empty) => {
-                if self.retired.contains(pid, iv_random) {
+                if self.retired.contains(pid, iv_random)
+                    || self.session_elsewhere(origin, pid, iv_random)
+                {
                     return ReplayVerdict::Replay;
                 }
                 if self.free.is_empty() {
@@ -373,7 +450,7 @@ impl ReplayTable {
                     }
                     // The sweep may have shifted entries; find the slot again.
                     // (A sweep only removes, so `pid` is still absent.)
-                    empty = match self.find(pid) {
+                    empty = match self.find(origin, pid) {
                         Err(e) => e,
                         Ok(_) => return ReplayVerdict::Full,
                     };
@@ -382,7 +459,7 @@ impl ReplayTable {
                     return ReplayVerdict::Full;
                 };
                 self.states[usize::from(idx)] =
-                    SenderState::fresh(pid, iv_random, iv_counter, frame, now_ns);
+                    SenderState::fresh(origin, pid, iv_random, iv_counter, frame, now_ns);
                 self.index[empty] = idx;
                 self.len += 1;
                 return ReplayVerdict::NewSender;
@@ -437,7 +514,7 @@ impl ReplayTable {
             if let Some((piv, _)) = st.prev {
                 retired.insert(pid, &piv);
             }
-            *st = SenderState::fresh(pid, iv_random, iv_counter, frame, now_ns);
+            *st = SenderState::fresh(origin, pid, iv_random, iv_counter, frame, now_ns);
             return ReplayVerdict::SessionRestart;
         }
         ReplayVerdict::Replay
@@ -558,5 +635,64 @@ mod tests {
         let expected = f.false_positive_rate();
         assert!((2e-4..8e-4).contains(&expected), "{expected}");
         assert!(fp < 120, "{fp} false positives in 100000");
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+    use crate::frame::Status;
+
+    fn frame(pid: u32, nonce: u64) -> Frame {
+        Frame {
+            status: Status::Ok,
+            pid,
+            timestamp: 1000,
+            nonce,
+            payload: 0,
+        }
+    }
+
+    fn from(last: u8) -> SenderOrigin {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[127, 0, 0, last]);
+        SenderOrigin { addr, key: 0 }
+    }
+
+    /// docs/observer.md#agent-identity: two hosts' agents with one pid keep
+    /// separate replay state; a live session replayed from another address
+    /// is refused, and so is a retired one.
+    #[test]
+    fn senders_are_per_address_and_sessions_stay_with_theirs() {
+        let mut t = ReplayTable::new(16, 1_000);
+        let (a, b) = (from(1), from(2));
+        assert_eq!(
+            t.check_from(a, &[1; 8], 10, &frame(77, 10), 0),
+            ReplayVerdict::NewSender
+        );
+        // b's own session, with lower counters and nonces: a new sender.
+        assert_eq!(
+            t.check_from(b, &[2; 8], 1, &frame(77, 1), 1),
+            ReplayVerdict::NewSender
+        );
+        assert!(t
+            .check_from(a, &[1; 8], 11, &frame(77, 11), 2)
+            .is_accepted());
+        assert!(t.check_from(b, &[2; 8], 2, &frame(77, 2), 2).is_accepted());
+        assert_eq!(t.len(), 2);
+        // a's live session sent from a third address: a replay.
+        assert_eq!(
+            t.check_from(from(3), &[1; 8], 50, &frame(77, 50), 3),
+            ReplayVerdict::Replay
+        );
+        // And from b's address too (b's state has another prefix, and
+        // within the restart gap a new prefix must beat b's high-water).
+        assert_eq!(
+            t.check_from(b, &[1; 8], 51, &frame(77, 1), 4),
+            ReplayVerdict::Replay
+        );
+        assert_eq!(t.len(), 2);
     }
 }

@@ -9,9 +9,11 @@
 //! t.take_exit(pid, generation, now_ns) -> ExitOutcome                 // the process ended (docs/verdicts.md)
 //! t.extend_deadlines(by_ns)         // the observer was blind: push every armed deadline back
 //! t.next_deadline_ns() -> Option<u64>                                  // when the next stall is due
-//! t.get(pid) -> Option<AgentView>;  t.iter() -> impl Iterator<Item = AgentView>
+//! t.record_net(&frame, origin, peer, now_ns) -> RecordOutcome          // a network agent: (peer, pid) (docs/observer.md#agent-identity)
+//! t.get(pid) -> Option<AgentView>;  t.get_at(peer, pid);  t.get_any(pid)  t.iter() -> impl Iterator<Item = AgentView>
+//! t.set_identity(pid, generation, Arc<ProcIdentity>); t.identity(peer, pid)   // read once per process
 //! t.retire(pid) -> bool             // docs/observer.md#release KernelAttested generation-mismatch release
-//! t.take_removed(&mut Vec<u32>)     // pids evicted / retired since the last call
+//! t.take_removed(&mut Vec<AgentRef>) // agents evicted / retired since the last call
 //! t.len(); t.capacity(); t.config(); t.counters() -> &TrackerCounters
 //! t.prefetch(pid)                   // cache hint: call per frame of a recvmmsg batch, then record
 //! t.bytes_per_agent()               // allocated bytes / capacity
@@ -38,8 +40,15 @@
 //!   threshold`; a beat re-arms in O(1), expiry pops only due entries.
 //!   A stalled (latched) slot is disarmed until its next accepted beat.
 //!
-//! Memory per agent: slot 64 B (with its last terminal payload and verdict) + index ≈ 17 B (64 B per 3.75 slots)
-//! + deadline link 16 B + free stack 4 B + removed list 4 B ≈ 106 B.
+//! * agent keys (`docs/observer.md#agent-identity`): the index is keyed by
+//!   (origin id, pid), origin 0 being the Unix socket (upstream's pid
+//!   keying, hashed exactly as before) and each network sender an id from
+//!   [`peers`], packed into the slot's beat count so the slot stays one line.
+//!
+//! Memory per agent: slot 64 B (with its last terminal payload and verdict), index ≈ 17 B
+//! (64 B per 3.75 slots), deadline link 16 B, free stack 4 B, removed list 24 B and
+//! identity pointer 8 B: ≈ 134 B; with a network listener the sender table adds
+//! ≈ 50 B (allocated with the listener).
 //!
 //! # Choices where the spec leaves room
 //! * Per-pid `beats` / `stalls` survive in-place resets (generation or
@@ -53,20 +62,31 @@
 //!   on are full, and then before any eviction, so nothing else changes.
 
 use crate::frame::{Frame, NONCE_TERMINAL};
+use crate::observer::identity::ProcIdentity;
 use core::fmt;
+use std::sync::Arc;
 
 use super::counters::{bump, TrackerCounters};
 use super::deadline::DeadlineList;
-use super::pid_index::{PidIndex, Probe};
+use super::pid_index::{PidIndex, Probe, SlotPid};
 use super::verdict::{gone_verdict, Verdict};
 
+mod peers;
 mod slot;
 #[cfg(test)]
 mod tests;
 mod types;
 
+use peers::PeerTable;
+
 use slot::*;
 pub use types::*;
+
+/// The index key of agent (origin id, pid) (docs/observer.md#agent-identity).
+#[inline]
+fn key_of(oid: u16, pid: u32) -> u64 {
+    (u64::from(oid) << 32) | u64::from(pid)
+}
 
 // ---------------------------------------------------------------------------
 // Tracker
@@ -84,8 +104,13 @@ pub struct Tracker {
     latched: usize,
     /// Rotating eviction cursor (slot index).
     cursor: usize,
-    removed: Vec<u32>,
+    removed: Vec<AgentRef>,
     removed_cap: usize,
+    /// Network senders interned as origin ids (docs/observer.md#agent-identity).
+    peers: PeerTable,
+    /// Per slot: what the OS said about its process, read once (set by the
+    /// gates for kernel-attested agents; never touched per beat).
+    idents: Vec<Option<Arc<ProcIdentity>>>,
     /// Largest `now_ns` seen (time is clamped forward).
     now_floor: u64,
     counters: TrackerCounters,
@@ -128,6 +153,8 @@ impl Tracker {
             cursor: 0,
             removed: Vec::with_capacity(removed_cap),
             removed_cap,
+            peers: PeerTable::new(cap + 1),
+            idents: vec![None; cap],
             now_floor: 0,
             counters: TrackerCounters::default(),
         })
@@ -179,11 +206,49 @@ impl Tracker {
         now_ns: u64,
     ) -> RecordOutcome {
         let now = self.clamp_now(now_ns);
-        match self.index.probe(frame.pid, &self.slots) {
+        self.record_key(0, frame, origin, ns_inode, generation, now)
+    }
+
+    /// Record a frame from network sender `peer`: its agent is (`peer`,
+    /// pid), apart from equal pids of the Unix socket and of other senders
+    /// (docs/observer.md#agent-identity). Network frames carry no `/proc`
+    /// identity. A sender that finds the sender table full is refused as
+    /// capacity exceeded (and counted in `peer_table_full`).
+    pub fn record_net(
+        &mut self,
+        frame: &Frame,
+        origin: BeatOrigin,
+        peer: NetPeer,
+        now_ns: u64,
+    ) -> RecordOutcome {
+        let now = self.clamp_now(now_ns);
+        // Held for the call, so an eviction of the sender's last other
+        // agent cannot free the id under us.
+        let Some(oid) = self.peers.acquire_new(peer) else {
+            bump(&mut self.counters.peer_table_full);
+            bump(&mut self.counters.capacity_exceeded);
+            return RecordOutcome::CapacityExceeded;
+        };
+        let out = self.record_key(oid, frame, origin, None, None, now);
+        self.peers.release(oid);
+        out
+    }
+
+    fn record_key(
+        &mut self,
+        oid: u16,
+        frame: &Frame,
+        origin: BeatOrigin,
+        ns_inode: Option<u64>,
+        generation: Option<u64>,
+        now: u64,
+    ) -> RecordOutcome {
+        let key = key_of(oid, frame.pid);
+        match self.index.probe(key, &self.slots) {
             Probe::Found { slot, .. } => {
                 self.record_existing(slot, frame, origin, ns_inode, generation, now)
             }
-            Probe::Absent => self.record_new(frame, origin, ns_inode, generation, now),
+            Probe::Absent => self.record_new(oid, frame, origin, ns_inode, generation, now),
         }
     }
 
@@ -202,13 +267,16 @@ impl Tracker {
         if old.has(F_STALLED) {
             self.latched -= 1;
         }
+        // A new incarnation: its identity is read again.
+        self.idents[idx as usize] = None;
         self.slots[idx as usize] = Slot::fresh(
+            old.oid(),
             frame,
             origin,
             ns_inode,
             generation,
             now,
-            old.beats.saturating_add(1),
+            old.beats().saturating_add(1),
             old.stalls,
         );
         bump(&mut self.counters.beats);
@@ -315,7 +383,7 @@ impl Tracker {
         }
         slot.status = frame.status;
         slot.last_ns = now;
-        slot.beats = slot.beats.saturating_add(1);
+        slot.add_beat();
         if slot.has(F_STALLED) {
             slot.flags &= !F_STALLED;
             self.latched -= 1;
@@ -327,13 +395,15 @@ impl Tracker {
 
     fn record_new(
         &mut self,
+        oid: u16,
         frame: &Frame,
         origin: BeatOrigin,
         ns_inode: Option<u64>,
         generation: Option<u64>,
         now: u64,
     ) -> RecordOutcome {
-        let Some(mut vacancy) = self.index.vacancy(frame.pid) else {
+        let key = key_of(oid, frame.pid);
+        let Some(mut vacancy) = self.index.vacancy(key) else {
             // Every line of the pid's chain is full: only hostile or
             // freakishly clustered pids get here. Refused before any eviction.
             bump(&mut self.counters.probe_exhausted);
@@ -349,15 +419,18 @@ impl Tracker {
             self.release(victim);
             bump(&mut self.counters.tracker_evicted);
             // The victim's entry may be nearer this pid's home.
-            vacancy = self.index.vacancy(frame.pid).unwrap_or(vacancy);
+            vacancy = self.index.vacancy(key).unwrap_or(vacancy);
         }
         let Some(idx) = self.free.pop() else {
             bump(&mut self.counters.invariant_violations);
             bump(&mut self.counters.capacity_exceeded);
             return RecordOutcome::CapacityExceeded;
         };
-        self.index.insert_at(frame.pid, idx, vacancy);
-        self.slots[idx as usize] = Slot::fresh(frame, origin, ns_inode, generation, now, 1, 0);
+        self.index.insert_at(key, idx, vacancy);
+        self.slots[idx as usize] = Slot::fresh(oid, frame, origin, ns_inode, generation, now, 1, 0);
+        if oid != 0 {
+            self.peers.acquire(oid);
+        }
         self.len += 1;
         bump(&mut self.counters.beats);
         self.deadlines.arm(idx, self.due_of(now));
@@ -410,12 +483,16 @@ impl Tracker {
     /// free stack, removed list.
     fn release(&mut self, idx: u32) {
         let s = self.slots[idx as usize];
-        match self.index.probe(s.pid, &self.slots) {
-            Probe::Found { line, pos, slot } if slot == idx => {
-                self.index.remove_at(s.pid, line, pos)
-            }
+        let key = s.key();
+        match self.index.probe(key, &self.slots) {
+            Probe::Found { line, pos, slot } if slot == idx => self.index.remove_at(key, line, pos),
             _ => bump(&mut self.counters.invariant_violations),
         }
+        let peer = self.peers.peer(s.oid());
+        if s.oid() != 0 {
+            self.peers.release(s.oid());
+        }
+        self.idents[idx as usize] = None;
         self.deadlines.disarm(idx);
         if s.has(F_STALLED) {
             self.latched -= 1;
@@ -424,7 +501,7 @@ impl Tracker {
         self.free.push(idx);
         self.len -= 1;
         if self.removed.len() < self.removed_cap {
-            self.removed.push(s.pid);
+            self.removed.push(AgentRef { pid: s.pid, peer });
         } else {
             bump(&mut self.counters.removed_pid_drops);
         }
@@ -452,7 +529,7 @@ impl Tracker {
     /// and retire the slot, unless its stall was already reported.
     pub fn take_exit(&mut self, pid: u32, generation: u64, now_ns: u64) -> ExitOutcome {
         let now = self.clamp_now(now_ns);
-        let Probe::Found { slot: idx, .. } = self.index.probe(pid, &self.slots) else {
+        let Probe::Found { slot: idx, .. } = self.index.probe(key_of(0, pid), &self.slots) else {
             return ExitOutcome::NotTracked;
         };
         let s = self.slots[idx as usize];
@@ -468,7 +545,7 @@ impl Tracker {
             self.release(idx);
             return ExitOutcome::RetiredAfterStall;
         }
-        let mut info = s.stall_info(now);
+        let mut info = self.stall_info(idx, now);
         info.verdict = gone_verdict(info.cause);
         self.count_stall(idx, info.verdict);
         self.release(idx);
@@ -501,7 +578,7 @@ impl Tracker {
                 bump(&mut self.counters.invariant_violations);
                 continue;
             }
-            let info = s.stall_info(now);
+            let info = self.stall_info(idx, now);
             match decide(&info) {
                 StallDecision::Emit(verdict) => {
                     self.count_stall(idx, verdict);
@@ -530,56 +607,148 @@ impl Tracker {
         self.deadlines.peek().map(|(_, due)| due)
     }
 
-    pub fn get(&self, pid: u32) -> Option<AgentView> {
-        match self.index.probe(pid, &self.slots) {
+    /// A stall report for slot `idx`: the slot's, with its sender and identity.
+    fn stall_info(&self, idx: u32, now: u64) -> StallInfo {
+        let s = &self.slots[idx as usize];
+        let id = self.idents[idx as usize].as_deref();
+        StallInfo {
+            peer: self.peers.peer(s.oid()),
+            comm: id.and_then(|i| i.comm),
+            cmdline: id.and_then(|i| i.cmdline.clone()),
+            unit: id.and_then(|i| i.unit.clone()),
+            container: id.and_then(|i| i.container.clone()),
+            ..s.stall_info(now)
+        }
+    }
+
+    fn view(&self, s: &Slot) -> AgentView {
+        AgentView {
+            peer: self.peers.peer(s.oid()),
+            ..s.view()
+        }
+    }
+
+    /// The slot of agent (`peer`, `pid`); `None` = the Unix socket's `pid`.
+    fn find(&self, peer: Option<&NetPeer>, pid: u32) -> Option<u32> {
+        let oid = match peer {
+            None => 0,
+            Some(p) => self.peers.id(p)?,
+        };
+        let key = key_of(oid, pid);
+        match self.index.probe(key, &self.slots) {
             Probe::Found { slot, .. } => self
                 .slots
                 .get(slot as usize)
-                .filter(|s| s.has(F_USED) && s.pid == pid)
-                .map(Slot::view),
+                .is_some_and(|s| s.has(F_USED) && s.key() == key)
+                .then_some(slot),
             _ => None,
         }
     }
 
-    /// All tracked pids (slot order). O(capacity).
-    pub fn iter(&self) -> impl Iterator<Item = AgentView> + '_ {
-        self.slots.iter().filter(|s| s.has(F_USED)).map(Slot::view)
+    /// The Unix socket's agent `pid` (upstream's pid keying).
+    pub fn get(&self, pid: u32) -> Option<AgentView> {
+        self.get_at(None, pid)
     }
 
-    /// [`Tracker::iter`] over the slots with indices in `range` (clamped to
+    /// [`Tracker::iter_identified`] over the slots with indices in `range` (clamped to
     /// the capacity), for copies made a chunk at a time.
     pub fn iter_slots(
         &self,
         range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = AgentView> + '_ {
+    ) -> impl Iterator<Item = (AgentView, Option<&Arc<ProcIdentity>>)> + '_ {
         let end = range.end.min(self.slots.len());
         let start = range.start.min(end);
         self.slots[start..end]
             .iter()
-            .filter(|s| s.has(F_USED))
-            .map(Slot::view)
+            .zip(&self.idents[start..end])
+            .filter(|(s, _)| s.has(F_USED))
+            .map(|(s, id)| (self.view(s), id.as_ref()))
     }
 
-    /// Remove `pid` (docs/observer.md#release KernelAttested generation mismatch): no stall,
-    /// `pid_recycle++`, pid goes to the removed list. False if not tracked.
-    pub fn retire(&mut self, pid: u32) -> bool {
-        match self.index.probe(pid, &self.slots) {
-            Probe::Found { slot, .. }
-                if self
-                    .slots
-                    .get(slot as usize)
-                    .is_some_and(|s| s.has(F_USED) && s.pid == pid) =>
-            {
-                self.release(slot);
-                bump(&mut self.counters.pid_recycle);
+    /// Agent (`peer`, `pid`): a network sender's, or with `None` the Unix socket's.
+    pub fn get_at(&self, peer: Option<&NetPeer>, pid: u32) -> Option<AgentView> {
+        self.find(peer, pid)
+            .map(|i| self.view(&self.slots[i as usize]))
+    }
+
+    /// The Unix socket's agent `pid`, else the first network agent with
+    /// that pid (lowest sender id): for callers that know only a pid.
+    /// O(senders) when no local agent has it.
+    pub fn get_any(&self, pid: u32) -> Option<AgentView> {
+        self.get(pid).or_else(|| {
+            self.peers.ids().find_map(|oid| {
+                let key = key_of(oid, pid);
+                match self.index.probe(key, &self.slots) {
+                    Probe::Found { slot, .. } => Some(self.view(&self.slots[slot as usize])),
+                    Probe::Absent => None,
+                }
+            })
+        })
+    }
+
+    /// What the OS said about agent (`peer`, `pid`)'s process, if read.
+    pub fn identity(&self, peer: Option<&NetPeer>, pid: u32) -> Option<Arc<ProcIdentity>> {
+        self.find(peer, pid)
+            .and_then(|i| self.idents[i as usize].clone())
+    }
+
+    /// Pin `identity` on the Unix socket's agent `pid` if it is still the
+    /// process started at `generation` (read once per process, not per beat).
+    pub fn set_identity(&mut self, pid: u32, generation: u64, identity: Arc<ProcIdentity>) -> bool {
+        match self.find(None, pid) {
+            Some(i) if self.slots[i as usize].gen() == Some(generation) => {
+                self.idents[i as usize] = Some(identity);
                 true
             }
             _ => false,
         }
     }
 
-    /// Append and clear the pids removed (evicted / retired) since the last call.
-    pub fn take_removed(&mut self, out: &mut Vec<u32>) {
+    /// All tracked agents (slot order). O(capacity).
+    pub fn iter(&self) -> impl Iterator<Item = AgentView> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.has(F_USED))
+            .map(|s| self.view(s))
+    }
+
+    /// All tracked agents with their identity, if read (slot order). O(capacity).
+    pub fn iter_identified(
+        &self,
+    ) -> impl Iterator<Item = (AgentView, Option<&Arc<ProcIdentity>>)> + '_ {
+        self.slots
+            .iter()
+            .zip(&self.idents)
+            .filter(|(s, _)| s.has(F_USED))
+            .map(|(s, id)| (self.view(s), id.as_ref()))
+    }
+
+    /// Allocate the sender table whole (the observer does when it gets a
+    /// network listener), so network ingress never allocates.
+    pub fn reserve_senders(&mut self) {
+        self.peers.reserve();
+    }
+
+    /// Network senders with at least one tracked agent, and the most there can be.
+    pub fn peers(&self) -> (usize, usize) {
+        (self.peers.len(), self.peers.limit())
+    }
+
+    /// Remove `pid` (docs/observer.md#release KernelAttested generation mismatch): no stall,
+    /// `pid_recycle++`, pid goes to the removed list. False if not tracked.
+    pub fn retire(&mut self, pid: u32) -> bool {
+        match self.find(None, pid) {
+            Some(slot) => {
+                self.release(slot);
+                bump(&mut self.counters.pid_recycle);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Append and clear the agents removed (evicted / retired) since the last call.
+    pub fn take_removed(&mut self, out: &mut Vec<AgentRef>) {
         out.append(&mut self.removed);
     }
 
@@ -590,7 +759,10 @@ impl Tracker {
         let total = core::mem::size_of::<Slot>() * self.slots.capacity()
             + self.index.allocated_bytes()
             + DeadlineList::BYTES_PER_SLOT * cap
-            + core::mem::size_of::<u32>() * (self.free.capacity() + self.removed.capacity());
+            + core::mem::size_of::<u32>() * self.free.capacity()
+            + core::mem::size_of::<AgentRef>() * self.removed.capacity()
+            + core::mem::size_of::<Option<Arc<ProcIdentity>>>() * self.idents.capacity()
+            + self.peers.allocated_bytes();
         total.div_ceil(cap)
     }
 
@@ -610,7 +782,7 @@ impl Tracker {
     /// instead of serialising them (matters from ~10^4 tracked agents).
     #[inline]
     pub fn prefetch(&self, pid: u32) {
-        self.index.prefetch(pid);
+        self.index.prefetch(key_of(0, pid));
     }
 
     /// Check every internal invariant (tests): O(capacity).
@@ -646,9 +818,26 @@ impl Tracker {
                 }
                 _ => {}
             }
-            match self.index.probe(s.pid, &self.slots) {
+            match self.index.probe(s.key(), &self.slots) {
                 Probe::Found { slot, .. } if slot as usize == i => {}
                 _ => return Err(format!("pid {} not indexed to slot {i}", s.pid)),
+            }
+            if s.oid() != 0 && self.peers.peer(s.oid()).is_none() {
+                return Err(format!("slot {i} names a free sender id {}", s.oid()));
+            }
+        }
+        // Every sender id is held exactly by its agents.
+        for oid in self.peers.ids().collect::<Vec<_>>() {
+            let held = self
+                .slots
+                .iter()
+                .filter(|s| s.has(F_USED) && s.oid() == oid)
+                .count() as u32;
+            if held == 0 || self.peers.refs(oid) != held {
+                return Err(format!(
+                    "sender id {oid}: {} references, {held} agents",
+                    self.peers.refs(oid)
+                ));
             }
         }
         self.index.check(&self.slots, self.len)

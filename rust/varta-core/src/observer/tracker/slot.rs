@@ -26,7 +26,10 @@ pub(super) struct Slot {
     pub(super) last_ns: u64,
     pub(super) ns_inode: u64,
     pub(super) generation: u64,
-    pub(super) beats: u64,
+    /// Accepted beats (low [`BEAT_BITS`] bits, saturating) and the origin
+    /// id of the agent key (high 16 bits; 0 = the Unix socket,
+    /// docs/observer.md#agent-identity). Packed so the slot stays one line.
+    pub(super) beats_oid: u64,
     pub(super) pid: u32,
     pub(super) stalls: u32,
     /// Payload of the last accepted terminal frame (its [`TerminalCause`]).
@@ -44,7 +47,7 @@ pub(super) const EMPTY_SLOT: Slot = Slot {
     last_ns: 0,
     ns_inode: 0,
     generation: 0,
-    beats: 0,
+    beats_oid: 0,
     pid: 0,
     stalls: 0,
     terminal_payload: 0,
@@ -54,7 +57,32 @@ pub(super) const EMPTY_SLOT: Slot = Slot {
     verdict: 0,
 };
 
+/// Bits of [`Slot::beats_oid`] that count beats (2.8 × 10^14: centuries
+/// at any beat rate the limiter allows).
+pub(super) const BEAT_BITS: u32 = 48;
+const BEATS_MAX: u64 = (1 << BEAT_BITS) - 1;
+
 impl Slot {
+    /// Accepted beats of this agent.
+    #[inline]
+    pub(super) fn beats(&self) -> u64 {
+        self.beats_oid & BEATS_MAX
+    }
+
+    /// The origin id of this agent's key (0 = the Unix socket).
+    #[inline]
+    pub(super) fn oid(&self) -> u16 {
+        (self.beats_oid >> BEAT_BITS) as u16
+    }
+
+    /// One more accepted beat (saturating).
+    #[inline]
+    pub(super) fn add_beat(&mut self) {
+        if self.beats() < BEATS_MAX {
+            self.beats_oid += 1;
+        }
+    }
+
     #[inline]
     pub(super) fn has(&self, f: u8) -> bool {
         self.flags & f != 0
@@ -100,6 +128,10 @@ impl Slot {
             comm: None,
             forensics: None,
             forensics_sha256: None,
+            peer: None,
+            cmdline: None,
+            unit: None,
+            container: None,
         }
     }
 
@@ -119,9 +151,12 @@ impl Slot {
         }
     }
 
-    /// A fresh slot for `frame`, carrying over the per-pid `beats` / `stalls`
-    /// counts (0 for a new pid). The accepted beat itself is not counted here.
+    /// A fresh slot for `frame` under origin id `oid`, carrying over the
+    /// per-agent `beats` / `stalls` counts (0 for a new agent). The accepted
+    /// beat itself is not counted here.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fresh(
+        oid: u16,
         frame: &Frame,
         origin: BeatOrigin,
         ns: Option<u64>,
@@ -135,7 +170,7 @@ impl Slot {
             status: frame.status,
             origin,
             last_ns: now,
-            beats,
+            beats_oid: (u64::from(oid) << BEAT_BITS) | beats.min(BEATS_MAX),
             stalls,
             flags: F_USED,
             ..EMPTY_SLOT
@@ -158,7 +193,8 @@ impl Slot {
             pid: self.pid,
             status: self.status,
             origin: self.origin,
-            beats: self.beats,
+            peer: None,
+            beats: self.beats(),
             stalls: u64::from(self.stalls),
             last_nonce: self.last_observed_nonce(),
             last_regular_nonce: self.has(F_HAS_REGULAR).then_some(self.last_regular),
@@ -179,7 +215,7 @@ impl Slot {
 
 impl SlotPid for Slot {
     #[inline]
-    fn pid(&self) -> u32 {
-        self.pid
+    fn key(&self) -> u64 {
+        (u64::from(self.oid()) << 32) | u64::from(self.pid)
     }
 }

@@ -4,9 +4,11 @@
 
 use crate::frame::Status;
 use crate::observer::procfs::Comm;
+use std::sync::Arc;
+
+pub use super::peers::{NetPeer, PeerKey, MAX_PEERS};
 use crate::observer::verdict::{TerminalCause, Verdict};
 use core::fmt;
-use std::sync::Arc;
 
 /// Default `--tracker-capacity`.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -198,6 +200,22 @@ pub struct StallInfo {
     /// [`super::super::forensics`]), and its SHA-256 (lowercase hex).
     pub forensics: Option<Arc<str>>,
     pub forensics_sha256: Option<Arc<str>>,
+    /// The network sender, `None` for the Unix socket (docs/observer.md#agent-identity).
+    pub peer: Option<NetPeer>,
+    /// What the OS said about the process, read once (kernel-attested
+    /// agents, docs/observer.md#agent-identity): short command line, systemd
+    /// unit, container id.
+    pub cmdline: Option<Arc<str>>,
+    pub unit: Option<Arc<str>>,
+    pub container: Option<Arc<str>>,
+}
+
+/// An agent as the removed list names it: its pid and, for a network
+/// agent, its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentRef {
+    pub pid: u32,
+    pub peer: Option<NetPeer>,
 }
 
 /// What [`Tracker::expire_with`]'s callback decides for a due slot.
@@ -232,6 +250,8 @@ pub struct AgentView {
     /// Status of the last accepted beat.
     pub status: Status,
     pub origin: BeatOrigin,
+    /// The network sender, `None` for the Unix socket (docs/observer.md#agent-identity).
+    pub peer: Option<NetPeer>,
     /// Accepted beats for this pid (kept across in-place recycle resets).
     pub beats: u64,
     /// Stalls emitted for this pid (kept across in-place recycle resets).
