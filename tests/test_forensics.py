@@ -483,12 +483,12 @@ def test_the_daemon_logs_audits_and_exports_the_capture_before_recovery(tmp_path
     import hashlib
 
     sha = hashlib.sha256(capture.read_bytes()).hexdigest()
-    assert f"pid {p.pid} (python" in watch.stderr
+    assert f"agent.py[{p.pid}]" in watch.stderr  # named as the OS knows it
     assert f"where it is stuck: {capture}" in watch.stderr
     rows = [r for r in tsv_rows(tsv) if r[1] == "forensics"]
     assert rows == [[rows[0][0], "forensics", str(p.pid), "-", sha, str(capture)]]
     kinds = [r[3] for r in audit_rows(audit)]
-    assert kinds[:4] == ["boot", "forensics", "verdict", "spawn"], kinds
+    assert kinds[:5] == ["boot", "forensics", "identity", "verdict", "spawn"], kinds
     record = audit_rows(audit)[1]
     assert record[4:7] == [str(p.pid), sha, str(capture)]
     r = subprocess.run(

@@ -138,11 +138,12 @@ impl PidRows {
         PidRows { rows }
     }
 
-    /// From rows whose pids are distinct (a tracker copy): sorted by pid
-    /// without keeping the given order of equal pids, which is faster.
+    /// From rows whose agents (pid, sender) are distinct (a tracker copy):
+    /// sorted without keeping the given order of equal agents, which is
+    /// faster; an agent a chunked copy saw twice is kept once.
     pub fn from_unique(mut rows: Vec<PidRow>) -> PidRows {
-        rows.sort_unstable_by_key(|r| r.pid);
-        rows.dedup_by_key(|r| r.pid);
+        rows.sort_unstable_by_key(|r| (r.pid, r.peer));
+        rows.dedup_by_key(|r| (r.pid, r.peer));
         PidRows { rows }
     }
 
