@@ -85,7 +85,7 @@ def daemon_rss(agents: int) -> tuple[int, int]:
                     for pid in range(10_000, 10_000 + agents):
                         s.sendto(varta.encode(0, pid, beat, beat), ("127.0.0.1", udp))
                     time.sleep(0.05)  # let a 1,000-datagram burst drain, not a sync point
-            needle = b'varta_beats_total{pid="%d"}' % (10_000 + agents - 1)
+            needle = b'varta_agents{status="ok"} %d\n' % agents
 
             def all_tracked() -> bool:
                 try:

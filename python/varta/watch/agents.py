@@ -12,11 +12,9 @@ cheap (``bench/metrics.py --sections agents``).
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -103,10 +101,9 @@ def identity(info: AgentLike) -> Identity:
     return _NO_IDENTITY if ident == _NO_IDENTITY else ident
 
 
-def _identity_json(ident: Identity) -> str:
+def _identity_json(ident: Identity, dumps: Callable[[str], str]) -> str:
     return ",".join(
-        f'"{f}":' + ("null" if v is None else json.dumps(v))
-        for f, v in zip(_IDENTITY_FIELDS, ident)
+        f'"{f}":' + ("null" if v is None else dumps(v)) for f, v in zip(_IDENTITY_FIELDS, ident)
     )
 
 
@@ -144,6 +141,9 @@ def render_agents(
     now_unix: Optional[float] = None,
 ) -> bytes:
     """The docs/live-view.md#agents-json body."""
+    import json  # here, not at module import: only a daemon asked for /agents pays (~1 MB)
+
+    dumps = json.dumps
     # One list per status (-age_ns, pid, info), each sorted on its own: the
     # statuses are the first sort key.
     buckets: dict[str, list[tuple[int, int, AgentLike]]] = {st: [] for st in STATUSES}
@@ -195,7 +195,7 @@ def render_agents(
                 if rec[0] is None or gen is None or rec[0] == gen:
                     n_rec = rec[1]
             ident = identity(info)
-            ij = no_identity_json if ident is no_identity else _identity_json(ident)
+            ij = no_identity_json if ident is no_identity else _identity_json(ident, dumps)
             # One f-string per agent (faster than %-formatting or json.dumps).
             append(
                 f'{{"pid":{pid},"origin":"{origin_of[id(info.origin)]}",{ij},"status":"{st}",'
@@ -224,6 +224,8 @@ def parse_query(query: str) -> Query:
     unit: Optional[str] = None
     if not query:
         return Query()
+    import urllib.parse  # only when a query string is given
+
     for name, value in urllib.parse.parse_qsl(
         query, keep_blank_values=True, strict_parsing=True, max_num_fields=8
     ):

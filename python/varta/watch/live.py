@@ -12,10 +12,10 @@ script and style (by hash) and fetches to the same origin.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from typing import Callable
 
+from .audit_format import _sha256 as sha256
 from .metrics_server import Route
 from .status_page import PAGE
 
@@ -23,7 +23,7 @@ from .status_page import PAGE
 def _hash(kind: str) -> str:
     m = re.search(rf"<{kind}>(.*?)</{kind}>", PAGE, re.S)
     assert m is not None, kind
-    digest = hashlib.sha256(m.group(1).encode()).digest()
+    digest = sha256(m.group(1).encode()).digest()  # not hashlib: it loads OpenSSL (~4 MB)
     return "'sha256-" + base64.b64encode(digest).decode() + "'"
 
 
