@@ -60,15 +60,11 @@ def until(what: str, check: Callable[[], Optional[T]], timeout: float = 20.0) ->
 
 
 def load(driver: webdriver.Chrome, url: str) -> None:
-    """Open the page; reload (at most twice) when the browser shows its own error
-    page: the daemon answers one request per connection and closes a connection
-    that sent nothing within its 10 ms read deadline (docs/observer.md#http-endpoint),
-    which a browser on a loaded host can miss. Then the page's own elements."""
-    for _ in range(3):
-        driver.get(url)
-        if driver.find_elements(By.ID, "agents"):
-            return
-    raise AssertionError(f"{url}: the status page never loaded: {driver.page_source[:300]}")
+    """Open the page, once: the daemon waits for a request that arrives late
+    (docs/observer.md#http-endpoint), so no reload is needed on a loaded host."""
+    driver.get(url)
+    if not driver.find_elements(By.ID, "agents"):
+        raise AssertionError(f"{url}: the status page did not load: {driver.page_source[:300]}")
 
 
 def rows(driver: webdriver.Chrome) -> list[tuple[str, str]]:

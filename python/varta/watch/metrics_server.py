@@ -1,10 +1,12 @@
 """The ``/metrics`` HTTP server of ``varta-watch`` (``docs/observer.md#metrics``).
 
 One daemon thread: HTTP/1.0, ``Connection: close``, any path; a per-IP token
-bucket; ``GET`` only (405); the bearer token compared in constant time (401);
-the body re-rendered at most once a second, and sent gzip-compressed to a
-client that sends ``Accept-Encoding: gzip`` (Prometheus does;
-docs/observer.md#http-endpoint). The body itself comes from
+bucket; a request not complete at accept waits, non-blocking, in the thread's
+selector (at most 64 such connections, each at most 2 s), so a slow or silent
+client never holds up the others; ``GET`` only (405); the bearer token
+compared in constant time (401); the body re-rendered at most once a second,
+and sent gzip-compressed to a client that sends ``Accept-Encoding: gzip``
+(Prometheus does; docs/observer.md#http-endpoint). The body itself comes from
 :mod:`varta.watch.metrics`; it is rendered on this thread, never on the
 observer's ingest thread, and the parts that scale with the agents run in
 Rust with the GIL released (docs/observer.md#agent-rows). Extra paths
@@ -22,7 +24,7 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .logsetup import RateLimiter
 from .metrics import ServeStats
@@ -47,7 +49,13 @@ _compare_digest = _find_compare_digest()
 # --- HTTP server -----------------------------------------------------------------------
 
 MAX_REQUEST = 4096
-READ_DEADLINE_S = 0.010
+#: Accepted connections whose request is not complete yet, at most; beyond it
+#: the oldest is closed unanswered, counted as ``pending_full``
+#: (docs/observer.md#http-endpoint).
+PENDING_MAX = 64
+#: Time from accept to a complete request; later, the connection is closed
+#: unanswered, counted as ``read_timeout`` (docs/observer.md#http-endpoint).
+REQUEST_DEADLINE_S = 2.0
 WRITE_DEADLINE_S = 0.050
 SERVE_WINDOW_S = 0.100
 SERVE_PER_PASS = 8
@@ -174,6 +182,21 @@ def gzip_body(body: bytes) -> bytes:
     return c.compress(body) + c.flush()
 
 
+def _header_end(buf: bytes, start: int) -> bool:
+    """Whether the header block has ended (a blank line, CRLF or bare LF) at or
+    after *start*."""
+    return buf.find(b"\r\n\r\n", start) >= 0 or buf.find(b"\n\n", start) >= 0
+
+
+@dataclass
+class _Pending:
+    """An accepted connection whose request has not fully arrived yet."""
+
+    conn: socket.socket
+    deadline: float
+    buf: bytes = b""
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -281,6 +304,10 @@ class MetricsServer:
         # (rendered at, body, its gzip once a client asked for it)
         self._cache: Optional[tuple[float, bytes, Optional[bytes]]] = None
         self._render_s = 0.0  # body rendering time in the current serve pass
+        # fd -> connection still waiting for its request; order = accept order,
+        # which is deadline order (docs/observer.md#http-endpoint)
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._sel: Optional[selectors.BaseSelector] = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name="varta-metrics", daemon=True)
@@ -302,18 +329,43 @@ class MetricsServer:
 
     # --- thread ----------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Accepted connections still waiting for their request."""
+        return len(self._pending)
+
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel = selectors.DefaultSelector()
         sel.register(self._sock, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
-                if any(key.fileobj is self._sock for key, _ in sel.select()):
-                    self.serve_pending()
+                timeout = None
+                if self._pending:
+                    first = next(iter(self._pending.values()))
+                    timeout = max(0.0, first.deadline - time.monotonic())
+                events = sel.select(timeout)
+                if self._stop.is_set():
+                    break
+                accept = False
+                ready: list[_Pending] = []
+                for key, _ in events:
+                    if key.fileobj is self._sock:
+                        accept = True
+                    elif isinstance(key.data, _Pending):
+                        ready.append(key.data)
+                due = bool(self._pending) and (
+                    next(iter(self._pending.values())).deadline <= time.monotonic()
+                )
+                if accept or ready or due:
+                    self.serve_pending(ready, accept=accept)
         except Exception as exc:  # never take the daemon down from here
             if self._logs is not None:
                 self._logs.log("prom_serve", logging.ERROR, f"metrics server stopped: {exc}")
         finally:
+            for p in list(self._pending.values()):
+                self._forget(p)
+            self._sel = None
             sel.close()
 
     def _accept(self) -> Optional[socket.socket]:
@@ -327,12 +379,16 @@ class MetricsServer:
             return None
         return conn
 
-    def serve_pending(self) -> None:
-        """One ServePending pass: ≤ 8 served within 100 ms, then accept-and-close ≤ 50.
+    def serve_pending(self, ready: Sequence[_Pending] = (), *, accept: bool = True) -> None:
+        """One ServePending pass: ≤ 8 answered within 100 ms, then accept-and-close ≤ 50.
 
-        The 100 ms window counts connection handling only: rendering a fresh body
-        (at most once a second, waiting for the loop's snapshot) is not charged to
-        the clients queued behind it.
+        *ready* are waiting connections the selector saw readable: read without
+        blocking, answered once their request is complete (those over the
+        budget stay waiting, still readable). With *accept*, new connections
+        are taken; then waiting connections past their deadline are closed
+        (docs/observer.md#http-endpoint). The 100 ms window counts connection
+        handling only: rendering a fresh body (at most once a second, waiting
+        for the loop's snapshot) is not charged to the clients queued behind it.
         """
         t0 = time.monotonic()
         self._render_s = 0.0
@@ -340,16 +396,21 @@ class MetricsServer:
             self._on_serve(t0)
         try:
             served = 0
-            while True:
-                handling = time.monotonic() - t0 - self._render_s
-                if served >= SERVE_PER_PASS or handling >= SERVE_WINDOW_S:
+            for p in ready:
+                if self._over_budget(t0, served):
+                    break
+                if self._pending.get(p.conn.fileno()) is p and self._read(p):
+                    served += 1
+            while accept:
+                if self._over_budget(t0, served):
                     self._drain()
                     break
                 conn = self._accept()
                 if conn is None:
                     break
-                if self._handle(conn):
+                if self._take(conn):
                     served += 1
+            self._expire()
         finally:
             elapsed = time.monotonic() - t0
             self.stats.serve_seconds.observe(elapsed)
@@ -357,6 +418,10 @@ class MetricsServer:
                 self.stats.scrape_budget_exceeded += 1
             if self._on_serve is not None:
                 self._on_serve(None)
+
+    def _over_budget(self, t0: float, served: int) -> bool:
+        handling = time.monotonic() - t0 - self._render_s
+        return served >= SERVE_PER_PASS or handling >= SERVE_WINDOW_S
 
     def _drain(self) -> None:
         conn = self._accept()
@@ -374,50 +439,93 @@ class MetricsServer:
                 return
             conn = nxt
 
-    def _handle(self, conn: socket.socket) -> bool:
-        """Serve one connection; False when it was dropped by the rate limit."""
-        with conn:
-            try:
-                peer = conn.getpeername()[0]
-            except OSError:
+    def _take(self, conn: socket.socket) -> bool:
+        """A new connection: rate-limited (closed, False), answered at once if its
+        request is already here (True), else left waiting (False)."""
+        try:
+            peer = conn.getpeername()[0]
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            return False
+        if not self._limiter.admit(str(peer)):
+            conn.close()
+            self.stats.dropped["rate_limit"] += 1
+            return False
+        p = _Pending(conn, time.monotonic() + REQUEST_DEADLINE_S)
+        if self._read(p):
+            return True
+        if conn.fileno() == -1:
+            return False  # reset or closed by the client before a byte came
+        if len(self._pending) >= PENDING_MAX:
+            self._forget(next(iter(self._pending.values())))
+            self.stats.dropped["pending_full"] += 1
+        self._pending[conn.fileno()] = p
+        if self._sel is not None:
+            self._sel.register(conn, selectors.EVENT_READ, p)
+        return False
+
+    def _read(self, p: _Pending) -> bool:
+        """Take the bytes queued on *p* without blocking; once the request is
+        finished (end of header, 4096 bytes, or EOF) answer it and close. False
+        while it is unfinished, and for a client that closed before sending a
+        byte (closed here too, unanswered and uncounted: the client left)."""
+        try:
+            if not self._fill(p):
                 return False
-            if not self._limiter.admit(str(peer)):
-                self.stats.dropped["rate_limit"] += 1
-                return False
-            try:
-                request = self._read_request(conn)
-                if not request:
-                    # Nothing sent within the read deadline: a browser's
-                    # speculative preconnect. Closed unanswered, so the
-                    # browser retries on a fresh connection instead of
-                    # reading a 405 meant for nothing (docs/live-view.md#endpoints).
-                    return True
-                self._send(conn, self._respond(request))
-            except OSError as exc:
-                if self._logs is not None:
-                    self._logs.log("prom_serve", logging.WARNING, f"metrics client: {exc}")
-        return True
+            if p.buf:
+                self._send(p.conn, self._judge(p.buf))
+        except OSError as exc:
+            if self._logs is not None:
+                self._logs.log("prom_serve", logging.WARNING, f"metrics client: {exc}")
+        self._forget(p)
+        return bool(p.buf)
 
     @staticmethod
-    def _read_request(conn: socket.socket) -> bytes:
-        """Up to 4096 bytes, stopping at CRLFCRLF, EOF or the 10 ms deadline. Bytes
-        already queued are always taken, even if this thread ran late."""
-        buf = b""
-        deadline = time.monotonic() + READ_DEADLINE_S
-        while len(buf) < MAX_REQUEST and b"\r\n\r\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                conn.settimeout(remaining)
-            else:
-                conn.setblocking(False)
+    def _fill(p: _Pending) -> bool:
+        """Read what is queued; True once the request is finished."""
+        while True:
             try:
-                chunk = conn.recv(MAX_REQUEST - len(buf))
-            except (socket.timeout, BlockingIOError):
-                break
+                chunk = p.conn.recv(MAX_REQUEST - len(p.buf))
+            except (BlockingIOError, InterruptedError):
+                return False
             if not chunk:
+                return True  # EOF: the request is what came
+            start = max(0, len(p.buf) - 3)
+            p.buf += chunk
+            if _header_end(p.buf, start) or len(p.buf) >= MAX_REQUEST:
+                return True
+
+    def _judge(self, request: bytes) -> bytes:
+        """The answer to a finished request: a header still open at 4096 bytes
+        is refused (405 if not a GET, else 400); the rest is :meth:`_respond`'s."""
+        if len(request) >= MAX_REQUEST and not _header_end(request, 0):
+            return RESP_400 if request.startswith(b"GET ") else RESP_405
+        return self._respond(request)
+
+    def _forget(self, p: _Pending) -> None:
+        """Close *p*, out of the waiting table and the selector."""
+        fd = p.conn.fileno()
+        if fd != -1:
+            if self._pending.get(fd) is p:
+                del self._pending[fd]
+                if self._sel is not None:
+                    self._sel.unregister(p.conn)
+            p.conn.close()
+
+    def _expire(self) -> None:
+        """Close waiting connections past their deadline, unanswered and counted
+        as ``read_timeout``: bytes already queued are taken first, so a client
+        is never blamed for this thread running late."""
+        now = time.monotonic()
+        while self._pending:
+            p = next(iter(self._pending.values()))
+            if p.deadline > now:
                 break
-            buf += chunk
-        return buf
+            if not self._read(p):
+                if p.conn.fileno() != -1:
+                    self._forget(p)
+                    self.stats.dropped["read_timeout"] += 1
 
     def _respond(self, request: bytes) -> bytes:
         if len(request) < 4 or not request.startswith(b"GET "):
