@@ -70,12 +70,17 @@ from .audit_format import (  # noqa: F401  (re-exported: the audit API)
     ZERO_CHAIN,
     Histogram,
     Record,
+    _complete_columns,
+    _forensics_columns,
+    _identity_columns,
     _is_uint,
     _last_lf,
     _leading_uint,
     _lines_backward,
     _num,
+    _spawn_columns,
     _text,
+    _verdict_columns,
     _wallclock_ms,
     chain_of,
     parse_record,
@@ -92,27 +97,6 @@ class _Queued:
     body: bytes  # columns after seq, TAB-joined (a gap: unused)
     lost: int = 0  # a gap marker: records lost before the records behind it
     reason: bytes = b""  # a gap marker's reason
-
-
-def _spawn_columns(
-    observer_ns: int,
-    agent_pid: int,
-    child_pid: int,
-    program: str,
-    source: str,
-    template_len: int,
-) -> list[bytes]:
-    """A ``spawn`` record's columns after the wall clock (queued or written ahead)."""
-    return [
-        _num(observer_ns),
-        b"spawn",
-        _num(agent_pid),
-        _num(child_pid),
-        b"exec",
-        _text(program),
-        _text(source),
-        _num(template_len),
-    ]
 
 
 class AuditLog:
@@ -394,46 +378,29 @@ class AuditLog:
         stderr_len: int,
         truncated: bool,
     ) -> bool:
-        if status not in ("reaped", "killed", "reap_failed"):
-            raise ValueError(f"bad complete status {status!r}")
-        body = [
-            _num(observer_ns),
-            b"complete",
-            _num(agent_pid),
-            _num(child_pid),
-            status.encode(),
-            _num(exit_code),
-            _num(signal),
-            _num(duration_ns),
-            _num(stdout_len),
-            _num(stderr_len),
-            b"true" if truncated else b"false",
-        ]
+        body = _complete_columns(
+            observer_ns,
+            agent_pid,
+            child_pid,
+            status,
+            exit_code,
+            signal,
+            duration_ns,
+            stdout_len,
+            stderr_len,
+            truncated,
+        )
         return self._enqueue(b"complete", body)
 
     def verdict(self, observer_ns: int, agent_pid: int, verdict: str) -> bool:
         """Why *agent_pid* stalled, written before recovery's decision for it."""
-        if verdict.encode() not in VERDICTS:
-            raise ValueError(f"bad verdict {verdict!r}")
-        return self._enqueue(
-            b"verdict", [_num(observer_ns), b"verdict", _num(agent_pid), verdict.encode()]
-        )
+        return self._enqueue(b"verdict", _verdict_columns(observer_ns, agent_pid, verdict))
 
     def forensics(self, observer_ns: int, agent_pid: int, path: str, sha256: str) -> bool:
         """A hang capture of *agent_pid* (``docs/finding-hangs.md#the-daemon``):
         its file and the file's SHA-256, written before recovery's decision."""
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"bad SHA-256 {sha256!r}")
-        return self._enqueue(
-            b"forensics",
-            [
-                _num(observer_ns),
-                b"forensics",
-                _num(agent_pid),
-                sha256.encode(),
-                _text(path) or b"-",
-            ],
-        )
+        columns = _forensics_columns(observer_ns, agent_pid, path, sha256)
+        return self._enqueue(b"forensics", columns)
 
     def identity(
         self,
@@ -447,8 +414,8 @@ class AuditLog:
     ) -> bool:
         """Who *agent_pid* is (docs/observer.md#agent-identity), written with
         its ``verdict`` record before the ``spawn`` record; ``-`` = unknown."""
-        cols = [_text(v or "") or b"-" for v in (peer, comm, unit, container, cmdline)]
-        return self._enqueue(b"identity", [_num(observer_ns), b"identity", _num(agent_pid), *cols])
+        columns = _identity_columns(observer_ns, agent_pid, peer, comm, unit, container, cmdline)
+        return self._enqueue(b"identity", columns)
 
     def refused(self, observer_ns: int, agent_pid: int, reason: str) -> bool:
         return self._enqueue(

@@ -1,6 +1,7 @@
 """The recovery audit log's format (``docs/observer.md#audit-log``): constants,
 the chain hash, record parsing and the fsync histogram, shared by the writer
-(:mod:`varta.watch.audit`) and the verifier (:mod:`varta.watch.audit_verify`)."""
+(:mod:`varta.watch.audit`) and the verifier (:mod:`varta.watch.audit_verify`),
+and the writer's record columns (each kind's fields, checked)."""
 
 from __future__ import annotations
 
@@ -236,6 +237,96 @@ def _last_lf(fd: int, end: int) -> int:
         if i >= 0:
             return pos + i + 1
     return 0
+
+
+# --- record columns (the writer's: docs/observer.md#audit-log) -------------------------
+
+
+def _spawn_columns(
+    observer_ns: int,
+    agent_pid: int,
+    child_pid: int,
+    program: str,
+    source: str,
+    template_len: int,
+) -> list[bytes]:
+    """A ``spawn`` record's columns after the wall clock (queued or written ahead)."""
+    return [
+        _num(observer_ns),
+        b"spawn",
+        _num(agent_pid),
+        _num(child_pid),
+        b"exec",
+        _text(program),
+        _text(source),
+        _num(template_len),
+    ]
+
+
+def _complete_columns(
+    observer_ns: int,
+    agent_pid: int,
+    child_pid: int,
+    status: str,
+    exit_code: Optional[int],
+    signal: Optional[int],
+    duration_ns: int,
+    stdout_len: int,
+    stderr_len: int,
+    truncated: bool,
+) -> list[bytes]:
+    """A ``complete`` record's columns after the wall clock."""
+    if status not in ("reaped", "killed", "reap_failed"):
+        raise ValueError(f"bad complete status {status!r}")
+    body = [
+        _num(observer_ns),
+        b"complete",
+        _num(agent_pid),
+        _num(child_pid),
+        status.encode(),
+        _num(exit_code),
+        _num(signal),
+        _num(duration_ns),
+        _num(stdout_len),
+        _num(stderr_len),
+        b"true" if truncated else b"false",
+    ]
+    return body
+
+
+def _verdict_columns(observer_ns: int, agent_pid: int, verdict: str) -> list[bytes]:
+    """A ``verdict`` record's columns after the wall clock."""
+    if verdict.encode() not in VERDICTS:
+        raise ValueError(f"bad verdict {verdict!r}")
+    return [_num(observer_ns), b"verdict", _num(agent_pid), verdict.encode()]
+
+
+def _forensics_columns(observer_ns: int, agent_pid: int, path: str, sha256: str) -> list[bytes]:
+    """A ``forensics`` record's columns after the wall clock (the capture's
+    SHA-256 and path, docs/finding-hangs.md#the-daemon)."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"bad SHA-256 {sha256!r}")
+    return [
+        _num(observer_ns),
+        b"forensics",
+        _num(agent_pid),
+        sha256.encode(),
+        _text(path) or b"-",
+    ]
+
+
+def _identity_columns(
+    observer_ns: int,
+    agent_pid: int,
+    peer: Optional[str],
+    comm: Optional[str],
+    unit: Optional[str],
+    container: Optional[str],
+    cmdline: Optional[str],
+) -> list[bytes]:
+    """An ``identity`` record's columns after the wall clock; ``-`` = unknown."""
+    cols = [_text(v or "") or b"-" for v in (peer, comm, unit, container, cmdline)]
+    return [_num(observer_ns), b"identity", _num(agent_pid), *cols]
 
 
 # --- fsync histogram -------------------------------------------------------------------

@@ -40,13 +40,11 @@ import varta
 from varta import _varta
 
 from . import notify
-from .agents import parse_query, render_agents
 from .audit import AuditLog
 from .audit_format import Histogram
 from .config import WatchConfig, observer_kwargs, self_watchdog_secs, systemd_watchdog_usec
 from .export import TsvExporter
 from .identity import agent_label, identity_fields
-from .live import live_routes
 from .logsetup import RateLimiter, log
 from .metrics import (
     STAGES,
@@ -54,17 +52,17 @@ from .metrics import (
     ServeStats,
     Snapshot,
     SnapshotBox,
-    VartaCollector,
     copy_histogram,
     new_histogram,
-    render,
 )
 from .metrics_server import MetricsServer
 from .recovery import Completion, Decision, RecoveryRunner
+from .serving import open_metrics_server
 from .startup import (
     StartupError,
     _listen_error,
     _log_listeners,
+    _prepare_forensics_dir,
     _reason,
     network_kwargs,
     raise_fd_limit,
@@ -136,19 +134,6 @@ def describe_stall(ev: varta.Stall, threshold_ms: int) -> str:
     if verdict is varta.Verdict.VANISHED:
         return f"{who} vanished: the process ended without a terminal frame (killed?)"
     return f"{who} stalled: silent for {silent_ms} ms (no kernel attestation, verdict unknown)"
-
-
-def _prepare_forensics_dir(path: str) -> None:
-    """``--forensics-dir``: created (mode 0700) when missing; must be a
-    writable directory (docs/finding-hangs.md#the-daemon)."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise StartupError(f"--forensics-dir {path}: not a directory")
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(f"--forensics-dir {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StartupError(f"--forensics-dir {path}: not writable")
 
 
 # --- the daemon ------------------------------------------------------------------------
@@ -356,47 +341,10 @@ class Daemon:
             )
         if cfg.hw_watchdog is not None:
             self.hw = HwWatchdog(cfg.hw_watchdog)
-        if cfg.prom_addr is not None:
-            token = read_token(cfg.prom_token_file) if cfg.prom_token_file else None
-            collector = VartaCollector(
-                lambda: self.box.latest, self.serve_stats, self.logs, cfg.prom_agent_rows
-            )
-            wait_s = cfg.read_timeout_ms / 1000.0 + 0.25
-
-            def body() -> bytes:
-                self.box.request(wait_s)
-                return render(collector)
-
-            def agents_body(query: str) -> bytes:
-                # On the HTTP thread (docs/live-view.md#agents-json).
-                q = parse_query(query)
-                snap = self.box.request(wait_s)
-                return render_agents(
-                    obs.agents(),
-                    snap.recoveries,
-                    threshold_ms=cfg.threshold_ms,
-                    version=_varta.__version__,
-                    query=q,
-                )
-
-            try:
-                self.server = MetricsServer(
-                    cfg.prom_addr.host,
-                    cfg.prom_addr.port,
-                    body,
-                    self.serve_stats,
-                    token=token,
-                    rate_per_sec=cfg.prom_rate_limit_per_sec,
-                    rate_burst=cfg.prom_rate_limit_burst,
-                    scrape_budget_ms=cfg.scrape_budget_ms,
-                    logs=self.logs,
-                    on_serve=self._on_serve,
-                    routes=live_routes(agents_body),
-                )
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on --prom-addr {cfg.prom_addr}: {_reason(exc)}"
-                ) from None
+        self.server = open_metrics_server(
+            cfg, obs, self.box, self.serve_stats, self.logs, self._on_serve
+        )
+        if self.server is not None:
             log.info(f"listening on http://{self.server.address}/metrics (--prom-addr)")
             self._stdout.write(self.server.address + "\n")
             self._stdout.flush()

@@ -1,7 +1,7 @@
 """``varta-watch`` startup (``docs/observer.md#signals-and-shutdown``): the error
 that ends it (exit 1), the recovery configuration, the token file, the network
-listeners' options and key files, the descriptor limit, and what is logged
-about the listeners."""
+listeners' options and key files, the descriptor limit, the forensics directory,
+and what is logged about the listeners."""
 
 from __future__ import annotations
 
@@ -166,3 +166,16 @@ def network_kwargs(cfg: WatchConfig) -> dict[str, object]:
         "plaintext_udp": not secure,
         "udp_trust": "operator" if trusted else "untrusted",
     }
+
+
+def _prepare_forensics_dir(path: str) -> None:
+    """``--forensics-dir``: created (mode 0700) when missing; must be a
+    writable directory (docs/finding-hangs.md#the-daemon)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StartupError(f"--forensics-dir {path}: not a directory")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--forensics-dir {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"--forensics-dir {path}: not writable")
