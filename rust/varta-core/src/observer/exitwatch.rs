@@ -186,17 +186,7 @@ impl ExitWatch {
         }
         let fd = match sender_pidfd {
             Some(fd) => dup_cloexec(fd),
-            None => procfs::pidfd_open(pid).and_then(|fd| {
-                // Opened by pid: it names whoever holds the pid now, so it
-                // must be the pinned process, and still running.
-                let same = procfs::start_time(pid) == Some(generation)
-                    && !procfs::pidfd_exited(fd.as_raw_fd());
-                if same {
-                    Ok(fd)
-                } else {
-                    Err(io::Error::from_raw_os_error(libc::ESRCH))
-                }
-            }),
+            None => procfs::pinned_pidfd(pid, generation),
         };
         let Ok(fd) = fd else {
             self.counters.unavailable += 1;

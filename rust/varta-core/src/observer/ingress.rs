@@ -380,10 +380,7 @@ impl Observer {
         {
             return Some(fd);
         }
-        let fd = super::procfs::pidfd_open(pid).ok()?;
-        (super::procfs::start_time(pid) == Some(generation)
-            && !super::procfs::pidfd_exited(fd.as_raw_fd()))
-        .then_some(fd)
+        super::procfs::pinned_pidfd(pid, generation).ok()
     }
 
     /// Counters of the pidfd exit watch; `None` when it is off.

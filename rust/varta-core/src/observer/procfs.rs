@@ -257,9 +257,24 @@ pub fn pidfd_exited(pidfd: libc::c_int) -> bool {
     }
 }
 
-/// `pidfd_open(2)` (Linux ≥ 5.3): a close-on-exec pidfd for `pid`. The
-/// observer never opens pidfds by pid (that would pin whoever holds the pid
-/// *now*, not the sender); tests use it to watch processes they forked.
+/// A pidfd for the process `pid` started at `generation` (its start time),
+/// opened by pid and then checked: a pidfd opened by pid names whoever holds
+/// the pid *now*, so it is kept only if that is still the pinned process and
+/// it is still running (`ESRCH` otherwise).
+pub fn pinned_pidfd(pid: u32, generation: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fd = pidfd_open(pid)?;
+    if start_time(pid) == Some(generation) && !pidfd_exited(fd.as_raw_fd()) {
+        Ok(fd)
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ESRCH))
+    }
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3): a close-on-exec pidfd for `pid`. Opened
+/// by pid it pins whoever holds the pid *now*, not the sender: the observer
+/// uses it only through [`pinned_pidfd`]; tests use it to watch processes
+/// they forked.
 pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; the result is a fresh descriptor owned below.
