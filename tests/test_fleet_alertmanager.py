@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
+from test_agent_identity_os import cgroup2_root
 from test_prometheus_integration import api, free_port, ready
 from watch_e2e import TOKEN_HEX, Agent, Watch, http_get, token_file, wait_for
 
@@ -40,6 +41,8 @@ FLEET = Path(__file__).resolve().parent / "fleet.py"
 Labels = tuple[tuple[str, str], ...]
 #: host-3's `host` label: its address without the port (ops/fleet relabeling).
 HOST_3 = "127.0.0.1"
+#: The unit host-2's hanging agent runs in (a cgroup2 group the test makes).
+HUNG_UNIT = "varta-fleet-ingest.service"
 
 
 class Webhook:
@@ -92,6 +95,17 @@ class Webhook:
         self.server.server_close()
 
 
+def remove_dir(path: Path) -> bool:
+    """rmdir *path*; False while it is busy (a reaped process leaves a cgroup a moment later)."""
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
 def short_durations(text: str) -> str:
     """The shipped rules with every ``for:`` of minutes turned into seconds and
     group intervals of 1 s (a test copy: the shipped values stay)."""
@@ -131,6 +145,7 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
     watches: list[Watch] = []
     agents: list[Agent] = []
     clean: Optional[subprocess.Popen[str]] = None
+    unit_group: Optional[Path] = None
     hook = Webhook()
     try:
         for i in (1, 2, 3):
@@ -150,7 +165,13 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
         assert clean.stdout is not None
         clean_pid = int(clean.stdout.readline())
         assert clean.stdout.readline().strip() == "ready"
-        hung = Agent(watches[1].sock, interval_ms=50)
+        # The agent that hangs runs in a unit of its own where this host lets
+        # a test make one (root, cgroup2), as a service on a real host would.
+        cg_root = cgroup2_root()
+        if cg_root is not None:
+            unit_group = cg_root / HUNG_UNIT
+            unit_group.mkdir(exist_ok=True)
+        hung = Agent(watches[1].sock, interval_ms=50, cgroup=unit_group)
         agents += [hung, Agent(watches[2].sock, interval_ms=50)]
 
         # Alertmanager with the shipped routing, delivering to our webhook.
@@ -244,6 +265,8 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
         row = body_line(addrs[1] or "", f'varta_status{{pid="{hung.pid}",')
         assert row is not None and row.endswith(" 3"), row
         assert alert.get("unit", "") == label(row, "unit"), (alert, row)
+        if unit_group is not None:
+            assert alert["unit"] == HUNG_UNIT, alert
         # host-1's observer saw the clean exit (and retired the agent).
         exited = body_line(addrs[0] or "", 'varta_stall_verdicts_total{verdict="exited"}')
         assert exited == 'varta_stall_verdicts_total{verdict="exited"} 1', exited
@@ -267,6 +290,8 @@ def test_a_hang_a_clean_exit_and_a_dead_observer_across_three_hosts(tmp_path: Pa
             clean.wait()
         for agent in agents:
             agent.kill()
+        if unit_group is not None:
+            wait_for("the test unit's cgroup to empty", lambda: remove_dir(unit_group), 10)
         for p in reversed(procs):
             p.terminate()
             p.wait(timeout=30)

@@ -147,10 +147,18 @@ class Watch:
 
 
 class Agent:
-    def __init__(self, sock: Path, interval_ms: int = 40) -> None:
+    def __init__(self, sock: Path, interval_ms: int = 40, cgroup: Optional[Path] = None) -> None:
+        """*cgroup*: a cgroup2 directory the agent joins before it execs (so its
+        first beat already comes from inside; its name is the agent's unit)."""
+
+        def join_cgroup() -> None:
+            assert cgroup is not None
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-c", AGENT_CODE, str(sock), str(interval_ms)],
             stdout=subprocess.DEVNULL,
+            preexec_fn=None if cgroup is None else join_cgroup,
         )
         self.pid = self.proc.pid
 
