@@ -381,17 +381,26 @@ def test_varta_top_redraws_in_place_on_a_terminal(tmp_path: Path) -> None:
         os.environ["COLUMNS"], os.environ["LINES"] = "120", "20"
         os.execv(sys.executable, [*VARTA, "top", "--url", watch.addr or "", "--interval", "0.2"])
     out = b""
+
+    def last_frame_rows() -> list[str]:
+        """The rows of the newest redraw read so far (each starts with
+        cursor-home); a row counts once its newline has arrived."""
+        frame = out.rsplit(b"\x1b[H", 1)[-1].decode(errors="replace")
+        return [ln.replace("\x1b[K", "") for ln in frame.split("\n")[:-1]]
+
     try:
         deadline = time.monotonic() + 30
-        # Three redraws of the agent's row: each starts with cursor-home.
-        while out.count(b"\x1b[H") < 3 or str(agent.pid).encode() not in out:
+        # Three redraws, the newest one read up to and including the agent's row
+        # (a read can end mid-frame on a loaded host).
+        while out.count(b"\x1b[H") < 3 or not any(
+            str(agent.pid) in row for row in last_frame_rows()[2:3]
+        ):
             assert time.monotonic() < deadline, out[-500:]
             r, _, _ = select.select([fd], [], [], 0.5)
             if r:
                 out += os.read(fd, 65536)
         assert out.startswith(b"\x1b[?1049h")  # the alternate screen
-        frame = out.rsplit(b"\x1b[H", 1)[1].decode()
-        rows = [ln.replace("\x1b[K", "") for ln in frame.split("\n")]
+        rows = last_frame_rows()
         assert rows[1].split()[:2] == ["STATUS", "PID"]
         assert str(agent.pid) in rows[2] and "ok" in rows[2]
     finally:
