@@ -484,6 +484,7 @@ def test_the_daemon_logs_audits_and_exports_the_capture_before_recovery(tmp_path
 
     sha = hashlib.sha256(capture.read_bytes()).hexdigest()
     assert f"agent.py[{p.pid}]" in watch.stderr  # named as the OS knows it
+    assert f"recovery for agent.py[{p.pid}]: started child" in watch.stderr
     assert f"where it is stuck: {capture}" in watch.stderr
     rows = [r for r in tsv_rows(tsv) if r[1] == "forensics"]
     assert rows == [[rows[0][0], "forensics", str(p.pid), "-", sha, str(capture)]]

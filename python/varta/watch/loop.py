@@ -456,12 +456,12 @@ class Daemon:
         while self._deferred and recovery.has_budget():
             stall = self._deferred.popleft()
             now = obs.now_ns()
-            peer = getattr(stall, "peer", None)
+            peer = stall.peer
             agent = obs.agent(stall.pid) if peer is None else obs.agent(stall.pid, peer)
             decision = recovery.fire_time_check(stall, agent, now)
             if decision is None:
                 decision = recovery.on_stall(stall, now)
-            self._log_decision(decision)
+            self._log_decision(decision, stall)
 
     # --- events ------------------------------------------------------------------
 
@@ -495,11 +495,8 @@ class Daemon:
             describe_stall(ev, self.cfg.threshold_ms),
             extra={"pid": ev.pid, "verdict": str(verdict), **identity_fields(ev)},
         )
-        capture = getattr(ev, "forensics", None)
-        if capture and self.audit is not None:
-            self.audit.forensics(
-                ev.observer_ns, ev.pid, capture, getattr(ev, "forensics_sha256", None) or ""
-            )
+        if ev.forensics and self.audit is not None:
+            self.audit.forensics(ev.observer_ns, ev.pid, ev.forensics, ev.forensics_sha256 or "")
         recovery = self.recovery
         if recovery is None:
             return
@@ -507,7 +504,7 @@ class Daemon:
             self._deferred.append(ev)
             return
         assert self.observer is not None
-        self._log_decision(recovery.on_stall(ev, self.observer.now_ns()))
+        self._log_decision(recovery.on_stall(ev, self.observer.now_ns()), ev)
 
     def _on_decode(self, ev: varta.Decode) -> None:
         self.logs.log("decode", logging.WARNING, f"undecodable frame: {ev.error}")
@@ -556,20 +553,20 @@ class Daemon:
             extra={"blind_ms": ev.duration_ns // 1_000_000},
         )
 
-    def _log_decision(self, d: Decision) -> None:
+    def _log_decision(self, d: Decision, stall: varta.Stall) -> None:
+        who = agent_label(stall)  # named as the stall line names it
         if d.spawned:
             log.info(
-                f"recovery for pid {d.agent_pid}: started child {d.child_pid}",
+                f"recovery for {who}: started child {d.child_pid}",
                 extra={"pid": d.agent_pid, "child_pid": d.child_pid},
             )
         elif d.outcome == "debounced":
-            log.info(f"recovery for pid {d.agent_pid}: debounced ({d.reason})")
+            log.info(f"recovery for {who}: debounced ({d.reason})")
         elif d.outcome == "skipped_verdict":
-            log.info(f"no recovery for pid {d.agent_pid}: verdict {d.verdict} (see --recovery-on)")
+            log.info(f"no recovery for {who}: verdict {d.verdict} (see --recovery-on)")
         else:
             log.warning(
-                f"recovery for pid {d.agent_pid}: {d.outcome}"
-                + (f" ({d.error})" if d.error else ""),
+                f"recovery for {who}: {d.outcome}" + (f" ({d.error})" if d.error else ""),
                 extra={"pid": d.agent_pid, "error": d.error},
             )
 
