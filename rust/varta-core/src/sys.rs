@@ -349,3 +349,27 @@ pub fn wait_readable(fds: &[RawFd], timeout_ns: Option<u64>) -> io::Result<bool>
     }
     Ok(rc > 0)
 }
+
+/// Serve heap allocations of `bytes` or more from mappings of their own,
+/// unmapped when freed (glibc's `M_MMAP_THRESHOLD`). Fixing the threshold
+/// also stops glibc from raising it after each large free, which otherwise
+/// leaves a long-lived thread's heap at the high-water mark of its largest
+/// transient buffers (a daemon's `/metrics` bodies:
+/// docs/operations.md#resources). Process-wide, so only the daemon calls
+/// it. Returns false where the C library has no such knob (musl, not Linux).
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let Ok(value) = libc::c_int::try_from(bytes) else {
+            return false;
+        };
+        // SAFETY: mallopt only changes allocator parameters; any value is
+        // accepted or refused (0) without touching existing allocations.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, value) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}

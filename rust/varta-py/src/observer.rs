@@ -557,8 +557,17 @@ fn own_pid_ns_inode() -> Option<u64> {
     procfs::own_pid_ns_inode()
 }
 
+/// Serve allocations of `bytes` or more from mappings of their own, returned
+/// to the OS when freed; false where the C library has no such knob. Process-wide:
+/// the daemon calls it, a library never should (docs/operations.md#resources).
+#[pyfunction]
+fn set_mmap_threshold(bytes: usize) -> bool {
+    varta_core::sys::set_mmap_threshold(bytes)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObserver>()?;
+    m.add_function(wrap_pyfunction!(set_mmap_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(process_start_time, m)?)?;
     m.add_function(wrap_pyfunction!(own_pid_ns_inode, m)?)?;
     m.add_function(wrap_pyfunction!(udp_default_bind, m)?)?;
