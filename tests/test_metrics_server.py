@@ -190,3 +190,27 @@ def test_a_header_ended_by_bare_lf_is_answered_at_once(server: MetricsServer) ->
         # The token header needs CRLF; what matters is the answer, not a wait.
         assert read_all(s).startswith(b"HTTP/1.0 401 Unauthorized\r\n")
     assert server.stats.dropped["read_timeout"] == 0
+
+
+def test_a_cached_body_is_freed_once_it_can_no_longer_be_served() -> None:
+    # docs/operations.md#resources: the body is kept while it may be served
+    # (CACHE_S), not until the next scrape (Prometheus: 15 s later).
+    renders: list[int] = []
+
+    def body() -> bytes:
+        renders.append(1)
+        return BODY * 1000
+
+    srv = MetricsServer(
+        "127.0.0.1", 0, body, ServeStats(), token=TOKEN, rate_per_sec=0, rate_burst=0
+    )
+    srv.start()
+    try:
+        for scrape in (1, 2):
+            with connect(srv) as s:
+                s.sendall(REQUEST.encode())
+                assert read_all(s).endswith(BODY * 1000)
+            assert len(renders) == scrape
+            until("the expired body to be freed", lambda: srv._cache is None)
+    finally:
+        srv.stop()

@@ -23,11 +23,14 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
+from .._record import record
 from .logsetup import RateLimiter
 from .metrics import ServeStats
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable, Optional, Sequence
 
 
 def _find_compare_digest() -> Callable[[bytes, bytes], bool]:
@@ -64,6 +67,7 @@ IP_TABLE_SIZE = 1024
 IP_TTL_S = 60.0
 IP_SWEEP_S = 10.0
 CACHE_S = 1.0
+INF = float("inf")
 
 RESP_405 = (
     b"HTTP/1.0 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\n"
@@ -130,7 +134,7 @@ def request_target(request: bytes) -> tuple[bytes, str]:
     return path, query.decode("ascii", "replace")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Route:
     """An extra path on the listener (docs/live-view.md#endpoints).
 
@@ -188,7 +192,7 @@ def _header_end(buf: bytes, start: int) -> bool:
     return buf.find(b"\r\n\r\n", start) >= 0 or buf.find(b"\n\n", start) >= 0
 
 
-@dataclass
+@record
 class _Pending:
     """An accepted connection whose request has not fully arrived yet."""
 
@@ -197,7 +201,7 @@ class _Pending:
     buf: bytes = b""
 
 
-@dataclass
+@record
 class _Bucket:
     tokens: float
     stamp: float
@@ -340,11 +344,12 @@ class MetricsServer:
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
-                timeout = None
+                now = time.monotonic()
+                wake_at = self._drop_expired_bodies(now)
                 if self._pending:
                     first = next(iter(self._pending.values()))
-                    timeout = max(0.0, first.deadline - time.monotonic())
-                events = sel.select(timeout)
+                    wake_at = min(wake_at, first.deadline)
+                events = sel.select(None if wake_at == INF else max(0.0, wake_at - now))
                 if self._stop.is_set():
                     break
                 accept = False
@@ -367,6 +372,19 @@ class MetricsServer:
                 self._forget(p)
             self._sel = None
             sel.close()
+
+    def _drop_expired_bodies(self, now: float) -> float:
+        """Free cached bodies no longer servable (older than ``CACHE_S``) rather
+        than hold them until the next scrape (~170 KB per 1,000 agents:
+        docs/operations.md#resources); returns when the next one expires."""
+        if self._cache is not None and now - self._cache[0] >= CACHE_S:
+            self._cache = None
+        for key in [k for k, (t, _) in self._route_cache.items() if now - t >= CACHE_S]:
+            del self._route_cache[key]
+        stamps = [t for t, _ in self._route_cache.values()]
+        if self._cache is not None:
+            stamps.append(self._cache[0])
+        return min(stamps) + CACHE_S if stamps else INF
 
     def _accept(self) -> Optional[socket.socket]:
         try:
