@@ -21,7 +21,6 @@ from ._types import (
     DecodeError,
     DropReason,
     Status,
-    StatusLike,
     Verdict,
     signal_payload,
     terminal_cause,
@@ -61,16 +60,10 @@ if _sys.platform == "linux":
         Stall,
     )
 
-# --- secure transport (issue: network transports) ---
+# --- secure transport (issue: network transports); one version source: Cargo.toml
+# (importlib.metadata would cost ~0.3 s per import) ---
 # isort: split
-from ._varta import Key
-
-# --- panic ---
-# isort: split
-from . import panic as panic
-
-# One version source: Cargo.toml (importlib.metadata would cost ~0.3 s per import).
-from ._varta import __version__
+from ._varta import Key, __version__
 
 __all__ = [
     "FRAME_LEN",
@@ -111,3 +104,23 @@ if _sys.platform == "linux":
         "PidRows",
         "Stall",
     ]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import panic as panic
+    from ._types import StatusLike
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use, so ``import varta`` stays small for every agent
+    # and for the daemon (docs/operations.md#resources): ``varta.panic`` and
+    # the ``varta.StatusLike`` alias (which needs typing).
+    if name == "panic":
+        import importlib
+
+        return importlib.import_module(".panic", __name__)
+    if name == "StatusLike":
+        from . import _types
+
+        return _types.StatusLike
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,10 +36,11 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Optional
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
 if TYPE_CHECKING:
     import asyncio
+    from typing import Optional
 
 #: Written in front of the asyncio section and after it (the observer stops
 #: waiting at the end marker).

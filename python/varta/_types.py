@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import ClassVar, Optional, Union
+
+from ._record import record
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional, Union
 
 NONCE_TERMINAL = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -39,7 +43,18 @@ class Status(IntEnum):
         return coerce_status(value)
 
 
-StatusLike = Union[Status, int, str]
+if TYPE_CHECKING:
+    StatusLike = Union[Status, int, str]
+
+
+def __getattr__(name: str) -> object:
+    # ``varta.StatusLike`` at run time, built on first use so that importing
+    # varta does not load typing (docs/operations.md#resources).
+    if name == "StatusLike":
+        from typing import Union
+
+        return Union[Status, int, str]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BeatOrigin(IntEnum):
@@ -222,7 +237,7 @@ def errno_name(code: Optional[int]) -> str:
     return _errno.errorcode.get(code, f"errno_{code}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BeatError:
     """Why a beat failed: an OS errno and its symbolic name, or a synthetic
     kind (``"InvalidInput"``, ``"WriteZero"``, ``"Closed"``) with errno 0."""
@@ -245,7 +260,7 @@ class BeatError:
         return f"send failed: {self.kind} (errno={self.errno})"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BeatOutcome:
     """Result of one ``Varta.beat``: exactly one of sent, dropped, failed.
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Sequence, cast
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
 if TYPE_CHECKING:
     import argparse
+    from typing import Callable, NoReturn, Optional, Sequence
 
 USAGE = """usage: python -m varta <command> [args]   (or: varta <command> [args])
 
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"varta: unknown command {args[0]!r} (see --help)\n")
         return 2
     module, func = target.split(":")
-    entry = cast(Callable[[list[str]], int], getattr(importlib.import_module(module), func))
+    entry: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
     return entry(args[1:])
 
 

@@ -13,9 +13,9 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ._record import field, record
 from .cli import usage_error
 
 FORMAT = "varta-forensics-capture/1"
@@ -32,7 +32,7 @@ _NAME = re.compile(r"^thread (0x[0-9a-f]+) native_id=(\d+|None) name=(.*)$")
 HELPER_NAME = "varta-forensics"
 
 
-@dataclass
+@record
 class PyThread:
     ident: str
     current: bool

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence, Union
 
 from ._varta import (
     MAX_SHARED_KEYS,
@@ -37,6 +36,10 @@ from ._varta import (
     load_key_file,
     load_master_key_file,
 )
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Sequence, Union
 
 __all__ = [
     "MAX_SHARED_KEYS",
@@ -48,7 +51,8 @@ __all__ = [
     "load_master_key_file",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+if TYPE_CHECKING:
+    PathLike = Union[str, "os.PathLike[str]"]
 
 
 def generate_key_file(path: PathLike) -> None:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Optional, Protocol
 
 from varta import BeatOrigin, Status, Verdict
+
+from .._record import record
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional, Protocol
 
 #: Most agents one response lists (worst first); the rest are counted in
 #: ``agents_total`` and ``truncated`` is true.
@@ -53,40 +57,41 @@ _VERDICT = {id(v): str(v) for v in Verdict}
 _IDENTITY_FIELDS = ("peer", "comm", "cmdline", "unit", "container")
 
 
-class AgentLike(Protocol):
-    """What is read of ``varta.AgentInfo``."""
+if TYPE_CHECKING:
 
-    @property
-    def pid(self) -> int: ...
-    @property
-    def status(self) -> Status: ...
-    @property
-    def origin(self) -> BeatOrigin: ...
-    @property
-    def beats(self) -> int: ...
-    @property
-    def stalls(self) -> int: ...
-    @property
-    def age_ns(self) -> int: ...
-    @property
-    def stalled(self) -> bool: ...
-    @property
-    def generation(self) -> Optional[int]: ...
-    @property
-    def verdict(self) -> Optional[Verdict]: ...
-    @property
-    def peer(self) -> Optional[str]: ...
-    @property
-    def comm(self) -> Optional[str]: ...
-    @property
-    def cmdline(self) -> Optional[str]: ...
-    @property
-    def unit(self) -> Optional[str]: ...
-    @property
-    def container(self) -> Optional[str]: ...
+    class AgentLike(Protocol):
+        """What is read of ``varta.AgentInfo``."""
 
+        @property
+        def pid(self) -> int: ...
+        @property
+        def status(self) -> Status: ...
+        @property
+        def origin(self) -> BeatOrigin: ...
+        @property
+        def beats(self) -> int: ...
+        @property
+        def stalls(self) -> int: ...
+        @property
+        def age_ns(self) -> int: ...
+        @property
+        def stalled(self) -> bool: ...
+        @property
+        def generation(self) -> Optional[int]: ...
+        @property
+        def verdict(self) -> Optional[Verdict]: ...
+        @property
+        def peer(self) -> Optional[str]: ...
+        @property
+        def comm(self) -> Optional[str]: ...
+        @property
+        def cmdline(self) -> Optional[str]: ...
+        @property
+        def unit(self) -> Optional[str]: ...
+        @property
+        def container(self) -> Optional[str]: ...
 
-Identity = tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]
+    Identity = tuple[Optional[str], Optional[str], Optional[str], Optional[str], Optional[str]]
 
 
 _NO_IDENTITY: Identity = (None, None, None, None, None)
@@ -116,7 +121,7 @@ def display_status(info: AgentLike) -> str:
     return _BEAT_STATUS.get(id(info.status), "critical")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Query:
     """``/agents`` query parameters (docs/live-view.md#agents-json)."""
 
@@ -125,9 +130,10 @@ class Query:
     unit: Optional[str] = None
 
 
-#: pid → (generation at the last recovery, recoveries started) — from
-#: ``RecoveryRunner.recoveries_by_pid``.
-Recoveries = Mapping[int, tuple[Optional[int], int]]
+if TYPE_CHECKING:
+    #: pid → (generation at the last recovery, recoveries started) — from
+    #: ``RecoveryRunner.recoveries_by_pid``.
+    Recoveries = Mapping[int, tuple[Optional[int], int]]
 
 
 def render_agents(

@@ -49,9 +49,8 @@ import errno
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Optional, Union
 
+from .._record import record
 from .audit_format import (  # noqa: F401  (re-exported: the audit API)
     DRAIN_BUDGET_MS,
     DROP_REASONS,
@@ -86,12 +85,18 @@ from .audit_format import (  # noqa: F401  (re-exported: the audit API)
     parse_record,
     pending_path,
 )
-from .secretfile import PathLike, check_output_stat, fsync_dir, open_output_file
+from .secretfile import check_output_stat, fsync_dir, open_output_file
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable, Optional, Union
+
+    from .secretfile import PathLike
 
 # --- the writer ------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class _Queued:
     kind: bytes
     body: bytes  # columns after seq, TAB-joined (a gap: unused)
@@ -766,10 +771,17 @@ class AuditLog:
         self.close()
 
 
-# The verifier lives in its own module; its entry points stay importable here.
-from .audit_verify import (  # noqa: E402, F401
-    VerifyResult,
-    cli_main,
-    verify,
-    verify_generations,
-)
+# The verifier lives in its own module, loaded on first use (the daemon never
+# verifies: docs/operations.md#resources); its entry points stay importable here.
+_VERIFIER = frozenset({"VerifyResult", "cli_main", "verify", "verify_generations"})
+
+if TYPE_CHECKING:
+    from .audit_verify import VerifyResult, cli_main, verify, verify_generations  # noqa: F401
+
+
+def __getattr__(name: str) -> object:
+    if name in _VERIFIER:
+        from . import audit_verify
+
+        return getattr(audit_verify, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,14 +8,17 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, cast
 
-from .secretfile import PathLike
+from .._record import field, record
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable, Iterator, Optional, Protocol
 
-class _Hash(Protocol):
-    def digest(self) -> bytes: ...
+    from .secretfile import PathLike
+
+    class _Hash(Protocol):
+        def digest(self) -> bytes: ...
 
 
 def _find_sha256() -> Callable[[bytes], _Hash]:
@@ -23,7 +26,8 @@ def _find_sha256() -> Callable[[bytes], _Hash]:
     OpenSSL, about 4 MB of resident memory for the one hash the daemon uses."""
     for name in ("_sha2", "_sha256"):  # CPython >= 3.12, <= 3.11
         try:
-            return cast(Callable[[bytes], _Hash], importlib.import_module(name).sha256)
+            sha256: Callable[[bytes], _Hash] = importlib.import_module(name).sha256
+            return sha256
         except (ImportError, AttributeError):
             continue
     import hashlib
@@ -117,7 +121,7 @@ def _wallclock_ms() -> int:
 # --- parsing (shared by the startup probe and the verifier) ----------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Record:
     """One parsed v2 record line (without its LF)."""
 
@@ -332,7 +336,7 @@ def _identity_columns(
 # --- fsync histogram -------------------------------------------------------------------
 
 
-@dataclass
+@record
 class Histogram:
     """Counts per bucket (non-cumulative) plus sum/count, in seconds."""
 

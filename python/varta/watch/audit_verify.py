@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
 
+from .._record import record, replace
 from ..cli import usage_error
 from .audit_format import (
     HEADER,
@@ -14,12 +13,17 @@ from .audit_format import (
     chain_of,
     parse_record,
 )
-from .secretfile import PathLike
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Iterator, Optional, Sequence
+
+    from .secretfile import PathLike
 
 # --- verification ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VerifyResult:
     """Outcome of :func:`verify`. ``ok`` False → ``bad_line`` (1-based) and ``reason``."""
 

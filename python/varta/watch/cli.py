@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from .config import (
     PROG,
@@ -22,11 +21,19 @@ from .config import (
     parse_args,
 )
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional
+
 
 def version_line(prog: str = PROG) -> str:
     from .._varta import __version__
 
     return f"{prog} {__version__}\n"
+
+
+#: glibc's mmap threshold in the daemon process (its default moves up to 32 MiB).
+MMAP_THRESHOLD_BYTES = 64 * 1024
 
 
 def usage_error(prog: str, message: str) -> int:
@@ -51,9 +58,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         return usage_error(PROG, str(exc))
 
+    from .. import _varta
     from . import logsetup
     from .loop import run
 
+    # This process is the daemon: buffers of 64 KiB and more (a /metrics body)
+    # go back to the OS when freed, not to a heap that keeps their high-water
+    # mark (docs/operations.md#resources).
+    _varta.set_mmap_threshold(MMAP_THRESHOLD_BYTES)
     logsetup.setup(cfg.log_format, level=level)
     return run(cfg)
 

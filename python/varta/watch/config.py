@@ -17,17 +17,20 @@ with exit 1 instead.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Optional, Union
 
+from .._record import MISSING, field, fields, record, replace
 from .._varta import udp_default_bind
 from ..keys import MAX_SHARED_KEYS
 from . import recovery
 from .metrics import DEFAULT_AGENT_ROWS
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional, Union
 
 PROG = "varta-watch"
 
@@ -53,7 +56,7 @@ class VersionRequested(Exception):
     """``--version`` was given."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PromAddr:
     """A ``--prom-addr`` value: an IP literal and a port (0 = kernel picks)."""
 
@@ -62,17 +65,17 @@ class PromAddr:
 
     @property
     def is_loopback(self) -> bool:
-        return ipaddress.ip_address(self.host).is_loopback
+        return is_loopback(self.host)
 
     @property
     def is_ipv6(self) -> bool:
-        return ipaddress.ip_address(self.host).version == 6
+        return ":" in self.host
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WatchConfig:
     """Every ``varta-watch`` flag, validated. Field names follow the flags."""
 
@@ -196,11 +199,34 @@ def parse_socket_mode(text: str) -> int:
     return mode
 
 
-def parse_ip(flag: str, text: str) -> str:
+# IP literals are read with inet_pton/inet_ntop (the socket module is loaded
+# anyway), not the ipaddress module (~0.3 MB resident, docs/operations.md#resources):
+# the same rules as the core's std::net parsing, no scope ids, no leading zeros.
+
+
+def canonical_ip(text: str, family: int) -> str:
+    """*text* as the canonical literal of *family* (``AF_INET``/``AF_INET6``);
+    ValueError if it is not one."""
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ConfigError("BadValue", f"{flag} expects an IP address, got {text!r}") from None
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        raise ValueError(f"not an IP address: {text!r}") from None
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ``::1`` (an IPv4-mapped address is not: std::net's rule)."""
+    if ":" in ip:
+        return canonical_ip(ip, socket.AF_INET6) == "::1"
+    return canonical_ip(ip, socket.AF_INET).startswith("127.")
+
+
+def parse_ip(flag: str, text: str) -> str:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return canonical_ip(text, family)
+        except ValueError:
+            continue
+    raise ConfigError("BadValue", f"{flag} expects an IP address, got {text!r}")
 
 
 def parse_prom_addr(text: str) -> PromAddr:
@@ -210,20 +236,20 @@ def parse_prom_addr(text: str) -> PromAddr:
         if not sep:
             raise ConfigError("BadValue", f"--prom-addr {text!r}: expected [IPv6]:PORT")
         try:
-            ip = ipaddress.IPv6Address(host)
+            ip = canonical_ip(host, socket.AF_INET6)
         except ValueError:
             raise ConfigError("BadValue", f"--prom-addr {text!r}: bad IPv6 address") from None
-        return PromAddr(str(ip), parse_uint("--prom-addr port", port, 0, U16))
+        return PromAddr(ip, parse_uint("--prom-addr port", port, 0, U16))
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise ConfigError("BadValue", f"--prom-addr {text!r}: expected IP:PORT")
     try:
-        ip4 = ipaddress.IPv4Address(host)
+        ip4 = canonical_ip(host, socket.AF_INET)
     except ValueError:
         raise ConfigError(
             "BadValue", f"--prom-addr {text!r}: expected an IPv4 address or [IPv6]"
         ) from None
-    return PromAddr(str(ip4), parse_uint("--prom-addr port", port, 0, U16))
+    return PromAddr(ip4, parse_uint("--prom-addr port", port, 0, U16))
 
 
 def parse_env_entry(text: str) -> tuple[str, str]:
@@ -265,7 +291,7 @@ def _check_uint(flag: str, text: str, lo: int, hi: int, low_kind: str) -> int:
 # --- the flag table --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Flag:
     """One flag. ``kind``: ``bool`` (bare), ``path``, ``str``, ``octal``, ``ip``,
     ``addr`` (IP:PORT), ``env`` (K=V), ``a|b|c`` (a choice), or ``LO..HI`` (unsigned
@@ -682,7 +708,7 @@ def _udp_checks(cfg: WatchConfig, warnings: list[str]) -> None:
         return
     bind = cfg.effective_udp_bind_addr
     assert bind is not None
-    loopback = ipaddress.ip_address(bind).is_loopback
+    loopback = is_loopback(bind)
     if cfg.has_keys:
         if not loopback and not cfg.i_accept_secure_udp_non_loopback:
             raise ConfigError(

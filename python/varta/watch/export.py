@@ -57,12 +57,17 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
 
 import varta
 
 from .identity import identity_fields
-from .secretfile import PathLike, fsync_dir, open_output_file
+from .secretfile import fsync_dir, open_output_file
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    from .secretfile import PathLike
 
 GENERATIONS = 5
 #: The column names, the first line of every new file with ``--export-file-header``

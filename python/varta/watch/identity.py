@@ -12,7 +12,9 @@ Works on anything with the identity attributes of ``varta.Stall`` and
 
 from __future__ import annotations
 
-from typing import Optional
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional
 
 FIELDS = ("peer", "comm", "unit", "container", "cmdline")
 

@@ -11,20 +11,23 @@ script and style (by hash) and fetches to the same origin.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
-from typing import Callable
 
 from .audit_format import _sha256 as sha256
 from .metrics_server import Route
 from .status_page import PAGE
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def _hash(kind: str) -> str:
     m = re.search(rf"<{kind}>(.*?)</{kind}>", PAGE, re.S)
     assert m is not None, kind
     digest = sha256(m.group(1).encode()).digest()  # not hashlib: it loads OpenSSL (~4 MB)
-    return "'sha256-" + base64.b64encode(digest).decode() + "'"
+    return "'sha256-" + binascii.b2a_base64(digest, newline=False).decode() + "'"
 
 
 #: docs/live-view.md#status-page

@@ -16,7 +16,10 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, Optional, TextIO
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable, Optional, TextIO
 
 LOGGER_NAME = "varta.watch"
 PROG = "varta-watch"

@@ -34,7 +34,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Callable, Optional, Protocol, Union
 
 import varta
 from varta import _varta
@@ -46,15 +45,7 @@ from .config import WatchConfig, observer_kwargs, self_watchdog_secs, systemd_wa
 from .export import TsvExporter
 from .identity import agent_label, identity_fields
 from .logsetup import RateLimiter, log
-from .metrics import (
-    STAGES,
-    CounterValue,
-    ServeStats,
-    Snapshot,
-    SnapshotBox,
-    copy_histogram,
-    new_histogram,
-)
+from .metrics import STAGES, ServeStats, Snapshot, SnapshotBox, copy_histogram, new_histogram
 from .metrics_server import MetricsServer
 from .recovery import Completion, Decision, RecoveryRunner
 from .serving import open_metrics_server
@@ -81,6 +72,12 @@ from .watchdogs import (
     write_heartbeat,
 )
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import IO, Callable, Optional, Protocol, Union
+
+    from .metrics import CounterValue
+
 #: SIGHUP (reopen) and the signals ignored (SIGUSR1/SIGUSR2).
 REOPEN_AND_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -93,20 +90,21 @@ AUDIT_DRAIN_MS = 10.0
 SHUTDOWN_DRAIN_BATCHES = 16
 
 
-class ObserverLike(Protocol):
-    """What the daemon uses of ``varta.Observer`` (the API in docs/observer.md#python-api)."""
+if TYPE_CHECKING:
 
-    def poll(self, timeout: Optional[float] = None) -> Iterable[object]: ...
-    def pid_rows(self) -> varta.PidRows: ...
-    def agents(self) -> list[varta.AgentInfo]: ...
-    def agent(self, pid: int, peer: Optional[str] = None) -> Optional[varta.AgentInfo]: ...
-    def counters(self) -> Mapping[str, Union[int, Mapping[str, int]]]: ...
-    def take_removed(self) -> list[int]: ...
-    def now_ns(self) -> int: ...
-    def close(self) -> None: ...
+    class ObserverLike(Protocol):
+        """What the daemon uses of ``varta.Observer`` (the API in docs/observer.md#python-api)."""
 
+        def poll(self, timeout: Optional[float] = None) -> Iterable[object]: ...
+        def pid_rows(self) -> varta.PidRows: ...
+        def agents(self) -> list[varta.AgentInfo]: ...
+        def agent(self, pid: int, peer: Optional[str] = None) -> Optional[varta.AgentInfo]: ...
+        def counters(self) -> Mapping[str, Union[int, Mapping[str, int]]]: ...
+        def take_removed(self) -> list[int]: ...
+        def now_ns(self) -> int: ...
+        def close(self) -> None: ...
 
-ObserverFactory = Callable[..., ObserverLike]
+    ObserverFactory = Callable[..., ObserverLike]
 
 
 def native_observer_factory() -> ObserverFactory:

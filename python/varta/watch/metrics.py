@@ -27,20 +27,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Union
 
 from varta import PidRows
 
+from .._record import field, record
 from .audit_format import DROP_REASONS as AUDIT_DROP_REASONS
 from .audit_format import FSYNC_BUCKETS, Histogram
 from .logsetup import SUPPRESSED_KINDS, RateLimiter
 from .recovery import OUTCOMES, REFUSED_REASONS
 
-CounterValue = Union[int, float, Mapping[str, int]]
-
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
 if TYPE_CHECKING:
+    from typing import Callable, Literal, Optional, Union
+
     from varta._varta import _RowSummary as AgentSummary
+
+    CounterValue = Union[int, float, Mapping[str, int]]
 
 # --- label sets (docs/observer.md#metric-families) -------------------------------------
 
@@ -203,7 +205,7 @@ ROW_FAMILIES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Family:
     name: str
     type: str
@@ -234,7 +236,7 @@ def counter_key(family: str) -> str:
 # --- snapshot --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Snapshot:
     """What the poll loop hands the metrics thread (immutable copies)."""
 
@@ -296,7 +298,7 @@ class SnapshotBox:
 # --- HTTP-side counters (owned by the metrics thread) -----------------------------------
 
 
-@dataclass
+@record
 class ServeStats:
     auth_failures: int = 0
     scrape_skipped: int = 0
@@ -327,7 +329,7 @@ PID_COLUMNS: Mapping[str, Literal["beats", "stalls", "status"]] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sample:
     name: str
     #: ``(label, value)`` pairs, in exposition order.
@@ -335,7 +337,7 @@ class Sample:
     value: Union[int, float]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MetricFamily:
     """One family ready to render: its samples, or (per-pid families) the
     native rows and which column they export."""

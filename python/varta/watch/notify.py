@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Optional
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional
 
 READY = "READY=1"
 STOPPING = "STOPPING=1"

@@ -41,9 +41,8 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import IO, Callable, Literal, Optional, Union
 
+from .._record import field, record
 from .._varta import own_pid_ns_inode, process_start_time
 from .identity import identity_fields
 from .recovery_config import (
@@ -63,19 +62,22 @@ from .recovery_config import (
     SHUTDOWN_POLL_S,
     SPAWNS_PER_TICK,
     VERDICTS,
-    AgentLike,
-    AuditSink,
     Completion,
     Decision,
     RecoveryCommand,
     RecoveryConfig,
     ShutdownResult,
-    StallLike,
     parse_env_entry,
     parse_recovery_on,
     strip_ws,
     verdict_name,
 )
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import IO, Callable, Literal, Optional, Union
+
+    from .recovery_config import AgentLike, AuditSink, StallLike
 
 #: The write-ahead gate (see the module docs): argv = [fd, LC_CTYPE to restore
 #: ("-" = unset), program path, argv...]. Exit 125 without exec unless released.
@@ -101,7 +103,7 @@ GATE_EXIT_UNRELEASED = 125
 _GATE_GO = b"\1"
 
 
-@dataclass
+@record
 class _Child:
     popen: subprocess.Popen[bytes]
     agent_pid: int

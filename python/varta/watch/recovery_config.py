@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Optional, Protocol
 
-from .secretfile import PathLike, read_secret_file
+from .._record import record
+from .secretfile import read_secret_file
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional, Protocol
+
+    from .secretfile import PathLike
 
 # --- labels (docs/observer.md#recovery-outcomes, #metric-families) ------------------------
 
@@ -101,7 +106,7 @@ def parse_recovery_on(text: str) -> frozenset[str]:
 # --- command and configuration ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RecoveryCommand:
     """A parsed ``--recovery-exec`` line: ``program`` and argument templates."""
 
@@ -153,7 +158,7 @@ def parse_env_entry(entry: str) -> tuple[str, str]:
     return key, value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RecoveryConfig:
     """Everything ``--recovery-*`` configures (validated on construction)."""
 
@@ -215,64 +220,64 @@ class RecoveryConfig:
 # --- what the runner consumes and produces ---------------------------------------------
 
 
-class StallLike(Protocol):
-    """The attributes of ``varta.Stall`` the runner reads."""
+if TYPE_CHECKING:
 
-    @property
-    def pid(self) -> int: ...
-    @property
-    def origin(self) -> int: ...
-    @property
-    def pid_ns_inode(self) -> Optional[int]: ...
-    @property
-    def generation(self) -> Optional[int]: ...
-    @property
-    def last_ns(self) -> int: ...
-    @property
-    def observer_ns(self) -> int: ...
+    class StallLike(Protocol):
+        """The attributes of ``varta.Stall`` the runner reads."""
 
+        @property
+        def pid(self) -> int: ...
+        @property
+        def origin(self) -> int: ...
+        @property
+        def pid_ns_inode(self) -> Optional[int]: ...
+        @property
+        def generation(self) -> Optional[int]: ...
+        @property
+        def last_ns(self) -> int: ...
+        @property
+        def observer_ns(self) -> int: ...
 
-class AgentLike(Protocol):
-    """The attributes of ``varta.AgentInfo`` the fire-time checks read."""
+    class AgentLike(Protocol):
+        """The attributes of ``varta.AgentInfo`` the fire-time checks read."""
 
-    @property
-    def stalled(self) -> bool: ...
-    @property
-    def last_ns(self) -> int: ...
-    @property
-    def generation(self) -> Optional[int]: ...
+        @property
+        def stalled(self) -> bool: ...
+        @property
+        def last_ns(self) -> int: ...
+        @property
+        def generation(self) -> Optional[int]: ...
 
+    class AuditSink(Protocol):
+        """Where the runner writes its audit rows (``AuditLog`` implements this)."""
 
-class AuditSink(Protocol):
-    """Where the runner writes its audit rows (``AuditLog`` implements this)."""
+        def spawn(
+            self,
+            observer_ns: int,
+            agent_pid: int,
+            child_pid: int,
+            program: str,
+            source: str,
+            template_len: int,
+        ) -> object: ...
 
-    def spawn(
-        self,
-        observer_ns: int,
-        agent_pid: int,
-        child_pid: int,
-        program: str,
-        source: str,
-        template_len: int,
-    ) -> object: ...
+        def complete(
+            self,
+            observer_ns: int,
+            agent_pid: int,
+            child_pid: int,
+            status: str,
+            exit_code: Optional[int],
+            signal: Optional[int],
+            duration_ns: int,
+            stdout_len: int,
+            stderr_len: int,
+            truncated: bool,
+        ) -> object: ...
 
-    def complete(
-        self,
-        observer_ns: int,
-        agent_pid: int,
-        child_pid: int,
-        status: str,
-        exit_code: Optional[int],
-        signal: Optional[int],
-        duration_ns: int,
-        stdout_len: int,
-        stderr_len: int,
-        truncated: bool,
-    ) -> object: ...
+        def refused(self, observer_ns: int, agent_pid: int, reason: str) -> object: ...
 
-    def refused(self, observer_ns: int, agent_pid: int, reason: str) -> object: ...
-
-    def verdict(self, observer_ns: int, agent_pid: int, verdict: str) -> object: ...
+        def verdict(self, observer_ns: int, agent_pid: int, verdict: str) -> object: ...
 
 
 def verdict_name(stall: object) -> str:
@@ -281,7 +286,7 @@ def verdict_name(stall: object) -> str:
     return "unknown" if v is None else str(getattr(v, "value", v))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Decision:
     """What :meth:`RecoveryRunner.on_stall` did with one stall.
 
@@ -302,7 +307,7 @@ class Decision:
         return self.outcome == "spawned"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Completion:
     """One final reap (the audit ``complete`` row)."""
 
@@ -318,7 +323,7 @@ class Completion:
     truncated: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ShutdownResult:
     completed: list[Completion]
     #: Child pids still alive after the grace period (left to init).

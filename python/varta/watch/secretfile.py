@@ -21,9 +21,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Union
 
-PathLike = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 #: Upper bound on what :func:`read_secret_file` reads (a key or a command line).
 DEFAULT_MAX_BYTES = 1 << 20

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
-
 from varta import _varta
 
 from .agents import parse_query, render_agents
@@ -16,7 +14,10 @@ from .metrics import ServeStats, SnapshotBox, VartaCollector, render
 from .metrics_server import MetricsServer
 from .startup import StartupError, _reason, read_token
 
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
 if TYPE_CHECKING:
+    from typing import Callable, Optional
+
     from .loop import ObserverLike
 
 

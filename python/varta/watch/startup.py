@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Callable, Optional, TypeVar
 
 import varta
 
@@ -18,7 +17,11 @@ from .metrics_server import parse_hex32
 from .recovery import RecoveryCommand, RecoveryConfig
 from .secretfile import read_secret_file
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Callable, Optional, TypeVar
+
+    T = TypeVar("T")
 
 
 class StartupError(Exception):

@@ -13,11 +13,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Optional
 
 from . import notify
 from .logsetup import log
 from .startup import StartupError, _reason
+
+TYPE_CHECKING = False  # typing is not loaded at run time (docs/operations.md#resources)
+if TYPE_CHECKING:
+    from typing import Optional
 
 #: Self-watchdog limits per stage (docs/observer.md#systemd-and-watchdogs), seconds.
 STAGE_LIMITS_S: Mapping[str, float] = {
