@@ -205,7 +205,13 @@ fn secure_ingress_and_idle_sweeps_do_not_allocate() {
             r.obs.drain_ready(&mut out);
         }
     });
-    assert_eq!(allocs, 0, "allocations on the secure UDP ingress path");
+    // Beats and sweeps allocate nothing; a stall event is boxed (one
+    // allocation per silence run, keeping every queued event small).
+    assert_eq!(
+        allocs,
+        stalls(&out).len() as u64,
+        "allocations on the secure UDP ingress path"
+    );
     assert_eq!(r.obs.ingress_counters().datagrams, u64::from(n) + 1);
     assert_eq!(counter(&r.obs, "beats"), u64::from(n));
     assert_eq!(counter(&r.obs, "secure_replay_refused"), 1);

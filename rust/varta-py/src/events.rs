@@ -290,13 +290,14 @@ macro_rules! record_class {
 }
 
 /// The event classes: each is a [`record_class!`] plus its arm of
-/// [`event_to_py`] (`$pat` binds every field by name from the core event).
+/// [`event_to_py`] (`$pat` binds every field by name from the core event, or
+/// the boxed value that `let $fields = $unboxed` then takes apart).
 macro_rules! events {
     ($(
         $(#[$meta:meta])*
         $name:ident {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty $(= $default:tt)? ),* $(,)?
-        } from $pat:pat,
+        } from $pat:pat $(=> let $fields:pat = $unboxed:expr)?,
     )*) => {
         $(
             record_class! {
@@ -309,11 +310,11 @@ macro_rules! events {
         pub fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
             Ok(match ev {
                 $(
-                    $pat => Py::new(
-                        py,
-                        $name { $($field: FromCore::from_core(py, $field)?),* },
-                    )?
-                    .into_any(),
+                    $pat => {
+                        $(let $fields = $unboxed;)?
+                        Py::new(py, $name { $($field: FromCore::from_core(py, $field)?),* })?
+                            .into_any()
+                    }
                 )*
             })
         }
@@ -367,10 +368,10 @@ events! {
         unit: Option<String> = None,
         /// The short container id, when the process runs in one.
         container: Option<String> = None,
-    } from Event::Stall(StallInfo {
+    } from Event::Stall(info) => let StallInfo {
         pid, last_nonce, last_ns, origin, pid_ns_inode, generation, observer_ns, verdict, comm,
         cause, forensics, forensics_sha256, peer, cmdline, unit, container,
-    }),
+    } = *info,
 
     /// The observer itself could not look for `duration_ns` (its process was
     /// stopped, the host stalled): every armed deadline was pushed back by that

@@ -22,7 +22,10 @@ pub enum Event {
     /// A tracked pid fell silent for the threshold (once per silence run),
     /// or its process ended (reported at once); `StallInfo::verdict` says
     /// which (`docs/verdicts.md`).
-    Stall(StallInfo),
+    ///
+    /// Boxed: a stall's identity strings make `StallInfo` ~270 bytes, and
+    /// every event (a beat: ~50) would be that size in the event queue.
+    Stall(Box<StallInfo>),
     /// The observer itself could not look for `duration_ns` from
     /// `started_ns` (its process stopped, the host stalled): every armed
     /// deadline was pushed back by that much.
@@ -98,3 +101,7 @@ impl Event {
         }
     }
 }
+
+// The event queue holds up to 65,536 of these and every beat moves one:
+// keep the enum at a beat's size (a stall is boxed).
+const _: () = assert!(std::mem::size_of::<Event>() <= 48);

@@ -599,11 +599,11 @@ impl Gates {
                 (Some(w), Some(g)) => w.comm(s.pid, g),
                 _ => None,
             });
-            out.push(Event::Stall(super::tracker::StallInfo {
+            out.push(Event::Stall(Box::new(super::tracker::StallInfo {
                 verdict: v,
                 comm,
                 ..s.clone()
-            }));
+            })));
             if v.process_gone() {
                 StallDecision::EmitAndRetire(v)
             } else {
@@ -624,7 +624,7 @@ impl Gates {
             let (pid, generation, comm) = self.exited[i];
             if let ExitOutcome::Reported(mut info) = self.tracker.take_exit(pid, generation, now) {
                 info.comm = info.comm.or(Some(comm));
-                out.push(Event::Stall(info));
+                out.push(Event::Stall(Box::new(info)));
             }
         }
     }

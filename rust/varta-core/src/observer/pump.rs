@@ -121,8 +121,8 @@ fn route_hung(shared: &Shared, obs: &Observer, batch: &mut Vec<Event>) {
             unreachable!("matched a stall above")
         };
         let pidfd = info.generation.and_then(|g| obs.pinned_pidfd(info.pid, g));
-        if let Err(info) = w.submit(Job { info, pidfd }) {
-            batch.insert(i, Event::Stall(*info));
+        if let Err(info) = w.submit(Job { info: *info, pidfd }) {
+            batch.insert(i, Event::Stall(info));
             i += 1;
         }
     }
@@ -213,7 +213,10 @@ impl Pump {
             let weak: Weak<Shared> = Arc::downgrade(&shared);
             let worker = Worker::start(cfg, move |stalls| {
                 if let Some(shared) = weak.upgrade() {
-                    let mut batch: Vec<Event> = stalls.into_iter().map(Event::Stall).collect();
+                    let mut batch: Vec<Event> = stalls
+                        .into_iter()
+                        .map(|s| Event::Stall(Box::new(s)))
+                        .collect();
                     lock(&shared.queue).push_all(&mut batch);
                     shared.ready.notify_all();
                 }
