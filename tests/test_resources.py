@@ -48,3 +48,20 @@ print(rc, calls)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0 [(65536, True)]"  # glibc: accepted
+
+
+def test_every_exported_name_exists_at_run_time() -> None:
+    # Type-only names (protocols, aliases under TYPE_CHECKING) must stay out
+    # of __all__, or ``from module import *`` fails.
+    code = """
+import importlib, pkgutil, varta
+missing = []
+for m in pkgutil.walk_packages(varta.__path__, "varta."):
+    if m.name.endswith("__main__"):
+        continue
+    mod = importlib.import_module(m.name)
+    missing += [f"{m.name}.{n}" for n in getattr(mod, "__all__", ()) if not hasattr(mod, n)]
+print(" ".join(missing))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

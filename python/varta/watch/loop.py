@@ -758,8 +758,6 @@ __all__ = [
     "HW_WATCHDOG_MIN_TIMEOUT_S",
     "HwWatchdog",
     "LoopState",
-    "ObserverFactory",
-    "ObserverLike",
     "PRE_DRAIN_EVENTS",
     "REMOVED_PER_TICK",
     "REOPEN_AND_IGNORED_SIGNALS",

@@ -768,8 +768,6 @@ def _describe(exc: BaseException) -> str:
 
 #: The recovery API (what is defined here and the vocabulary from recovery_config).
 __all__ = [
-    "AgentLike",
-    "AuditSink",
     "CAPTURE_BYTES_RANGE",
     "Completion",
     "DEFAULT_CHILD_PATH",
@@ -790,7 +788,6 @@ __all__ = [
     "SHUTDOWN_POLL_S",
     "SPAWNS_PER_TICK",
     "ShutdownResult",
-    "StallLike",
     "VERDICTS",
     "parse_env_entry",
     "parse_recovery_on",
