@@ -497,3 +497,30 @@ def test_every_subcommand_errs_on_one_line(
     assert code == 2
     assert err.splitlines() == [err.rstrip("\n")], err  # exactly one line
     assert err.startswith(says) and err.rstrip().endswith("(see --help)"), err
+
+
+@pytest.mark.parametrize(
+    "text,canonical,loopback",
+    [
+        ("127.1.2.3", "127.1.2.3", True),
+        ("0:0::1", "::1", True),
+        ("2001:DB8::1", "2001:db8::1", False),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1", False),
+        ("0.0.0.0", "0.0.0.0", False),
+    ],
+)
+def test_ip_literals_are_canonical_and_loopback_is_std_net_s_rule(
+    text: str, canonical: str, loopback: bool
+) -> None:
+    prom = f"[{text}]:0" if ":" in text else f"{text}:0"
+    udp = ["--udp-port", "1", "--udp-bind-addr", text, "--i-accept-plaintext-udp"]
+    cfg = parse_args([*BASE, *udp, "--prom-addr", prom, "--prom-token-file", "/t"])
+    assert cfg.udp_bind_addr == canonical
+    assert cfg.prom_addr is not None and cfg.prom_addr.host == canonical
+    assert cfg.prom_addr.is_loopback is loopback
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3", "fe80::1%eth0", " 1.2.3.4", "1.2.3.4\0"])
+def test_ip_literals_the_core_would_refuse_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--udp-bind-addr expects an IP address"):
+        parse_args([*BASE, "--udp-port", "1", "--udp-bind-addr", text, "--i-accept-plaintext-udp"])
