@@ -116,11 +116,12 @@ def __getattr__(name: str) -> object:
     # and for the daemon (docs/operations.md#resources): ``varta.panic`` and
     # the ``varta.StatusLike`` alias (which needs typing).
     if name == "panic":
-        import importlib
+        import importlib  # not ``from . import panic``: that asks this hook first
 
-        return importlib.import_module(".panic", __name__)
+        return importlib.import_module(".panic", __name__)  # binds varta.panic
     if name == "StatusLike":
         from . import _types
 
-        return _types.StatusLike
+        alias = globals()[name] = _types.StatusLike
+        return alias
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,7 +53,8 @@ def __getattr__(name: str) -> object:
     if name == "StatusLike":
         from typing import Union
 
-        return Union[Status, int, str]
+        alias = globals()[name] = Union[Status, int, str]
+        return alias
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
