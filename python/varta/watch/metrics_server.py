@@ -603,8 +603,7 @@ class MetricsServer:
                 return RESP_400
             done = time.monotonic()
             self._render_s += done - now
-            for k in [k for k, (t, _) in self._route_cache.items() if done - t >= CACHE_S]:
-                del self._route_cache[k]
+            self._drop_expired_bodies(done)  # room for this one under the bound
             if len(self._route_cache) < ROUTE_CACHE_ENTRIES:
                 self._route_cache[key] = (done, body)
         return (
